@@ -1,0 +1,3 @@
+"""lmstream: train decoder-only transformer language models on streamed text."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,55 @@
+"""The one `lmstream` command. Each subcommand lives in ``lmstream.commands.<name>``.
+
+User-fixable problems (:class:`lmstream.errors.LmstreamError`) print one clear message and exit
+with the error's code (2 for config errors) without a traceback; anything else is a bug and keeps
+its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from lmstream import __version__
+from lmstream.errors import LmstreamError
+
+# Subcommand modules, in the order of the workflow (lmstream.commands.<name>).
+COMMANDS = ("train",)
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keep the examples in epilogs as written and show defaults."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lmstream",
+        description="Train decoder-only transformer language models on text streamed from the "
+        "Hugging Face Hub or local files.",
+        formatter_class=_Formatter,
+        epilog="Run `lmstream COMMAND --help` for a command's options and examples.",
+    )
+    parser.add_argument("--version", action="version", version=f"lmstream {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        importlib.import_module(f"lmstream.commands.{name}").register(sub, _Formatter)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except LmstreamError as err:
+        for line in str(err).splitlines() or [type(err).__name__]:
+            print(f"lmstream {args.command}: error: {line}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print(f"lmstream {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

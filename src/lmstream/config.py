@@ -1,0 +1,615 @@
+"""The one schema for training.yaml and streaming_config.json (pydantic v2), with load and dump.
+
+Field names follow the seed workflow (../shared/SEED-WORKFLOW.md) exactly, including the fields
+it writes as ``null``: null always means "the documented default", and derived values are
+properties (e.g. ``ModelConfig.kv_heads``), never mutated fields, so a dump of a loaded config
+is the same file the user wrote, with paths made absolute.
+
+Errors: every problem becomes one line ``FILE: dotted.field: what is wrong (given: VALUE)``
+through :func:`format_validation_error`, raised as :class:`lmstream.errors.ConfigError`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
+
+from lmstream.errors import ConfigError
+
+SPECIAL_TOKENS_DEFAULT = ["<|endoftext|>", "<|pad|>"]
+DEFAULT_ROPE_THETA = 10000.0
+
+
+def _resolve_path(value: Path, info: ValidationInfo) -> Path:
+    """Relative paths resolve against the folder of the file they were written in."""
+    value = Path(value).expanduser()
+    base = (info.context or {}).get("base_dir")
+    if not value.is_absolute() and base is not None:
+        value = Path(base) / value
+    return Path(value).absolute() if base is not None else value
+
+
+ResolvedPath = Annotated[Path, AfterValidator(_resolve_path)]
+
+
+def _resolve_glob(value: str, info: ValidationInfo) -> str:
+    """Like ResolvedPath for file globs and URLs (URLs and hub paths are left alone)."""
+    if "://" in value:
+        return value
+    return str(_resolve_path(Path(value), info))
+
+
+ResolvedGlob = Annotated[str, AfterValidator(_resolve_glob)]
+
+
+class _Section(BaseModel):
+    """Base for every section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+# --------------------------------------------------------------------------------------- model
+
+
+class ModelConfig(_Section):
+    """The decoder-only transformer (seed: `model:`)."""
+
+    hidden_size: int = Field(ge=1, description="Width of the residual stream.")
+    intermediate_size: int = Field(ge=1, description="Width of the MLP's hidden layer.")
+    num_layers: int = Field(ge=1, description="Number of transformer blocks.")
+    num_attention_heads: int = Field(ge=1, description="Query heads per attention layer.")
+    num_key_value_heads: int | None = Field(
+        default=None,
+        ge=1,
+        description="Key/value heads (GQA when fewer than query heads); null = num_attention_heads.",
+    )
+    max_position_embeddings: int = Field(
+        default=2048, ge=1, description="Longest sequence the model supports."
+    )
+    attn_dropout: float | None = Field(
+        default=None, ge=0.0, lt=1.0, description="Dropout on attention probabilities; null = 0."
+    )
+    residual_dropout: float | None = Field(
+        default=None,
+        ge=0.0,
+        lt=1.0,
+        description="Dropout on each residual branch's output; null = 0.",
+    )
+    rope_mode: Literal["standard", "interleaved"] | None = Field(
+        default=None,
+        description="Rotary embedding layout: 'standard' rotates the two halves of each head (Llama/NeoX), "
+        "'interleaved' rotates adjacent pairs (GPT-J); null = standard.",
+    )
+    rope_theta: float | None = Field(
+        default=None, gt=0.0, description="RoPE base frequency; null = 10000."
+    )
+    activation: Literal["gelu", "swiglu"] = Field(
+        default="gelu", description="MLP: 'gelu' (2 matrices) or 'swiglu' (3, gated)."
+    )
+    norm: Literal["layernorm", "rmsnorm"] = Field(
+        default="layernorm", description="Normalization layer type (pre-norm)."
+    )
+    norm_eps: float = Field(
+        default=1e-5, gt=0.0, lt=1.0, description="Epsilon of the normalization layers."
+    )
+    tie_embeddings: bool = Field(
+        default=True, description="Share the input embedding with the output head."
+    )
+    init_std: float = Field(
+        default=0.02,
+        gt=0.0,
+        description="Std of the normal weight init (residual projections scaled by 1/sqrt(2*num_layers)).",
+    )
+    vocab_size: int | None = Field(
+        default=None, ge=2, description="Vocabulary size; null = taken from the tokenizer."
+    )
+
+    @model_validator(mode="after")
+    def _check_heads(self) -> ModelConfig:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size: {self.hidden_size} is not divisible by num_attention_heads "
+                f"({self.num_attention_heads})"
+            )
+        if self.num_attention_heads % self.kv_heads:
+            raise ValueError(
+                f"num_key_value_heads: num_attention_heads ({self.num_attention_heads}) is not "
+                f"divisible by num_key_value_heads ({self.kv_heads})"
+            )
+        if self.head_dim % 2:
+            raise ValueError(
+                f"hidden_size: head size hidden_size/num_attention_heads = {self.head_dim} must be even for RoPE"
+            )
+        return self
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_key_value_heads or self.num_attention_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def theta(self) -> float:
+        return self.rope_theta if self.rope_theta is not None else DEFAULT_ROPE_THETA
+
+    @property
+    def rope_layout(self) -> str:
+        return self.rope_mode or "standard"
+
+    @property
+    def attention_dropout(self) -> float:
+        return self.attn_dropout or 0.0
+
+    @property
+    def dropout(self) -> float:
+        return self.residual_dropout or 0.0
+
+
+# ----------------------------------------------------------------------------------- tokenizer
+
+
+class TokenizerConfig(_Section):
+    """The experiment's tokenizer files (seed: `tokenizer:`)."""
+
+    tokenizer_json: ResolvedPath = Field(
+        description="tokenizer.json written by `lmstream orchestrate`."
+    )
+    vocab: ResolvedPath | None = Field(
+        default=None, description="vocab.json (informational; tokenizer.json is what is loaded)."
+    )
+    merges: ResolvedPath | None = Field(
+        default=None, description="merges.txt (informational; tokenizer.json is what is loaded)."
+    )
+    special_tokens: ResolvedPath | None = Field(
+        default=None,
+        description='special_tokens.txt: a JSON list such as ["<|endoftext|>", "<|pad|>"]; null = that list.',
+    )
+
+
+# ---------------------------------------------------------------------------------------- data
+
+
+class DataConfig(_Section):
+    """Batches and the data pipeline (seed: `data:`)."""
+
+    train_shards: list[ResolvedGlob] = Field(
+        default_factory=list,
+        description="Files mode only (no streaming_config.json): local files or globs (txt, jsonl, parquet, csv, .gz/.zst) or token shards.",
+    )
+    validation_shards: list[ResolvedGlob] = Field(
+        default_factory=list, description="Files mode only: validation files or globs."
+    )
+    batch_size: int = Field(ge=1, description="Sequences per micro-batch per rank.")
+    gradient_accumulation_steps: int = Field(
+        default=1, ge=1, description="Micro-batches per optimizer step."
+    )
+    shuffle_buffer_size: int = Field(
+        default=0, ge=0, description="Documents per shuffle window; 0 = no shuffling."
+    )
+    num_workers: int = Field(
+        default=0,
+        ge=0,
+        description="DataLoader worker processes per rank (tokenization runs in them).",
+    )
+    cache_dir: ResolvedPath | None = Field(
+        default=None,
+        description="Cache folder for the datasets library and the tokenized validation set; null = the library default.",
+    )
+    sequence_length: int = Field(ge=1, description="Tokens per training sequence.")
+    validation_documents: int = Field(
+        default=1000,
+        ge=0,
+        description="Documents held out from the stream for validation when the source has no validation split.",
+    )
+
+
+# ----------------------------------------------------------------------------------- optimizer
+
+
+class OptimizerConfig(_Section):
+    """The optimizer (seed: `optimizer:`)."""
+
+    algorithm: Literal["adam_w", "sgd"] = Field(
+        default="adam_w", description="'adam_w' (decoupled weight decay) or 'sgd' (with momentum)."
+    )
+    learning_rate: float = Field(
+        gt=0.0, description="Peak learning rate (unless scheduler.max_lr is set)."
+    )
+    weight_decay: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="Weight decay, applied to matrices only (not norms or biases).",
+    )
+    beta1: float = Field(default=0.9, ge=0.0, lt=1.0, description="AdamW beta1.")
+    beta2: float = Field(default=0.95, ge=0.0, lt=1.0, description="AdamW beta2.")
+    epsilon: float = Field(default=1e-8, gt=0.0, description="AdamW epsilon.")
+    momentum: float = Field(default=0.9, ge=0.0, lt=1.0, description="SGD momentum.")
+    max_grad_norm: float | None = Field(
+        default=1.0,
+        gt=0.0,
+        description="Clip the global gradient norm to this; null = no clipping.",
+    )
+
+
+# ----------------------------------------------------------------------------------- scheduler
+
+
+class SchedulerConfig(_Section):
+    """The learning-rate schedule (seed: `scheduler:`)."""
+
+    strategy: Literal["cosine_with_warmup", "linear_with_warmup", "constant_with_warmup"] = Field(
+        default="cosine_with_warmup", description="Shape of the schedule after the linear warmup."
+    )
+    warmup_steps: int = Field(
+        default=0, ge=0, description="Optimizer steps of linear warmup from 0 to the peak."
+    )
+    total_steps: int | None = Field(
+        default=None,
+        ge=1,
+        description="Optimizer steps of the whole run; null = derived from total_epochs.",
+    )
+    total_epochs: int | None = Field(
+        default=None, ge=1, description="Passes over a finite stream; null = not limited by epochs."
+    )
+    min_lr: float | None = Field(default=None, ge=0.0, description="Floor of the decay; null = 0.")
+    max_lr: float | None = Field(
+        default=None, gt=0.0, description="Peak learning rate; null = optimizer.learning_rate."
+    )
+
+    @model_validator(mode="after")
+    def _check_steps(self) -> SchedulerConfig:
+        if self.total_steps is None and self.total_epochs is None:
+            raise ValueError("total_steps: set total_steps or total_epochs (both are null)")
+        if self.total_steps is not None and self.warmup_steps >= self.total_steps:
+            raise ValueError(
+                f"warmup_steps: {self.warmup_steps} must be smaller than total_steps ({self.total_steps})"
+            )
+        return self
+
+
+# ------------------------------------------------------------------------------------- runtime
+
+
+class CheckpointConfig(_Section):
+    directory: ResolvedPath | None = Field(
+        default=None, description="Where step-NNNNNNNN folders go; null = RUN_DIR/checkpoints."
+    )
+    every_n_steps: int | None = Field(
+        default=None, ge=1, description="Save every N optimizer steps (and always at the end)."
+    )
+    every_n_epochs: int | None = Field(
+        default=None, ge=1, description="Save at the end of every N epochs of a finite stream."
+    )
+    max_keep: int | None = Field(
+        default=3, ge=1, description="Newest checkpoints kept; null = keep all."
+    )
+
+
+class BestConfig(_Section):
+    directory: ResolvedPath | None = Field(
+        default=None,
+        description="Where the best checkpoints by validation loss go; null = RUN_DIR/best.",
+    )
+    max_keep: int = Field(default=1, ge=1, description="Best checkpoints kept.")
+
+
+class EvaluationConfig(_Section):
+    every_n_steps: int | None = Field(
+        default=None, ge=1, description="Evaluate every N optimizer steps (and at the end)."
+    )
+    every_n_epochs: int | None = Field(
+        default=None, ge=1, description="Evaluate at the end of every N epochs."
+    )
+    max_batches: int = Field(
+        default=32, ge=1, description="Fixed validation batches per evaluation."
+    )
+    best: BestConfig = Field(default_factory=BestConfig)
+
+
+class LoggingConfig(_Section):
+    enable_stdout: bool = Field(default=True, description="Print metrics to stdout.")
+    tensorboard: ResolvedPath | None = Field(
+        default=None, description="TensorBoard log folder; null = no TensorBoard."
+    )
+    tensorboard_flush_every_n: int = Field(
+        default=100, ge=1, description="Flush TensorBoard events every N logged steps."
+    )
+    metrics_jsonl: ResolvedPath | None = Field(
+        default=None, description="JSON-lines metrics file; null = RUN_DIR/metrics.jsonl."
+    )
+
+
+class RuntimeConfig(_Section):
+    """How the run executes (seed: `runtime:`)."""
+
+    seed: int = Field(default=42, ge=0, description="Seed for init, dropout and data shuffling.")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        default="fp32",
+        description="Compute precision (bf16/fp16: autocast with fp32 master weights).",
+    )
+    log_every_n_steps: int = Field(
+        default=10, ge=1, description="Log metrics every N optimizer steps."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="'auto' = cuda when available, else cpu."
+    )
+    compile: bool = Field(default=False, description="torch.compile each transformer block.")
+    activation_checkpointing: bool = Field(
+        default=False, description="Recompute block activations in backward to save memory."
+    )
+    parallelism: Literal["auto", "ddp", "fsdp"] = Field(
+        default="auto",
+        description="Multi-rank strategy under torchrun; auto = fsdp for models of 1B+ parameters, else ddp.",
+    )
+    peak_tflops: float | None = Field(
+        default=None, gt=0.0, description="Device peak for MFU; null = detected for known GPUs."
+    )
+    max_nonfinite_steps: int = Field(
+        default=5,
+        ge=1,
+        description="Consecutive non-finite losses (steps skipped) before the run stops.",
+    )
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+
+# ---------------------------------------------------------------------------------------- root
+
+
+class TrainingConfig(_Section):
+    """training.yaml. ``run_dir`` is the YAML's own folder (where streaming_config.json is looked for)."""
+
+    model: ModelConfig
+    tokenizer: TokenizerConfig
+    data: DataConfig
+    optimizer: OptimizerConfig
+    scheduler: SchedulerConfig
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+    @model_validator(mode="after")
+    def _cross_section(self, info: ValidationInfo) -> TrainingConfig:
+        if self.data.sequence_length > self.model.max_position_embeddings:
+            raise ValueError(
+                f"data.sequence_length: {self.data.sequence_length} exceeds model.max_position_embeddings "
+                f"({self.model.max_position_embeddings})"
+            )
+        if self.scheduler.min_lr is not None and self.scheduler.min_lr > self.peak_lr:
+            raise ValueError(
+                f"scheduler.min_lr: {self.scheduler.min_lr} is above the peak learning rate ({self.peak_lr})"
+            )
+        base = (info.context or {}).get("base_dir")
+        if base is not None:  # fill path defaults relative to the run folder
+            base = Path(base).absolute()
+            rt = self.runtime
+            if rt.checkpoint.directory is None:
+                rt.checkpoint.directory = base / "checkpoints"
+            if rt.evaluation.best.directory is None:
+                rt.evaluation.best.directory = base / "best"
+            if rt.logging.metrics_jsonl is None:
+                rt.logging.metrics_jsonl = base / "metrics.jsonl"
+        return self
+
+    @property
+    def peak_lr(self) -> float:
+        return (
+            self.scheduler.max_lr
+            if self.scheduler.max_lr is not None
+            else self.optimizer.learning_rate
+        )
+
+    @property
+    def min_lr(self) -> float:
+        return self.scheduler.min_lr if self.scheduler.min_lr is not None else 0.0
+
+    def tokens_per_step(self, world_size: int = 1) -> int:
+        d = self.data
+        return d.batch_size * d.gradient_accumulation_steps * d.sequence_length * world_size
+
+
+# ------------------------------------------------------------------------ streaming_config.json
+
+
+class StreamingConfig(_Section):
+    """streaming_config.json, written by `lmstream orchestrate --stream` beside training.yaml."""
+
+    version: int = Field(default=1, description="Schema version of this file.")
+    streaming: bool = Field(
+        default=True, description="Stream from the source while training (always true here)."
+    )
+    dataset: str = Field(description="Hub dataset id, local file/glob/folder, or http(s) URL.")
+    subset: str | None = Field(
+        default=None, description="The dataset's configuration name (hub `name`)."
+    )
+    split: str = Field(default="train", description="Split to train on.")
+    validation_split: str | None = Field(
+        default=None, description="Split to validate on; null = a fixed holdout from the stream."
+    )
+    text_field: str = Field(default="text", description="Record field holding the document text.")
+    data_files: list[str] | None = Field(
+        default=None, description="Explicit data files (local paths or URLs) for the source."
+    )
+    revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit).")
+    trust_remote_code: bool = Field(
+        default=False,
+        description="Allow the dataset's own loading script (only when asked on the command line).",
+    )
+    max_samples: int | None = Field(
+        default=None,
+        ge=1,
+        description="Documents per pass; null = the whole (possibly endless) stream.",
+    )
+    stream_batch_size: int = Field(
+        default=1000, ge=1, description="Records fetched per batch from the source."
+    )
+    seed: int = Field(default=42, ge=0, description="Seed used when the stream was sampled.")
+    tokenizer_dir: str | None = Field(
+        default=None, description="Folder of the experiment's tokenizer files."
+    )
+    experiment: str | None = Field(default=None, description="Experiment name.")
+
+
+# --------------------------------------------------------------------------------- load / dump
+
+
+def _model_at(root: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model class that a (partial) error location points into."""
+    current: Any = root
+    for part in loc:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        field = current.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return None
+        current = _unwrap_model(field.annotation)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _unwrap_model(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _unwrap_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def format_validation_error(err: ValidationError, source: str, root: type[BaseModel]) -> list[str]:
+    """One line per problem: ``SOURCE: dotted.path: message (given: value)``."""
+    lines = []
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if p not in ("function-after",))
+        msg = e["msg"].removeprefix("Value error, ")
+        kind = e["type"]
+        if (
+            kind == "value_error"
+            and ": " in msg
+            and msg.split(": ", 1)[0].replace(".", "").replace("_", "").isalnum()
+        ):
+            # Cross-field checks name their field first ("field: message"); move it into the path.
+            field, msg = msg.split(": ", 1)
+            loc = loc + tuple(field.split("."))
+        path = ".".join(str(p) for p in loc) or "(top level)"
+        if kind == "extra_forbidden":
+            parent = _model_at(root, loc[:-1])
+            hint = ""
+            if parent is not None:
+                close = difflib.get_close_matches(str(loc[-1]), list(parent.model_fields), n=1)
+                hint = (
+                    f"; did you mean '{close[0]}'?"
+                    if close
+                    else f"; known keys: {', '.join(parent.model_fields)}"
+                )
+            lines.append(f"{source}: {path}: unknown key{hint}")
+        elif kind == "missing":
+            lines.append(f"{source}: {path}: required field is missing")
+        elif kind in ("value_error", "assertion_error"):
+            lines.append(f"{source}: {path}: {msg}")
+        else:
+            lines.append(f"{source}: {path}: {msg} (given: {_short(e.get('input'))})")
+    return lines
+
+
+def _read_mapping(path: Path, kind: str) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: {kind} file not found")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        elif isinstance(exc, json.JSONDecodeError):
+            where = f" at line {exc.lineno}, column {exc.colno}"
+        problem = getattr(exc, "problem", None) or getattr(exc, "msg", None) or str(exc)
+        raise ConfigError(
+            f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}{where}: {problem}"
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path}: expected a mapping of sections at the top level, got {type(data).__name__}"
+        )
+    return data
+
+
+def parse_training_config(
+    data: dict, base_dir: Path | None, source: str = "<config>"
+) -> TrainingConfig:
+    try:
+        return TrainingConfig.model_validate(data, context={"base_dir": base_dir})
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source, TrainingConfig)) from None
+
+
+def load_training_config(path: str | Path) -> TrainingConfig:
+    """Load, validate and resolve training.yaml (relative paths against the YAML's folder)."""
+    path = Path(path).expanduser().absolute()
+    return parse_training_config(_read_mapping(path, "training config"), path.parent, str(path))
+
+
+def dump_training_config(cfg: TrainingConfig, path: str | Path | None = None) -> str:
+    """The config as YAML (optionally written to ``path``). Loading it again gives an equal config."""
+    text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, default_flow_style=False)
+    if path is not None:
+        Path(path).write_text(text, encoding="utf-8")
+    return text
+
+
+def load_streaming_config(path: str | Path) -> StreamingConfig:
+    path = Path(path).expanduser().absolute()
+    data = _read_mapping(path, "streaming config")
+    try:
+        return StreamingConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, str(path), StreamingConfig)) from None
+
+
+def dump_streaming_config(cfg: StreamingConfig, path: str | Path) -> None:
+    Path(path).write_text(
+        json.dumps(cfg.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8"
+    )
+
+
+def load_special_tokens(path: Path | None) -> list[str]:
+    """special_tokens.txt in the seed's format: a JSON list of strings."""
+    if path is None:
+        return list(SPECIAL_TOKENS_DEFAULT)
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: special tokens file not found")
+    try:
+        tokens = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not a JSON list of strings ({exc.msg} at line {exc.lineno})"
+        ) from None
+    if not isinstance(tokens, list) or not all(isinstance(t, str) and t for t in tokens):
+        raise ConfigError(
+            f'{path}: expected a JSON list of non-empty strings, e.g. ["<|endoftext|>", "<|pad|>"]'
+        )
+    return tokens

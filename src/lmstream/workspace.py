@@ -1,0 +1,111 @@
+"""Where an experiment's files live: the seed's layout under a workspace folder.
+
+    WORKSPACE/artifacts/tokenizer/EXP/{tokenizer.json, vocab.json, merges.txt}
+    WORKSPACE/runs/EXP/{streaming_config.json, special_tokens.txt, training.yaml,
+                        checkpoints/, best/, tensorboard/, metrics.jsonl}
+
+The workspace is ``--workspace DIR``, else ``$LMSTREAM_WORKSPACE``, else ``./workspace``.
+Experiment names become folder names, so they are checked: no path separators, no ``..``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from lmstream.errors import ConfigError
+
+WORKSPACE_ENV = "LMSTREAM_WORKSPACE"
+DEFAULT_WORKSPACE = "workspace"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def resolve_workspace(flag: str | os.PathLike | None = None) -> Path:
+    """The workspace folder: the flag, else $LMSTREAM_WORKSPACE, else ./workspace."""
+    chosen = flag or os.environ.get(WORKSPACE_ENV) or DEFAULT_WORKSPACE
+    return Path(chosen).expanduser().absolute()
+
+
+def check_experiment_name(name: str) -> str:
+    """Return ``name`` if it is a safe single folder name, else raise a ConfigError saying why."""
+    if not name:
+        raise ConfigError("--experiment: the experiment name is empty")
+    if "/" in name or "\\" in name or os.sep in name:
+        raise ConfigError(
+            f"--experiment: {name!r} contains a path separator; use a plain name like 'my-run'"
+        )
+    if ".." in name:
+        raise ConfigError(f"--experiment: {name!r} contains '..'; use a plain name like 'my-run'")
+    if not _NAME_RE.match(name):
+        raise ConfigError(
+            f"--experiment: {name!r} is not a valid name; use 1-128 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class ExperimentPaths:
+    """Every path of one experiment under one workspace."""
+
+    workspace: Path
+    experiment: str
+
+    @classmethod
+    def create(cls, workspace: str | os.PathLike | None, experiment: str) -> ExperimentPaths:
+        return cls(resolve_workspace(workspace), check_experiment_name(experiment))
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.workspace / "artifacts" / "tokenizer" / self.experiment
+
+    @property
+    def run_dir(self) -> Path:
+        return self.workspace / "runs" / self.experiment
+
+    @property
+    def tokenizer_json(self) -> Path:
+        return self.tokenizer_dir / "tokenizer.json"
+
+    @property
+    def vocab_json(self) -> Path:
+        return self.tokenizer_dir / "vocab.json"
+
+    @property
+    def merges_txt(self) -> Path:
+        return self.tokenizer_dir / "merges.txt"
+
+    @property
+    def streaming_config(self) -> Path:
+        return self.run_dir / "streaming_config.json"
+
+    @property
+    def special_tokens(self) -> Path:
+        return self.run_dir / "special_tokens.txt"
+
+    @property
+    def training_yaml(self) -> Path:
+        return self.run_dir / "training.yaml"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    @property
+    def best_dir(self) -> Path:
+        return self.run_dir / "best"
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.run_dir / "tensorboard"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.workspace / "cache" / self.experiment
+
+    def ensure(self) -> ExperimentPaths:
+        self.tokenizer_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        return self
