@@ -1,0 +1,280 @@
+"""Multi-process training under torchrun: the process group, and parallelism applied outside the model.
+
+The model file knows nothing about ranks. Here, in torchtitan's order (``parallelize.py``):
+activation checkpointing, then torch.compile (per block), then DDP or FSDP2 (``fully_shard`` per
+block, then the root). Parameter names never change (no wrapper modules around blocks), so
+``model.state_dict()`` and checkpoints keep the plain names of the single-process model.
+
+A single process without torchrun is the degenerate case: world size 1, no process group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import functools
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+log = logging.getLogger(__name__)
+
+# Models of at least this many parameters default to FSDP: their fp32 weights, gradients and
+# AdamW moments (16 bytes/param) no longer fit comfortably beside activations when replicated.
+FSDP_DEFAULT_MIN_PARAMS = 1_000_000_000
+# A lost peer should end the job in minutes, not after NCCL's default of up to hours
+# (DESIGN-NOTES section 8).
+DEFAULT_TIMEOUT_S = int(os.environ.get("LMSTREAM_DIST_TIMEOUT_S", "600"))
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Where this process sits in the job."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def pick_device(preference: str = "auto", local_rank: int = 0) -> torch.device:
+    """'auto' -> this rank's GPU when CUDA is available, else the CPU."""
+    if preference == "cpu" or (preference == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        from lmstream.errors import ConfigError
+
+        raise ConfigError(
+            "runtime.device: 'cuda' was asked for but no CUDA device is available; use 'auto' or 'cpu'"
+        )
+    return torch.device("cuda", local_rank)
+
+
+def init_distributed(
+    device_preference: str = "auto", timeout_s: int = DEFAULT_TIMEOUT_S
+) -> DistEnv:
+    """Read torchrun's environment and join the process group (NCCL on GPUs, gloo on CPU)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(device_preference, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+    return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+def teardown() -> None:
+    """Leave the process group (safe to call when there is none)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def choose_parallelism(requested: str, num_parameters: int) -> Literal["ddp", "fsdp"]:
+    if requested in ("ddp", "fsdp"):
+        return requested  # type: ignore[return-value]
+    return "fsdp" if num_parameters >= FSDP_DEFAULT_MIN_PARAMS else "ddp"
+
+
+def _checkpointed_forward(original, *args, **kwargs):
+    # use_reentrant=False: works with kwargs, torch.compile and FSDP2 (PyTorch's recommendation).
+    return checkpoint(original, *args, use_reentrant=False, **kwargs)
+
+
+def apply_activation_checkpointing(blocks: nn.ModuleList) -> None:
+    """Recompute each block's activations in backward. Replaces ``forward`` on the instance so
+    parameter names stay those of the plain model."""
+    for block in blocks:
+        block.forward = functools.partial(_checkpointed_forward, block.forward)
+
+
+def apply_compile(blocks: nn.ModuleList) -> None:
+    """torch.compile each block in place (``Module.compile`` keeps parameter names). All blocks
+    share one graph, so compile time does not grow with depth."""
+    for block in blocks:
+        block.compile()
+
+
+def _fsdp_api():
+    try:  # torch >= 2.6
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    except ImportError:  # torch 2.5
+        from torch.distributed._composable.fsdp import MixedPrecisionPolicy, fully_shard
+    return fully_shard, MixedPrecisionPolicy
+
+
+def apply_fsdp(
+    model: nn.Module, blocks: nn.ModuleList, param_dtype: torch.dtype | None
+) -> nn.Module:
+    """FSDP2: shard each block, then the root (embeddings, final norm, head)."""
+    fully_shard, MixedPrecisionPolicy = _fsdp_api()
+    # Gradients are reduced in fp32 even when compute runs in bf16, for stable updates.
+    mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    for i, block in enumerate(blocks):
+        # The last block's parameters are needed again at once by backward: don't reshard them.
+        fully_shard(block, mp_policy=mp, reshard_after_forward=i < len(blocks) - 1)
+    fully_shard(model, mp_policy=mp)
+    return model
+
+
+def parallelize(
+    model: nn.Module,
+    env: DistEnv,
+    *,
+    strategy: Literal["ddp", "fsdp"],
+    compile: bool = False,
+    activation_checkpointing: bool = False,
+    param_dtype: torch.dtype | None = None,
+) -> nn.Module:
+    """Apply AC, compile, then DDP/FSDP to a model already on ``env.device``; returns the module
+    to call (the same object for FSDP2, a DDP wrapper for DDP)."""
+    blocks = model.blocks
+    if activation_checkpointing:
+        apply_activation_checkpointing(blocks)
+    if compile:
+        apply_compile(blocks)
+    if not env.is_distributed:
+        return model
+    if strategy == "fsdp":
+        return apply_fsdp(model, blocks, param_dtype)
+    device_ids = [env.device.index] if env.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model under a DDP wrapper (FSDP2 shards in place, so it is the model itself)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+@contextlib.contextmanager
+def gradient_sync(model: nn.Module, enabled: bool) -> Iterator[None]:
+    """Skip the gradient all-reduce on non-final micro-steps of an accumulation (nanoGPT's
+    ``require_backward_grad_sync``): DDP via ``no_sync``, FSDP2 via ``set_requires_gradient_sync``."""
+    if enabled:
+        yield
+        return
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        with model.no_sync():
+            yield
+        return
+    setter = getattr(model, "set_requires_gradient_sync", None)
+    if setter is None:  # single process: nothing to sync
+        yield
+        return
+    setter(False)
+    try:
+        yield
+    finally:
+        setter(True)
+
+
+def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
+    """Mean of a tensor over ranks (identity in a single process)."""
+    if dist.is_available() and dist.is_initialized():
+        value = value.clone()
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        value /= dist.get_world_size()
+    return value
+
+
+def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized():
+        value = value.clone()
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def broadcast_object(obj, src: int = 0):
+    """Rank ``src``'s Python object on every rank (identity in a single process)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def gather_objects(obj) -> list:
+    """Every rank's object, in rank order, on every rank (e.g. each rank's data-loader state)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _sd_options(**kwargs):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(**kwargs)
+
+
+def full_model_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Plain-named, full (unsharded) CPU state dict of the model, on every rank. Under FSDP2 this
+    gathers the shards; under DDP it strips the ``module.`` prefix."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    model = unwrap(model)
+    if not _is_sharded(model):
+        return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    return get_model_state_dict(model, options=_sd_options(full_state_dict=True, cpu_offload=True))
+
+
+def load_full_model_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a full state dict into a plain, DDP or FSDP2 model (every rank passes the full dict)."""
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+    model = unwrap(model)
+    if not _is_sharded(model):
+        model.load_state_dict(state, strict=True)
+        return
+    set_model_state_dict(model, state, options=_sd_options(full_state_dict=True, strict=True))
+
+
+def full_optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """The optimizer's state keyed by parameter *names* and unsharded, so a checkpoint does not
+    depend on the parallelism it was written under."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    return get_optimizer_state_dict(
+        unwrap(model), optimizer, options=_sd_options(full_state_dict=True, cpu_offload=True)
+    )
+
+
+def load_full_optimizer_state_dict(
+    model: nn.Module, optimizer: torch.optim.Optimizer, state: dict
+) -> None:
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    set_optimizer_state_dict(
+        unwrap(model), optimizer, state, options=_sd_options(full_state_dict=True)
+    )
+
+
+def _is_sharded(model: nn.Module) -> bool:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch 2.5
+        from torch.distributed._tensor import DTensor
+    return any(isinstance(p, DTensor) for p in model.parameters())
