@@ -15,7 +15,10 @@ from lmstream import __version__
 from lmstream.errors import LmstreamError
 
 # Subcommand modules, in the order of the workflow (lmstream.commands.<name>).
-COMMANDS = ("train",)
+COMMANDS = (
+    "train",
+    "plot",
+)
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
