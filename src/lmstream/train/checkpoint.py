@@ -1,0 +1,303 @@
+"""Checkpoints: atomic save, rotation, best-by-validation-loss, resolve, verify and load.
+
+Format (docs/contracts): ``DIR/step-00001500/`` holding model.safetensors, config.yaml,
+tokenizer.json, special_tokens.txt, trainer_state.pt and manifest.json. The folder is written as
+a hidden sibling ``.tmp-step-...``, every file fsynced, the manifest (sizes + sha256) written
+last, then renamed into place, so a crash mid-write never leaves a folder that resume would pick
+(DESIGN-NOTES section 5). Old checkpoints are deleted only after the new one is complete.
+
+Loading never runs code from a file: weights come from safetensors and the trainer state from
+``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from lmstream.config import (
+    SPECIAL_TOKENS_DEFAULT,
+    TrainingConfig,
+    dump_training_config,
+    load_training_config,
+)
+from lmstream.errors import CheckpointError, ConfigError
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.yaml"
+TOKENIZER_FILE = "tokenizer.json"
+SPECIAL_TOKENS_FILE = "special_tokens.txt"
+TRAINER_STATE_FILE = "trainer_state.pt"
+MANIFEST_FILE = "manifest.json"
+_STEP_RE = re.compile(r"^step-(\d+)$")
+_TMP_PREFIX = ".tmp-"
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_payload(
+    folder: Path,
+    model_state: dict[str, torch.Tensor],
+    config: TrainingConfig,
+    trainer_state: dict,
+) -> None:
+    # fp32, contiguous, unshared: safetensors refuses tensors that share storage (tied weights).
+    tensors = {
+        k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in model_state.items()
+    }
+    save_file(tensors, str(folder / MODEL_FILE), metadata={"format": "pt"})
+    dump_training_config(config, folder / CONFIG_FILE)
+    tok = config.tokenizer.tokenizer_json
+    if tok is not None and Path(tok).is_file():
+        shutil.copyfile(tok, folder / TOKENIZER_FILE)
+    special = config.tokenizer.special_tokens
+    if special is not None and Path(special).is_file():
+        shutil.copyfile(special, folder / SPECIAL_TOKENS_FILE)
+    else:
+        (folder / SPECIAL_TOKENS_FILE).write_text(json.dumps(SPECIAL_TOKENS_DEFAULT) + "\n")
+    torch.save(trainer_state, folder / TRAINER_STATE_FILE)
+
+
+def save_checkpoint(
+    directory: str | os.PathLike,
+    step: int,
+    model_state: dict[str, torch.Tensor],
+    config: TrainingConfig,
+    trainer_state: dict,
+    *,
+    extra_manifest: dict | None = None,
+) -> Path:
+    """Write ``directory/step-NNNNNNNN`` atomically and return its path.
+
+    ``config`` should be the resolved config with ``model.vocab_size`` set to the real vocabulary.
+    ``extra_manifest`` adds keys to manifest.json (the best-checkpoint keeper stores val_loss).
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / checkpoint_name(step)
+    tmp = directory / f"{_TMP_PREFIX}{final.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    _write_payload(tmp, model_state, config, trainer_state)
+    files = {}
+    for path in sorted(tmp.iterdir()):
+        _fsync_file(path)
+        files[path.name] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+    manifest = {"step": step, "files": files, **(extra_manifest or {})}
+    manifest_path = tmp / MANIFEST_FILE
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    _fsync_file(manifest_path)
+    _fsync_dir(tmp)
+    if final.exists():  # the same step saved again (e.g. a resumed run's final save): replace it
+        old = directory / f"{_TMP_PREFIX}old-{final.name}-{os.getpid()}"
+        os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, final)
+    _fsync_dir(directory)
+    _remove_stale_temporaries(directory)
+    return final
+
+
+def _remove_stale_temporaries(directory: Path) -> None:
+    """Temporary folders left by a crash mid-write are never complete: delete them."""
+    for path in directory.glob(f"{_TMP_PREFIX}*"):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def read_manifest(path: Path) -> dict:
+    manifest_path = Path(path) / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise CheckpointError(f"{path}: incomplete checkpoint (no {MANIFEST_FILE})")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files = manifest["files"]
+        int(manifest["step"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{manifest_path}: corrupted manifest ({exc})") from None
+    if not isinstance(files, dict):
+        raise CheckpointError(f"{manifest_path}: corrupted manifest (no file list)")
+    return manifest
+
+
+def verify_checkpoint(path: str | os.PathLike, *, check_hashes: bool = True) -> dict:
+    """Raise CheckpointError unless every file in the manifest exists with its size (and
+    sha256 when ``check_hashes``); returns the manifest."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    for name, meta in manifest["files"].items():
+        file = path / name
+        if not file.is_file():
+            raise CheckpointError(f"{path}: incomplete checkpoint ({name} is missing)")
+        size = file.stat().st_size
+        if size != meta.get("size"):
+            raise CheckpointError(
+                f"{path}: corrupted checkpoint ({name} has {size} bytes, the manifest says {meta.get('size')})"
+            )
+        if check_hashes and _sha256(file) != meta.get("sha256"):
+            raise CheckpointError(f"{path}: corrupted checkpoint ({name} fails its sha256 check)")
+    return manifest
+
+
+def list_checkpoints(directory: str | os.PathLike) -> list[Path]:
+    """Step folders under ``directory`` (complete or not), oldest first; temporaries ignored."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = [
+        (int(m.group(1)), p)
+        for p in directory.iterdir()
+        if p.is_dir() and (m := _STEP_RE.match(p.name))
+    ]
+    return [p for _, p in sorted(found)]
+
+
+def _is_complete(path: Path, check_hashes: bool) -> bool:
+    try:
+        verify_checkpoint(path, check_hashes=check_hashes)
+    except CheckpointError:
+        return False
+    return True
+
+
+def complete_checkpoints(directory: str | os.PathLike, *, check_hashes: bool = False) -> list[Path]:
+    return [p for p in list_checkpoints(directory) if _is_complete(p, check_hashes)]
+
+
+def resolve_checkpoint(path: str | os.PathLike, *, check_hashes: bool = False) -> Path:
+    """The checkpoint that ``path`` names: a step folder itself, else the newest complete one in
+    a checkpoints folder or in a run folder's ``checkpoints/``. Newer folders that are incomplete
+    or corrupted are skipped with a warning. CheckpointError if there is none."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint, checkpoints folder or run folder")
+    if (path / MANIFEST_FILE).exists() or _STEP_RE.match(path.name):
+        verify_checkpoint(path, check_hashes=check_hashes)
+        return path
+    candidates = list_checkpoints(path)
+    if not candidates and (path / "checkpoints").is_dir():
+        path = path / "checkpoints"
+        candidates = list_checkpoints(path)
+    for candidate in reversed(candidates):
+        try:
+            verify_checkpoint(candidate, check_hashes=check_hashes)
+        except CheckpointError as err:
+            log.warning("skipping checkpoint: %s; trying an older one", err)
+            continue
+        return candidate
+    raise CheckpointError(
+        f"{path}: no complete checkpoint found (looked for step-NNNNNNNN folders with a {MANIFEST_FILE})"
+    )
+
+
+def rotate_checkpoints(directory: str | os.PathLike, max_keep: int | None) -> list[Path]:
+    """Delete the oldest complete checkpoints beyond ``max_keep``; returns what was deleted.
+    Incomplete folders are left for the user to inspect (resume ignores them)."""
+    if max_keep is None:
+        return []
+    complete = complete_checkpoints(directory)
+    doomed = complete[: max(0, len(complete) - max_keep)]
+    for path in doomed:
+        shutil.rmtree(path)
+    return doomed
+
+
+def save_best(
+    directory: str | os.PathLike,
+    step: int,
+    val_loss: float,
+    max_keep: int,
+    model_state: dict[str, torch.Tensor],
+    config: TrainingConfig,
+    trainer_state: dict,
+) -> Path | None:
+    """Keep the ``max_keep`` lowest-validation-loss checkpoints in ``directory``.
+
+    Saves only when ``val_loss`` would be among them; returns the new folder or None.
+    """
+    kept = best_checkpoints(directory)
+    if len(kept) >= max_keep and val_loss >= kept[-1][0]:
+        return None
+    saved = save_checkpoint(
+        directory, step, model_state, config, trainer_state, extra_manifest={"val_loss": val_loss}
+    )
+    for _, path in best_checkpoints(directory)[max_keep:]:
+        shutil.rmtree(path)
+    return saved
+
+
+def best_checkpoints(directory: str | os.PathLike) -> list[tuple[float, Path]]:
+    """(val_loss, path) of the complete best checkpoints, lowest loss first (ties: newer first)."""
+    found = []
+    for path in complete_checkpoints(directory):
+        loss = read_manifest(path).get("val_loss")
+        if isinstance(loss, int | float):
+            found.append((float(loss), -int(read_manifest(path)["step"]), path))
+    return [(loss, path) for loss, _, path in sorted(found)]
+
+
+def load_model_state(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], TrainingConfig]:
+    """Weights (plain names, fp32, CPU) and the resolved config of a checkpoint (any path that
+    :func:`resolve_checkpoint` accepts)."""
+    path = resolve_checkpoint(path)
+    try:
+        state = load_file(str(path / MODEL_FILE))
+    except Exception as exc:  # safetensors raises its own error types for bad headers
+        raise CheckpointError(f"{path / MODEL_FILE}: cannot read weights ({exc})") from None
+    try:
+        config = load_training_config(path / CONFIG_FILE)
+    except ConfigError as err:
+        raise CheckpointError(f"{path / CONFIG_FILE}: invalid saved config: {err}") from None
+    return state, config
+
+
+def load_trainer_state(path: str | os.PathLike) -> dict:
+    """Optimizer, step, RNG and data state. ``weights_only=True``: a pickle that would run code
+    is refused with a CheckpointError instead of executed."""
+    path = resolve_checkpoint(path)
+    file = path / TRAINER_STATE_FILE
+    if not file.is_file():
+        raise CheckpointError(
+            f"{path}: no {TRAINER_STATE_FILE}; this checkpoint holds weights only"
+        )
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError for refused globals, RuntimeError for bad zips
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{file}: refused or unreadable trainer state ({first})") from None
