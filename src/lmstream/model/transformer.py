@@ -1,0 +1,123 @@
+"""The decoder-only transformer: token embedding -> blocks -> final norm -> vocabulary head.
+
+``blocks`` is the unit that activation checkpointing, torch.compile and FSDP wrap (applied
+outside this file, see distributed.py); this file knows nothing about ranks or devices.
+Building under ``torch.device("meta")`` allocates nothing: count parameters, then ``to_empty``
+and :meth:`Transformer.init_weights` to materialise.
+
+With tied embeddings the head reuses ``embed.weight`` through ``F.linear`` instead of a second
+module sharing the tensor, so ``state_dict()`` holds each tensor once and saves to safetensors
+as is.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmstream.config import ModelConfig
+from lmstream.model.layers import Block, KVCache, RotaryEmbedding, build_norm, residual_init_std
+
+
+class Transformer(nn.Module):
+    """A GPT/Llama-style pre-norm decoder with RoPE, configured by :class:`ModelConfig`."""
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int):
+        super().__init__()
+        self.config = cfg
+        self.vocab_size = vocab_size
+        self.embed = nn.Embedding(vocab_size, cfg.hidden_size)
+        self.rope = RotaryEmbedding(cfg)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_layers))
+        self.norm = build_norm(cfg)
+        self.head = (
+            None if cfg.tie_embeddings else nn.Linear(cfg.hidden_size, vocab_size, bias=False)
+        )
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Normal(init_std) weights, scaled residual projections, unit norms, fresh RoPE tables.
+
+        Safe to call again after ``to_empty()`` on a model built on the meta device.
+        """
+        std = self.config.init_std
+        nn.init.normal_(self.embed.weight, mean=0.0, std=std)
+        if self.head is not None:
+            nn.init.normal_(self.head.weight, mean=0.0, std=std)
+        for block in self.blocks:
+            block.init_weights(std, residual_init_std(self.config))
+        self.norm.reset_parameters()
+        self.rope.reset_parameters()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (B, T, V) for token ids (B, T); with targets also the mean cross-entropy.
+
+        Args:
+            input_ids: (B, T) token ids.
+            targets: (B, T) next-token ids, -100 to ignore a position; None = no loss.
+            kv_cache: for incremental decoding; positions continue from ``kv_cache.pos`` and the
+                cache is advanced by T.
+        """
+        start = kv_cache.pos if kv_cache is not None else 0
+        T = input_ids.shape[1]
+        x = self.embed(input_ids)  # (B, T, D)
+        cos, sin = self.rope(start, T, self._compute_dtype(x))  # (T, E) each
+        for block in self.blocks:
+            x = block(x, cos, sin, kv_cache)  # (B, T, D)
+        if kv_cache is not None:
+            kv_cache.pos += T
+        x = self.norm(x)
+        weight = self.embed.weight if self.head is None else self.head.weight
+        logits = F.linear(x, weight)  # (B, T, V)
+        loss = None
+        if targets is not None:
+            # fp32 loss: bf16 log-softmax over a 50k vocabulary loses ~2 digits of the loss.
+            loss = F.cross_entropy(
+                logits.float().view(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100
+            )
+        return logits, loss
+
+    @staticmethod
+    def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+        """The dtype q/k will have: the autocast dtype when autocast is on, else x's."""
+        if torch.is_autocast_enabled(x.device.type):
+            return torch.get_autocast_dtype(x.device.type)
+        return x.dtype
+
+    def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        """An empty cache on the model's device and dtype for up to ``max_len`` positions."""
+        p = self.embed.weight
+        return KVCache(
+            self.config,
+            batch_size,
+            max_len or self.config.max_position_embeddings,
+            p.device,
+            p.dtype,
+        )
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        """Parameter count (each tensor once); optionally without the token embedding / untied head."""
+        total = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings:
+            total -= self.embed.weight.numel()
+            if self.head is not None:
+                total -= self.head.weight.numel()
+        return total
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token: 6N + 12 * L * D * T (PaLM, appendix B).
+
+        N counts the parameters that take part in matmuls: everything but the embedding lookup,
+        plus the vocabulary head (the same tensor when tied). The second term is attention's
+        QK^T and AV (2 matmuls x 2 FLOPs x T x D per token and layer, x3 for forward + backward).
+        """
+        cfg = self.config
+        n = self.num_parameters(exclude_embeddings=True) + self.vocab_size * cfg.hidden_size
+        return 6.0 * n + 12.0 * cfg.num_layers * cfg.hidden_size * seq_len
