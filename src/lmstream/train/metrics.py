@@ -1,0 +1,222 @@
+"""Metric logging: a Logger interface with a no-op base, and stdout, TensorBoard and JSONL writers.
+
+The loop calls ``logger.log(step, {"loss": ..., "lr": ...})`` at log steps and evaluations and
+``logger.advance(step)`` after every optimizer step (the progress bar). Only rank 0 writes:
+:func:`build_logger` returns the no-op base on other ranks (torchtitan's pattern).
+
+Keys written (one JSON object per line in metrics.jsonl): step, loss, lr, grad_norm,
+tokens_per_s, mfu, data_wait_s, memory_gb, skipped_steps, and val_loss/val_ppl at evaluations.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+from lmstream.config import TrainingConfig
+
+
+class Logger:
+    """The interface, and the logger of ranks that do not write: every method does nothing."""
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        pass
+
+    def advance(self, step: int) -> None:
+        pass
+
+    def message(self, text: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def format_metrics(step: int, total_steps: int | None, metrics: dict[str, float]) -> str:
+    """One human-readable line, e.g. ``step 50/300 | loss 3.2101 | lr 1.80e-04 | ...``."""
+    parts = [f"step {step}" + (f"/{total_steps}" if total_steps else "")]
+    formats = {
+        "loss": "loss {:.4f}",
+        "val_loss": "val_loss {:.4f}",
+        "val_ppl": "val_ppl {:.2f}",
+        "lr": "lr {:.2e}",
+        "grad_norm": "grad_norm {:.3f}",
+        "tokens_per_s": "{:,.0f} tok/s",
+        "mfu": "mfu {:.1%}",
+        "data_wait_s": "data_wait {:.3f}s",
+        "memory_gb": "mem {:.2f}GB",
+        "skipped_steps": "skipped {:.0f}",
+    }
+    for key, fmt in formats.items():
+        value = metrics.get(key)
+        if value is not None and not (key == "skipped_steps" and value == 0):
+            parts.append(fmt.format(value))
+    return " | ".join(parts)
+
+
+class StdoutLogger(Logger):
+    """Metric lines on stdout; with ``progress`` (a terminal), a tqdm bar with ETA below them.
+    With ``metrics=False`` (enable_stdout: false) only notices (checkpoint saved, resumed) print."""
+
+    def __init__(
+        self,
+        total_steps: int | None,
+        start_step: int = 0,
+        progress: bool = False,
+        metrics: bool = True,
+    ):
+        self.total_steps = total_steps
+        self._metrics = metrics
+        self._bar = None
+        if progress:
+            from tqdm import tqdm
+
+            self._bar = tqdm(
+                total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, leave=True
+            )
+
+    def _write(self, text: str) -> None:
+        if self._bar is not None:
+            self._bar.write(text)
+        else:
+            print(text, flush=True)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        if self._metrics:
+            self._write(format_metrics(step, self.total_steps, metrics))
+
+    def advance(self, step: int) -> None:
+        if self._bar is not None:
+            self._bar.update(step - self._bar.n)
+
+    def message(self, text: str) -> None:
+        self._write(text)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+class TensorBoardLogger(Logger):
+    """Scalars under ``train/...`` (``val/...`` for validation), flushed every ``flush_every`` logs.
+
+    On resume, ``purge_step`` makes TensorBoard hide the events an interrupted run wrote after
+    the checkpoint, so curves do not double back.
+    """
+
+    def __init__(
+        self, log_dir: str | os.PathLike, flush_every: int, resume_step: int | None = None
+    ):
+        from torch.utils.tensorboard import SummaryWriter
+
+        purge = resume_step + 1 if resume_step is not None else None
+        self._writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge)
+        self._flush_every = flush_every
+        self._logged = 0
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            if value is None or not isinstance(value, int | float):
+                continue
+            tag = f"val/{key[4:]}" if key.startswith("val_") else f"train/{key}"
+            self._writer.add_scalar(tag, float(value), global_step=step)
+        self._logged += 1
+        if self._logged % self._flush_every == 0:
+            self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.flush()
+        self._writer.close()
+
+
+class JsonlLogger(Logger):
+    """One JSON object per log call. On resume, lines past the checkpoint's step (written by the
+    interrupted run after its last checkpoint) are dropped so each step appears once."""
+
+    def __init__(self, path: str | os.PathLike, resume_step: int | None = None):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is None:
+            self.path.write_text("")
+        elif self.path.exists():
+            self._truncate_after(resume_step)
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - open for the run
+
+    def _truncate_after(self, step: int) -> None:
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a torn last line from a killed run
+            if isinstance(record, dict) and int(record.get("step", 0)) <= step:
+                kept.append(line)
+        self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        record = {"step": step}
+        for key, value in metrics.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                value = None  # JSON has no NaN/inf
+            record[key] = value
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class MultiLogger(Logger):
+    def __init__(self, loggers: list[Logger]):
+        self.loggers = loggers
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        for logger in self.loggers:
+            logger.log(step, metrics)
+
+    def advance(self, step: int) -> None:
+        for logger in self.loggers:
+            logger.advance(step)
+
+    def message(self, text: str) -> None:
+        for logger in self.loggers:
+            logger.message(text)
+
+    def close(self) -> None:
+        for logger in self.loggers:
+            logger.close()
+
+
+def build_logger(
+    cfg: TrainingConfig,
+    *,
+    rank: int,
+    total_steps: int | None,
+    resume_step: int | None = None,
+    progress: bool | None = None,
+) -> Logger:
+    """The writers that runtime.logging asks for; the no-op Logger on ranks other than 0."""
+    if rank != 0:
+        return Logger()
+    logging_cfg = cfg.runtime.logging
+    show_bar = sys.stdout.isatty() if progress is None else progress
+    stdout = StdoutLogger(
+        total_steps,
+        resume_step or 0,
+        progress=show_bar and logging_cfg.enable_stdout,
+        metrics=logging_cfg.enable_stdout,
+    )
+    loggers: list[Logger] = [stdout]
+    if logging_cfg.tensorboard is not None:
+        loggers.append(
+            TensorBoardLogger(
+                logging_cfg.tensorboard, logging_cfg.tensorboard_flush_every_n, resume_step
+            )
+        )
+    if logging_cfg.metrics_jsonl is not None:
+        loggers.append(JsonlLogger(logging_cfg.metrics_jsonl, resume_step))
+    return MultiLogger(loggers)
