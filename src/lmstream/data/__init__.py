@@ -1,0 +1,1 @@
+"""The data pipeline: sources (open and read text streams), packing and the train loader."""
