@@ -18,6 +18,7 @@ from lmstream.errors import LmstreamError
 COMMANDS = (
     "train",
     "plot",
+    "generate",
 )
 
 

@@ -1,0 +1,88 @@
+"""`lmstream generate --checkpoint PATH --prompt TEXT`: sample text, streamed as it is produced."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EXAMPLES = """examples:
+  lmstream generate --checkpoint workspace/runs/demo --prompt "In the beginning"
+  lmstream generate --checkpoint workspace/runs/my-exp/checkpoints/step-00001500 \\
+      --prompt "The" --max-new-tokens 200 --temperature 0.8 --top-k 50 --top-p 0.95 --seed 1
+  lmstream generate --checkpoint workspace/runs/my-exp/best --prompt "The" --temperature 0
+"""
+
+
+def register(sub: argparse._SubParsersAction, formatter: type) -> None:
+    p = sub.add_parser(
+        "generate",
+        help="sample text from a checkpoint (streams tokens as they are produced)",
+        description="Continue a prompt with a trained model, printing text as it is produced. "
+        "PATH may be a step folder, a checkpoints folder or a run folder (its newest complete "
+        "checkpoint is used).",
+        epilog=EXAMPLES,
+        formatter_class=formatter,
+    )
+    p.add_argument(
+        "--checkpoint", required=True, type=Path, help="checkpoint, checkpoints or run folder"
+    )
+    p.add_argument("--prompt", required=True, help="text to continue")
+    p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate at most")
+    p.add_argument("--temperature", type=float, default=0.8, help="softmax temperature; 0 = greedy")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest tokens")
+    p.add_argument(
+        "--top-p", type=float, default=None, help="nucleus sampling: smallest set with this mass"
+    )
+    p.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.set_defaults(func=run)
+
+
+def _check(args: argparse.Namespace) -> None:
+    from lmstream.errors import ConfigError
+
+    problems = []
+    if args.max_new_tokens < 1:
+        problems.append(f"--max-new-tokens: must be at least 1 (given: {args.max_new_tokens})")
+    if args.temperature < 0:
+        problems.append(f"--temperature: must be >= 0 (given: {args.temperature})")
+    if args.top_k is not None and args.top_k < 1:
+        problems.append(f"--top-k: must be at least 1 (given: {args.top_k})")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        problems.append(f"--top-p: must be in (0, 1] (given: {args.top_p})")
+    if problems:
+        raise ConfigError(problems)
+
+
+def run(args: argparse.Namespace) -> int:
+    from lmstream.generate import (
+        generate_tokens,
+        load_checkpoint_model,
+        load_checkpoint_tokenizer,
+        pick_device,
+        stop_token_ids,
+        stream_text,
+    )
+
+    _check(args)
+    device = pick_device(args.device)
+    model, cfg, folder = load_checkpoint_model(args.checkpoint, device)
+    tokenizer = load_checkpoint_tokenizer(folder, cfg)
+    print(f"# {folder} on {device}", file=sys.stderr)
+    tokens = generate_tokens(
+        model,
+        tokenizer.encode(args.prompt).ids,
+        args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        stop_ids=stop_token_ids(tokenizer),
+    )
+    sys.stdout.write(args.prompt)
+    for piece in stream_text(tokenizer, tokens):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0

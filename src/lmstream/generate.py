@@ -1,0 +1,163 @@
+"""Sampling from a trained checkpoint with a KV cache, streamed as text pieces.
+
+The prompt is run once (prefill) to fill the cache; each new token then costs one forward pass
+over a single position. :func:`generate_tokens` yields token ids as they are drawn and
+:func:`stream_text` turns them into text pieces, holding back bytes that do not yet form a
+whole UTF-8 character (byte-level BPE splits characters across tokens).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer
+
+from lmstream.config import TrainingConfig
+from lmstream.errors import CheckpointError, ConfigError
+from lmstream.model.transformer import Transformer
+from lmstream.train.checkpoint import TOKENIZER_FILE, load_model_state, resolve_checkpoint
+
+EOT = "<|endoftext|>"
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """'auto' = cuda when available, else cpu; asking for cuda without one is a user error."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available; use --device cpu")
+    return torch.device(name)
+
+
+def load_checkpoint_model(
+    path: str | os.PathLike, device: torch.device | str = "cpu"
+) -> tuple[Transformer, TrainingConfig, Path]:
+    """The model of a checkpoint (any path resolve_checkpoint accepts), in eval mode, fp32."""
+    folder = resolve_checkpoint(path)
+    state, cfg = load_model_state(folder)
+    if "embed.weight" not in state:
+        raise CheckpointError(
+            f"{folder}: model.safetensors has no 'embed.weight'; not an lmstream model"
+        )
+    vocab = cfg.model.vocab_size or state["embed.weight"].shape[0]
+    with torch.device("meta"):
+        model = Transformer(cfg.model, vocab)
+    model.to_empty(device=device)
+    model.rope.reset_parameters()  # non-persistent: not in the file
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else "shape mismatch"
+        raise CheckpointError(
+            f"{folder}: weights do not match the saved model config ({first})"
+        ) from None
+    return model.eval(), cfg, folder
+
+
+def load_checkpoint_tokenizer(folder: Path, cfg: TrainingConfig) -> Tokenizer:
+    """The checkpoint's own tokenizer.json, else the one its config points to."""
+    for candidate in (folder / TOKENIZER_FILE, cfg.tokenizer.tokenizer_json):
+        if candidate is not None and Path(candidate).is_file():
+            try:
+                return Tokenizer.from_file(str(candidate))
+            except Exception as exc:  # tokenizers raises a bare Exception on bad JSON
+                raise CheckpointError(f"{candidate}: cannot load tokenizer ({exc})") from None
+    raise CheckpointError(
+        f"{folder}: no {TOKENIZER_FILE} in the checkpoint and {cfg.tokenizer.tokenizer_json} is missing"
+    )
+
+
+def sample_next(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Next token ids (B,) from logits (B, V). temperature 0 = greedy (argmax)."""
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None and 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and 0 < top_p < 1:
+        # Nucleus sampling (Holtzman et al. 2019): keep the smallest set whose mass reaches top_p.
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        drop = probs.cumsum(dim=-1) - probs >= top_p  # mass before this token already enough
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.inference_mode()
+def generate_tokens(
+    model: Transformer,
+    prompt_ids: Sequence[int],
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    stop_ids: Sequence[int] = (),
+    use_cache: bool = True,
+) -> Iterator[int]:
+    """Yield up to ``max_new_tokens`` sampled ids after ``prompt_ids`` (stops at a stop id).
+
+    ``use_cache=False`` recomputes the whole sequence each step (the reference the cache is
+    tested against). The total length is capped at the model's max_position_embeddings.
+    """
+    device = model.embed.weight.device
+    limit = model.config.max_position_embeddings
+    if not prompt_ids:
+        raise ConfigError("the prompt encodes to no tokens; give a non-empty --prompt")
+    if len(prompt_ids) >= limit:
+        raise ConfigError(
+            f"the prompt has {len(prompt_ids)} tokens; this model reads at most "
+            f"{limit - 1} plus one new token (max_position_embeddings {limit})"
+        )
+    max_new_tokens = min(max_new_tokens, limit - len(prompt_ids))
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=device).manual_seed(seed)
+    ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)  # (1, T)
+    cache = model.new_kv_cache(1, len(prompt_ids) + max_new_tokens) if use_cache else None
+    step_input = ids
+    for _ in range(max_new_tokens):
+        logits, _ = model(step_input if use_cache else ids, kv_cache=cache)
+        token = sample_next(logits[:, -1], temperature, top_k, top_p, generator)  # (1,)
+        yield int(token)
+        if int(token) in stop_ids:
+            return
+        step_input = token[:, None]  # (1, 1)
+        if not use_cache:
+            ids = torch.cat([ids, step_input], dim=1)
+
+
+def stream_text(tokenizer: Tokenizer, token_ids: Iterator[int]) -> Iterator[str]:
+    """Text pieces as tokens arrive; a piece ending in a partial UTF-8 character waits."""
+    ids: list[int] = []
+    emitted = 0
+    for token in token_ids:
+        ids.append(token)
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for more bytes
+            continue
+        if len(text) > emitted:
+            yield text[emitted:]
+            emitted = len(text)
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    if len(text) > emitted:
+        yield text[emitted:]
+
+
+def stop_token_ids(tokenizer: Tokenizer) -> list[int]:
+    """The end-of-text token ends a generation (the packer puts it between documents)."""
+    eot = tokenizer.token_to_id(EOT)
+    return [] if eot is None else [eot]
