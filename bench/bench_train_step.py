@@ -1,0 +1,300 @@
+"""Training-step throughput: lmstream's Transformer against transformers' LlamaForCausalLM.
+
+    python bench/bench_train_step.py [--quick] [--record]
+
+Both models get identical shapes (SwiGLU MLP, RMSNorm, RoPE, grouped-query attention, untied
+head, like Llama), the same weights, the same batch and the same optimizer step: forward, fp32
+cross-entropy, backward, global-norm clipping and AdamW from lmstream's ``build_optimizer``. The
+benchmark first checks that the two compute the same function (same weights -> same logits), so
+the comparison is about speed only. Then it alternates the contenders (lmstream / Llama, eager /
+torch.compile) for several repetitions in this one process and reports median tokens/s and the
+lmstream/Llama ratio (goal: >= 1.2x).
+
+torch.compile is applied the way each side is used: lmstream compiles each block in place
+(``distributed.apply_compile``, what ``runtime.compile: true`` does); Llama is compiled whole
+(``model.compile()``, the usual transformers recipe).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness import (
+    fmt_int,
+    machine_description,
+    markdown_table,
+    median,
+    time_steps,
+    today,
+    update_benchmarks_md,
+    write_result,
+)
+from lmstream.config import ModelConfig, OptimizerConfig
+from lmstream.distributed import apply_compile
+from lmstream.model.transformer import Transformer
+from lmstream.train.optim import build_optimizer
+
+GOAL_RATIO = 1.2
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One benchmark point: model shape and batch."""
+
+    hidden: int = 256
+    layers: int = 4
+    heads: int = 8
+    kv_heads: int = 4
+    intermediate: int = 688
+    vocab: int = 8000
+    seq: int = 256
+    batch: int = 8
+
+    def model_config(self) -> ModelConfig:
+        return ModelConfig(
+            hidden_size=self.hidden,
+            intermediate_size=self.intermediate,
+            num_layers=self.layers,
+            num_attention_heads=self.heads,
+            num_key_value_heads=self.kv_heads,
+            max_position_embeddings=self.seq,
+            activation="swiglu",
+            norm="rmsnorm",
+            norm_eps=1e-6,
+            tie_embeddings=False,
+        )
+
+    @property
+    def tokens(self) -> int:
+        return self.batch * self.seq
+
+
+QUICK = Shape(
+    hidden=64, layers=2, heads=4, kv_heads=2, intermediate=172, vocab=512, seq=64, batch=2
+)
+
+
+# ------------------------------------------------------------------------------- the two models
+
+
+def build_lmstream(shape: Shape, seed: int = 0) -> Transformer:
+    torch.manual_seed(seed)
+    return Transformer(shape.model_config(), shape.vocab)
+
+
+def build_llama_like(ours: Transformer) -> nn.Module:
+    """A LlamaForCausalLM with our model's shapes, holding our model's weights."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = ours.config
+    llama_cfg = LlamaConfig(
+        vocab_size=ours.vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_attention_heads,
+        num_key_value_heads=cfg.kv_heads,
+        max_position_embeddings=cfg.max_position_embeddings,
+        rms_norm_eps=cfg.norm_eps,
+        rope_theta=cfg.theta,
+        tie_word_embeddings=cfg.tie_embeddings,
+        hidden_act="silu",
+        use_cache=False,
+        attn_implementation="sdpa",
+    )
+    llama = LlamaForCausalLM(llama_cfg)
+    llama.load_state_dict(llama_state_dict(ours), strict=not cfg.tie_embeddings)
+    return llama
+
+
+def llama_state_dict(ours: Transformer) -> dict[str, torch.Tensor]:
+    """Our weights under Llama's names: fused q/k/v and gate/up rows are split in their order."""
+    cfg = ours.config
+    q_rows, kv_rows = cfg.num_attention_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
+    out = {
+        "model.embed_tokens.weight": ours.embed.weight,
+        "model.norm.weight": ours.norm.weight,
+        "lm_head.weight": ours.embed.weight if ours.head is None else ours.head.weight,
+    }
+    for i, block in enumerate(ours.blocks):
+        p = f"model.layers.{i}."
+        q, k, v = block.attn.qkv.weight.split([q_rows, kv_rows, kv_rows])
+        gate, up = block.mlp.fc.weight.chunk(2)
+        out |= {
+            p + "input_layernorm.weight": block.attn_norm.weight,
+            p + "self_attn.q_proj.weight": q,
+            p + "self_attn.k_proj.weight": k,
+            p + "self_attn.v_proj.weight": v,
+            p + "self_attn.o_proj.weight": block.attn.proj.weight,
+            p + "post_attention_layernorm.weight": block.mlp_norm.weight,
+            p + "mlp.gate_proj.weight": gate,
+            p + "mlp.up_proj.weight": up,
+            p + "mlp.down_proj.weight": block.mlp.proj.weight,
+        }
+    return {name: t.detach().clone() for name, t in out.items()}
+
+
+def logits_of(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """(B, T, V) logits of either model."""
+    if isinstance(model, Transformer):
+        return model(inputs)[0]
+    return model(input_ids=inputs, use_cache=False).logits
+
+
+@torch.no_grad()
+def max_logit_difference(ours: Transformer, llama: nn.Module, inputs: torch.Tensor) -> float:
+    """Largest |difference| between the two models' logits on the same tokens."""
+    ours.eval(), llama.eval()
+    diff = (logits_of(ours, inputs) - logits_of(llama, inputs)).abs().max().item()
+    ours.train(), llama.train()
+    return diff
+
+
+# ------------------------------------------------------------------------------- the train step
+
+
+def make_train_step(
+    model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
+) -> Callable[[], torch.Tensor]:
+    """One full optimizer step on a fixed batch, identical for both models."""
+    optimizer = build_optimizer(
+        model, OptimizerConfig(learning_rate=3e-4, weight_decay=0.1), 3e-4, inputs.device
+    )
+
+    def step() -> torch.Tensor:
+        logits = logits_of(model, inputs)
+        # The same fp32 loss for both (lmstream's own forward computes exactly this).
+        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    return step
+
+
+def random_batch(shape: Shape, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, shape.vocab, (shape.batch, shape.seq + 1), generator=g)
+    return tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+
+
+def build_contenders(shape: Shape, compile_too: bool) -> dict[str, Callable[[], torch.Tensor]]:
+    """name -> step function; each contender has its own model copy and optimizer."""
+    inputs, targets = random_batch(shape)
+    contenders = {}
+    modes = ("eager", "compile") if compile_too else ("eager",)
+    for mode in modes:
+        ours = build_lmstream(shape)
+        llama = build_llama_like(ours)
+        if mode == "compile":
+            apply_compile(ours.blocks)
+            llama.compile()
+        contenders[f"lmstream {mode}"] = make_train_step(ours, inputs, targets)
+        contenders[f"llama {mode}"] = make_train_step(llama, inputs, targets)
+    return contenders
+
+
+def run(shape: Shape, reps: int, steps: int, compile_too: bool) -> dict:
+    """Parity check, then alternating timed repetitions; returns the numbers."""
+    ours = build_lmstream(shape)
+    diff = max_logit_difference(ours, build_llama_like(ours), random_batch(shape)[0])
+    if diff > 1e-3:
+        raise SystemExit(f"bench_train_step: models disagree (max |logit diff| {diff:.2e})")
+    contenders = build_contenders(shape, compile_too)
+    per_rep: dict[str, list[float]] = {name: [] for name in contenders}
+    for step in contenders.values():  # warm-up (and compilation) outside the clock
+        time_steps(step, steps=0, warmup=2)
+    for rep in range(reps):
+        # Alternate the order each repetition so neither side always runs first.
+        order = list(contenders) if rep % 2 == 0 else list(reversed(contenders))
+        for name in order:
+            times = time_steps(contenders[name], steps=steps, warmup=0)
+            per_rep[name].append(shape.tokens / median(times))
+    tps = {name: median(v) for name, v in per_rep.items()}
+    ratios = {
+        mode: tps[f"lmstream {mode}"] / tps[f"llama {mode}"]
+        for mode in ("eager", "compile")
+        if f"llama {mode}" in tps
+    }
+    return {
+        "shape": shape.__dict__,
+        "max_logit_diff": diff,
+        "tokens_per_s": tps,
+        "per_repetition": per_rep,
+        "ratio_lmstream_over_llama": ratios,
+        "reps": reps,
+        "steps_per_rep": steps,
+    }
+
+
+def report(result: dict, command: str) -> str:
+    """BENCHMARKS.md section (markdown)."""
+    tps, ratios = result["tokens_per_s"], result["ratio_lmstream_over_llama"]
+    rows = []
+    for mode, ratio in ratios.items():
+        ok = "yes" if ratio >= GOAL_RATIO else "no"
+        rows.append(
+            [
+                mode,
+                fmt_int(tps[f"lmstream {mode}"]),
+                fmt_int(tps[f"llama {mode}"]),
+                f"{ratio:.2f}x",
+                ok,
+            ]
+        )
+    s = result["shape"]
+    return "\n".join(
+        [
+            "## Training step: lmstream vs transformers Llama (CPU, fp32)",
+            "",
+            f"- Command: `{command}`",
+            f"- Machine: {machine_description()}",
+            f"- Date: {today()}",
+            f"- Shapes: hidden {s['hidden']}, {s['layers']} layers, {s['heads']} heads / {s['kv_heads']} kv, "
+            f"intermediate {s['intermediate']}, vocab {s['vocab']}, seq {s['seq']}, batch {s['batch']}; "
+            "SwiGLU, RMSNorm, untied head; step = forward + fp32 CE + backward + clip + AdamW (foreach)",
+            f"- Same function checked first: max |logit difference| {result['max_logit_diff']:.1e}",
+            f"- Median of {result['reps']} alternating repetitions x {result['steps_per_rep']} steps",
+            "",
+            markdown_table(
+                ["mode", "lmstream tokens/s", "Llama tokens/s", "ratio", f">= {GOAL_RATIO}x"], rows
+            ),
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--quick", action="store_true", help="tiny shapes, eager only (smoke run)")
+    p.add_argument("--reps", type=int, default=5, help="alternating repetitions")
+    p.add_argument("--steps", type=int, default=5, help="timed steps per repetition")
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile contenders")
+    p.add_argument("--record", action="store_true", help="write the section in BENCHMARKS.md")
+    args = p.parse_args(argv)
+    shape = QUICK if args.quick else Shape()
+    reps, steps = (2, 2) if args.quick else (args.reps, args.steps)
+    result = run(shape, reps, steps, compile_too=not (args.quick or args.no_compile))
+    write_result("train_step", result)
+    command = "python bench/bench_train_step.py " + " ".join(
+        argv if argv is not None else sys.argv[1:]
+    )
+    text = report(result, command.strip())
+    print(text)
+    if args.record and not args.quick:
+        update_benchmarks_md("train_step", text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
