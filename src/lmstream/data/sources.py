@@ -4,9 +4,11 @@ Everything goes through ``datasets.load_dataset(..., streaming=True)`` so that h
 files and URLs share one code path, one position format (``IterableDataset.state_dict``) and
 bounded memory. Three things the library does not do are added here:
 
-* **Bad records never end a run.** JSON-lines and text files are read as raw lines (decoded as
-  Latin-1, which cannot fail, then re-decoded as strict UTF-8 per record) because the library's
-  JSON reader rejects a whole file for one malformed line or one invalid byte. Records missing
+* **Bad records never end a run.** JSON-lines and text files are read as raw byte lines by a
+  sharded ``IterableDataset.from_generator`` (one shard per file, the library's own state_dict)
+  and parsed here per record, because the library's JSON reader rejects a whole file for one
+  malformed line or one invalid byte (and its text reader cannot re-open a remote file with a
+  non-default encoding after a dropped connection). Records missing
   the field, not strings, empty, invalid UTF-8 or huge are skipped and counted by reason.
 * **Transient read errors are retried** with exponential backoff and jitter, resuming at the
   batch where the error happened. datasets' own fixed 5-60 s read retries are turned off for
@@ -189,8 +191,32 @@ def _disable_library_retries() -> None:
         setattr(cfg, name, 0)
 
 
-def open_dataset(spec: SourceSpec, split: str) -> datasets.IterableDataset:
-    """The split of the source as a streaming ``IterableDataset`` (DataSourceError if it can't)."""
+def open_dataset(
+    spec: SourceSpec, split: str, *, retry: RetryPolicy | None = None
+) -> datasets.IterableDataset:
+    """The split of the source as a streaming ``IterableDataset`` (DataSourceError if it can't).
+
+    Remote sources read metadata (parquet schemas) while opening, so transient errors here are
+    retried with the same policy as reads.
+    """
+    retry = retry or RetryPolicy()
+    for attempt in range(1, retry.max_retries + 2):
+        try:
+            return _open_once(spec, split)
+        except _TransientOpenError as err:
+            if attempt > retry.max_retries:
+                raise DataSourceError(_unreachable(err.what, err.__cause__ or err)) from None
+            time.sleep(retry.delay(attempt))
+    raise AssertionError("unreachable")
+
+
+class _TransientOpenError(Exception):
+    def __init__(self, what: str):
+        super().__init__(what)
+        self.what = what
+
+
+def _open_once(spec: SourceSpec, split: str) -> datasets.IterableDataset:
     _disable_library_retries()
     kwargs: dict[str, Any] = {"streaming": True, "cache_dir": spec.cache_dir}
     if spec.is_files and not (spec.data_files and not _looks_local(spec.path)):
@@ -201,19 +227,26 @@ def open_dataset(spec: SourceSpec, split: str) -> datasets.IterableDataset:
                 "(name split files as NAME=PATH in --data-files)"
             )
         builder, raw = _builder_for(files)
-        kwargs["data_files"] = {split: files[split]}
+        remote = any(_is_url(f) for f in files[split])
         if raw:
-            kwargs["encoding"] = "latin-1"  # lossless bytes; strict UTF-8 per record below
-        if any(_is_url(f) for f in files[split]):
+            return _tag(_lines_dataset(files[split], raw, spec), spec.path, remote)
+        kwargs["data_files"] = {split: files[split]}
+        if remote:
             kwargs["storage_options"] = _http_options(spec)
-        ds = _load(builder, split, spec, kwargs)
-        return _parse_raw_lines(ds, raw, spec.text_field) if raw else ds
+        return _tag(_load(builder, split, spec, kwargs, remote), spec.path, remote)
     kwargs.update(name=spec.subset, revision=spec.revision)
     if spec.data_files:
         kwargs["data_files"] = list(spec.data_files)
     if spec.trust_remote_code and "trust_remote_code" in _load_params():
         kwargs["trust_remote_code"] = True
-    return _load(spec.path, split, spec, kwargs)
+    return _tag(_load(spec.path, split, spec, kwargs, remote=True), spec.path, remote=True)
+
+
+def _tag(ds: datasets.IterableDataset, what: str, remote: bool) -> datasets.IterableDataset:
+    # Read by DocumentStream: the name for messages; remote sources treat I/O errors as transient.
+    ds._lmstream_source = what
+    ds._lmstream_remote = remote
+    return ds
 
 
 def _load_params() -> set[str]:
@@ -222,10 +255,12 @@ def _load_params() -> set[str]:
     return set(inspect.signature(datasets.load_dataset).parameters)
 
 
-def _load(path: str, split: str, spec: SourceSpec, kwargs: dict) -> datasets.IterableDataset:
+def _load(
+    path: str, split: str, spec: SourceSpec, kwargs: dict, remote: bool
+) -> datasets.IterableDataset:
     what = spec.path if path in ("text", "json", "parquet", "csv") else path
     try:
-        ds = datasets.load_dataset(path, split=split, **kwargs)
+        return datasets.load_dataset(path, split=split, **kwargs)
     except ValueError as err:
         msg = str(err)
         if "split" in msg.lower():
@@ -234,6 +269,9 @@ def _load(path: str, split: str, spec: SourceSpec, kwargs: dict) -> datasets.Ite
             raise DataSourceError(f"{what}: {_first_line(msg)} (pick one with --subset)") from None
         raise DataSourceError(f"{what}: {_first_line(msg)}") from None
     except (ConnectionError, TimeoutError, OSError) as err:
+        offline = "offline" in str(err).lower() or "OfflineMode" in repr(err)
+        if remote and is_transient(err) and not offline:
+            raise _TransientOpenError(what) from err
         raise DataSourceError(_unreachable(what, err)) from None
     except Exception as err:  # the hub client raises many types for "not found" / "offline"
         if type(err).__name__ in {"DatasetNotFoundError", "RepositoryNotFoundError"}:
@@ -241,9 +279,9 @@ def _load(path: str, split: str, spec: SourceSpec, kwargs: dict) -> datasets.Ite
                 f"{what}: dataset not found on the Hugging Face Hub (or not cached while "
                 "offline); check the id, or pass local files with --data-files"
             ) from None
+        if remote and is_transient(err):
+            raise _TransientOpenError(what) from err
         raise
-    ds._lmstream_source = what  # named in DocumentStream error messages
-    return ds
 
 
 def _unreachable(what: str, err: BaseException) -> str:
@@ -258,24 +296,26 @@ def _first_line(text: str) -> str:
     return text.strip().splitlines()[0][:300] if text.strip() else ""
 
 
-def _parse_raw_lines(
-    ds: datasets.IterableDataset, kind: str, text_field: str
-) -> datasets.IterableDataset:
-    """Turn raw Latin-1 lines into {text_field: value, BAD_KEY: reason or None}."""
-
-    def parse(batch: dict) -> dict:
-        values, bad = [], []
-        for line in batch["text"]:
-            value, reason = _parse_line(line, kind, text_field)
-            values.append(value)
-            bad.append(reason)
-        return {text_field: values, BAD_KEY: bad}
-
-    return ds.map(parse, batched=True, remove_columns=["text"])
+def _lines_dataset(files: list[str], kind: str, spec: SourceSpec) -> datasets.IterableDataset:
+    """Records {text_field: value, BAD_KEY: reason or None} from raw lines, one shard per file."""
+    options = _http_options(spec) if any(_is_url(f) for f in files) else {}
+    return datasets.IterableDataset.from_generator(
+        _read_lines,
+        gen_kwargs={"files": list(files), "kind": kind, "field": spec.text_field, "opts": options},
+    )
 
 
-def _parse_line(line: str, kind: str, text_field: str) -> tuple[Any, str | None]:
-    raw = line.encode("latin-1")
+def _read_lines(files: list[str], kind: str, field: str, opts: dict) -> Iterator[dict]:
+    import fsspec
+
+    for path in files:
+        with fsspec.open(path, "rb", compression="infer", **opts) as handle:
+            for line in handle:
+                value, reason = _parse_line(line.rstrip(b"\r\n"), kind, field)
+                yield {field: value, BAD_KEY: reason}
+
+
+def _parse_line(raw: bytes, kind: str, text_field: str) -> tuple[Any, str | None]:
     if kind == "txt":
         try:
             return raw.decode("utf-8"), None
@@ -482,7 +522,7 @@ class DocumentStream:
             except StopIteration:
                 return
             except Exception as err:
-                if not is_transient(err):
+                if not self._transient(err):
                     raise DataSourceError(f"{self._name()}: read failed: {_describe(err)}") from err
                 attempt += 1
                 if attempt > self.retry.max_retries:
@@ -526,6 +566,15 @@ class DocumentStream:
         raise DataSourceError(
             f"{self._name()}: text field {self.text_field!r} not found in the first "
             f"{len(next(iter(batch.values()), []))} records{have} (choose it with --text-field)"
+        )
+
+    def _transient(self, err: BaseException) -> bool:
+        # Remote reads surface a dropped connection as FileNotFoundError or a malformed-URL error
+        # once datasets/fsspec have re-opened the file, losing the cause: for a source that did
+        # open, any I/O error is worth a bounded number of retries.
+        remote = getattr(self.dataset, "_lmstream_remote", False)
+        return is_transient(err) or (
+            remote and (isinstance(err, OSError) or type(err).__module__.startswith("aiohttp"))
         )
 
     def _name(self) -> str:

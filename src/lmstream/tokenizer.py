@@ -1,0 +1,118 @@
+"""Byte-level BPE: train from a text iterator (nothing written to disk), save, load.
+
+Byte-level (GPT-2 style) so that any UTF-8 text round-trips byte for byte: the pre-tokenizer maps
+every byte to a printable symbol, so there is no unknown token and no normalization. The files
+are the ones the seed lists (tokenizer.json, vocab.json, merges.txt); tokenizer.json alone is
+what lmstream and transformers' ``PreTrainedTokenizerFast`` load.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from lmstream.config import SPECIAL_TOKENS_DEFAULT
+from lmstream.errors import CheckpointError, ConfigError
+
+EOT_TOKEN = "<|endoftext|>"
+PAD_TOKEN = "<|pad|>"
+MIN_VOCAB_SIZE = 256  # one token per byte, before any merge
+
+
+def new_bpe() -> Tokenizer:
+    """An untrained byte-level BPE tokenizer (no prefix space, so decode(encode(x)) == x)."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    return tok
+
+
+def bpe_trainer(
+    vocab_size: int, special_tokens: list[str], show_progress: bool = False
+) -> trainers.BpeTrainer:
+    return trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(special_tokens),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=show_progress,
+    )
+
+
+def check_special_tokens(special_tokens: list[str]) -> list[str]:
+    """EOT and PAD first (in that order), then any extra tokens, without duplicates."""
+    out: list[str] = []
+    for token in [*SPECIAL_TOKENS_DEFAULT, *special_tokens]:
+        if not isinstance(token, str) or not token:
+            raise ConfigError(f"special token {token!r} must be a non-empty string")
+        if token not in out:
+            out.append(token)
+    return out
+
+
+def train_bpe(
+    texts: Iterable[str] | Iterable[list[str]],
+    vocab_size: int,
+    special_tokens: list[str],
+    *,
+    length: int | None = None,
+) -> Tokenizer:
+    """Train a byte-level BPE on ``texts`` (strings, or lists of strings: batches are faster).
+
+    The trainer consumes the iterator once and keeps only word counts, so memory does not grow
+    with the number of documents beyond the distinct pre-tokenized words.
+    """
+    specials = check_special_tokens(special_tokens)
+    if vocab_size < MIN_VOCAB_SIZE + len(specials):
+        raise ConfigError(
+            f"--vocab-size: {vocab_size} is too small; byte-level BPE needs at least "
+            f"{MIN_VOCAB_SIZE + len(specials)} (256 bytes + {len(specials)} special tokens)"
+        )
+    tok = new_bpe()
+    tok.train_from_iterator(texts, trainer=bpe_trainer(vocab_size, specials), length=length)
+    return tok
+
+
+def save_tokenizer(tok: Tokenizer, directory: str | Path) -> None:
+    """Write tokenizer.json, vocab.json and merges.txt into ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tok.save(str(directory / "tokenizer.json"))
+    # model.save writes "<prefix>-vocab.json"/"-merges.txt" (or plain names with no prefix).
+    tok.model.save(str(directory))
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """Load tokenizer.json; CheckpointError when it is missing or not a tokenizer file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"{path}: tokenizer file not found; run `lmstream orchestrate` to create it"
+        )
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as err:  # tokenizers raises a bare Exception for corrupt JSON
+        raise CheckpointError(f"{path}: not a valid tokenizer.json ({err})") from None
+
+
+def eot_token_id(tok: Tokenizer) -> int:
+    """The id of ``<|endoftext|>`` (the document separator); ConfigError if absent."""
+    token_id = tok.token_to_id(EOT_TOKEN)
+    if token_id is None:
+        raise ConfigError(f"the tokenizer has no {EOT_TOKEN} token; retrain it with orchestrate")
+    return token_id
+
+
+def vocab_summary(tok: Tokenizer) -> dict:
+    """Size and special token ids, for summaries and logs."""
+    specials = {
+        t.content: tok.token_to_id(t.content) for t in tok.get_added_tokens_decoder().values()
+    }
+    return {"vocab_size": tok.get_vocab_size(), "special_tokens": specials}
+
+
+def dump_special_tokens(tokens: list[str], path: str | Path) -> None:
+    """special_tokens.txt in the seed's format: a JSON list on one line."""
+    Path(path).write_text(json.dumps(tokens) + "\n", encoding="utf-8")
