@@ -251,8 +251,7 @@ def save_best(
 
     Saves only when ``val_loss`` would be among them; returns the new folder or None.
     """
-    kept = best_checkpoints(directory)
-    if len(kept) >= max_keep and val_loss >= kept[-1][0]:
+    if not qualifies_as_best(directory, val_loss, max_keep):
         return None
     saved = save_checkpoint(
         directory, step, model_state, config, trainer_state, extra_manifest={"val_loss": val_loss}
@@ -260,6 +259,12 @@ def save_best(
     for _, path in best_checkpoints(directory)[max_keep:]:
         shutil.rmtree(path)
     return saved
+
+
+def qualifies_as_best(directory: str | os.PathLike, val_loss: float, max_keep: int) -> bool:
+    """Whether a checkpoint with ``val_loss`` would be among the ``max_keep`` lowest."""
+    kept = best_checkpoints(directory)
+    return len(kept) < max_keep or val_loss < kept[max_keep - 1][0]
 
 
 def best_checkpoints(directory: str | os.PathLike) -> list[tuple[float, Path]]:

@@ -1,0 +1,285 @@
+"""The training loop: one optimizer step over accumulated micro-batches, logging, evaluation,
+checkpoints, and a graceful stop.
+
+The loop always ends with an evaluation and a checkpoint (nanochat's ``last_step`` pattern), and
+a SIGTERM/SIGINT checkpoints at the next step boundary. Checkpoints happen only at optimizer-step
+boundaries, so no half-accumulated gradient has to be saved (DESIGN-NOTES section 3). The only
+host syncs per step are the one-bit non-finite check (the skip must be decided on the host);
+losses and norms cross to the host only at log steps.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lmstream import distributed as dist
+from lmstream.errors import DataSourceError, LmstreamError
+from lmstream.train import checkpoint as ckpt
+from lmstream.train.evaluate import evaluate
+from lmstream.train.metrics import Logger
+from lmstream.train.optim import set_lr
+from lmstream.train.precision import Precision, memory_gb, peak_flops
+from lmstream.train.setup import Run
+from lmstream.train.signals import StopRequest
+from lmstream.train.state import capture_rng, optimizer_state
+
+
+class NonFiniteLossError(LmstreamError):
+    """Too many consecutive non-finite losses: the run stops, its last good checkpoint kept."""
+
+    exit_code = 5
+
+
+def forward_backward(
+    model: nn.Module, micro_batches: list, precision: Precision, device: torch.device
+) -> torch.Tensor:
+    """Accumulate gradients of the mean loss over ``micro_batches``; returns that mean (detached).
+
+    Each micro-batch's loss is divided by their number, so k micro-batches of b rows give the
+    gradient of one batch of k*b rows (equal token counts per row). Gradients are synchronised
+    across ranks only on the last micro-step (nanoGPT's ``require_backward_grad_sync``).
+    """
+    n = len(micro_batches)
+    total = torch.zeros((), device=device)
+    for i, batch in enumerate(micro_batches):
+        inputs = batch.inputs.to(device, non_blocking=True)
+        targets = batch.targets.to(device, non_blocking=True)
+        with dist.gradient_sync(model, enabled=i == n - 1):
+            with precision.autocast():
+                _, loss = model(inputs, targets)
+            scaled = loss / n
+            if precision.scaler is not None:
+                scaled = precision.scaler.scale(scaled)
+            scaled.backward()
+        total += loss.detach()
+    return total / n
+
+
+def optimizer_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    precision: Precision,
+    loss: torch.Tensor,
+    lr: float,
+    max_grad_norm: float | None,
+) -> tuple[torch.Tensor, bool]:
+    """Clip, check and step. Returns (gradient norm before clipping, whether the step was taken).
+
+    A non-finite loss (or, outside fp16, a non-finite gradient norm) skips the update; under
+    fp16 an infinite gradient is the GradScaler's business (it skips and lowers the scale).
+    """
+    set_lr(optimizer, lr)
+    scaler = precision.scaler
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    limit = max_grad_norm if max_grad_norm is not None else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), limit)
+    bad = ~torch.isfinite(loss)
+    if scaler is None:
+        bad = bad | ~torch.isfinite(grad_norm)
+    ok = dist.all_reduce_sum(bad.float()).item() == 0  # every rank must agree to skip
+    if ok:
+        if scaler is not None:
+            scaler.step(optimizer)
+        else:
+            optimizer.step()
+    if scaler is not None:
+        scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm.detach(), ok
+
+
+@dataclass
+class _Clock:
+    """Throughput between log steps."""
+
+    start: float
+    tokens: int = 0
+    data_wait: float = 0.0
+
+
+class Trainer:
+    """Runs :class:`Run` to total_steps (or total_epochs), or until a stop signal."""
+
+    def __init__(self, run: Run, logger: Logger):
+        self.run = run
+        self.cfg = run.cfg
+        self.logger = logger
+        self.device = run.env.device
+        self.peak = peak_flops(self.device, self.cfg.runtime.peak_tflops)
+        self._batches: Iterator | None = None
+        self._saved_step: int | None = None
+
+    # ---------------------------------------------------------------------------- the loop
+    def fit(self) -> int:
+        run, rt, st = self.run, self.cfg.runtime, self.run.state
+        accum = self.cfg.data.gradient_accumulation_steps
+        total_epochs = self.cfg.scheduler.total_epochs
+        tokens_per_step = self.cfg.tokens_per_step(run.env.world_size)
+        run.model.train()
+        clock = _Clock(time.perf_counter())
+        with StopRequest() as stop:
+            while st.step < run.total_steps:
+                fetched = time.perf_counter()
+                micro = [self._next_batch() for _ in range(accum)]
+                clock.data_wait += time.perf_counter() - fetched
+                epoch = max(b.epoch for b in micro)
+                if total_epochs is not None and epoch >= total_epochs:
+                    break  # the stream rolled into an epoch past the last one asked for
+                loss = forward_backward(run.model, micro, run.precision, self.device)
+                lr = run.schedule(st.step)
+                grad_norm, ok = optimizer_step(
+                    run.model,
+                    run.optimizer,
+                    run.precision,
+                    loss,
+                    lr,
+                    self.cfg.optimizer.max_grad_norm,
+                )
+                st.micro_batches_seen += accum
+                st.tokens_seen += tokens_per_step
+                clock.tokens += tokens_per_step
+                if not ok:
+                    self._on_nonfinite(loss)
+                    continue
+                st.nonfinite_streak = 0
+                st.step += 1
+                epoch_ended = epoch > st.epoch
+                st.epoch = epoch
+                last = st.step >= run.total_steps
+                if st.step % rt.log_every_n_steps == 0 or last:
+                    self._log(loss, grad_norm, lr, clock)
+                    clock = _Clock(time.perf_counter())
+                self.logger.advance(st.step)
+                self._after_step(last, epoch_ended, stopping=stop.requested)
+                if stop.requested:
+                    self.logger.message(
+                        f"stopped by {stop.name} at step {st.step}; checkpoint saved. "
+                        "Continue with `lmstream train --config ... --resume`"
+                    )
+                    return 0
+        self._after_step(True, False)  # ended by epochs (or nothing to do): final eval and save
+        return 0
+
+    def _next_batch(self):
+        if self._batches is None:
+            self._batches = iter(self.run.loader)
+        try:
+            return next(self._batches)
+        except StopIteration:
+            pass
+        self._batches = iter(self.run.loader)  # a loader that ends each epoch: start the next
+        try:
+            return next(self._batches)
+        except StopIteration:
+            raise DataSourceError(
+                "the training data yielded no batches; check data.train_shards or "
+                "streaming_config.json and that documents are longer than a few tokens"
+            ) from None
+
+    def _on_nonfinite(self, loss: torch.Tensor) -> None:
+        st, limit = self.run.state, self.cfg.runtime.max_nonfinite_steps
+        st.skipped_steps += 1
+        st.nonfinite_streak += 1
+        self.logger.message(
+            f"step {st.step + 1}: non-finite loss ({loss.item()}); update skipped "
+            f"({st.nonfinite_streak} in a row, {st.skipped_steps} in total)"
+        )
+        if st.nonfinite_streak >= limit:
+            raise NonFiniteLossError(
+                f"{st.nonfinite_streak} consecutive non-finite losses "
+                f"(runtime.max_nonfinite_steps = {limit}); stopped at step {st.step}, "
+                "the last good checkpoint is kept. Lower the learning rate, or use fp32/bf16 "
+                "instead of fp16, and resume"
+            )
+
+    # ---------------------------------------------------------------------------- logging
+    def _log(self, loss: torch.Tensor, grad_norm: torch.Tensor, lr: float, clock: _Clock) -> None:
+        st = self.run.state
+        elapsed = max(time.perf_counter() - clock.start, 1e-9)
+        tokens_per_s = clock.tokens / elapsed
+        metrics = {
+            "loss": dist.all_reduce_mean(loss).item(),
+            "lr": lr,
+            "grad_norm": grad_norm.item(),
+            "tokens_per_s": tokens_per_s,
+            "data_wait_s": clock.data_wait,
+            "memory_gb": memory_gb(self.device),
+            "tokens_seen": st.tokens_seen,
+            "epoch": st.epoch,
+            "skipped_steps": st.skipped_steps,
+        }
+        if self.peak:
+            per_rank = tokens_per_s / self.run.env.world_size
+            metrics["mfu"] = self.run.flops_per_token * per_rank / self.peak
+        self.logger.log(st.step, metrics)
+
+    # ------------------------------------------------------------------- eval and checkpoints
+    @staticmethod
+    def _due(count: int, every: int | None) -> bool:
+        return every is not None and count > 0 and count % every == 0
+
+    def _after_step(self, final: bool, epoch_ended: bool, stopping: bool = False) -> None:
+        """Evaluate, checkpoint and keep the best when due; ``final`` forces both, ``stopping``
+        (a signal) forces the checkpoint only, to stay within a pod's grace period."""
+        rt, st = self.cfg.runtime, self.run.state
+        ev, ck = rt.evaluation, rt.checkpoint
+        if final and self._saved_step == st.step:
+            return  # the last step was already evaluated and saved
+        want_eval = final or self._due(st.step, ev.every_n_steps)
+        want_eval |= epoch_ended and self._due(st.epoch, ev.every_n_epochs)
+        want_save = final or stopping or self._due(st.step, ck.every_n_steps)
+        want_save |= epoch_ended and self._due(st.epoch, ck.every_n_epochs)
+        val = self._evaluate() if want_eval and not stopping else None
+        snapshot = None
+        if want_save:
+            snapshot = self._snapshot()
+            if self.run.env.is_main:
+                model_state, trainer = snapshot
+                path = ckpt.save_checkpoint(ck.directory, st.step, model_state, self.cfg, trainer)
+                ckpt.rotate_checkpoints(ck.directory, ck.max_keep)
+                self.logger.message(f"saved checkpoint {path}")
+            self._saved_step = st.step
+        if val is not None and math.isfinite(val):
+            st.best_val_loss = val if st.best_val_loss is None else min(val, st.best_val_loss)
+            best = ev.best
+            keep = ckpt.qualifies_as_best(best.directory, val, best.max_keep)
+            if dist.broadcast_object(keep if self.run.env.is_main else None):
+                snapshot = snapshot or self._snapshot()
+                if self.run.env.is_main:
+                    model_state, trainer = snapshot
+                    path = ckpt.save_best(
+                        best.directory, st.step, val, best.max_keep, model_state, self.cfg, trainer
+                    )
+                    self.logger.message(f"best checkpoint {path} (val_loss {val:.4f})")
+        dist.barrier()
+
+    def _evaluate(self) -> float:
+        if not self.run.val_batches:
+            return float("nan")
+        metrics = evaluate(
+            self.run.model, self.run.val_batches, self.device, self.run.precision.autocast
+        )
+        self.logger.log(self.run.state.step, metrics)
+        return metrics["val_loss"]
+
+    def _snapshot(self) -> tuple[dict, dict]:
+        """(full model state, trainer state); collective under FSDP, so every rank calls it."""
+        run = self.run
+        model_state = dist.full_model_state_dict(run.model)
+        trainer = {
+            "state": run.state.to_dict(),
+            "optimizer": optimizer_state(run.model, run.optimizer),
+            "scaler": run.precision.scaler.state_dict() if run.precision.scaler else None,
+            "rng": dist.gather_objects(capture_rng()),
+            "data": dist.gather_objects(run.loader.state_dict()),
+            "world_size": run.env.world_size,
+            "total_steps": run.total_steps,
+        }
+        return model_state, trainer

@@ -1,0 +1,164 @@
+"""Build everything a run needs from training.yaml, and restore it from a checkpoint on resume.
+
+Order matters for exact resume: seed, build the model (init draws from the RNG), build the data
+loader and the fixed validation batches, then, when resuming, load weights, optimizer, counters,
+the data position and finally the RNG states, so the generators continue exactly where the
+interrupted run left them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lmstream import distributed as dist
+from lmstream.config import TrainingConfig
+from lmstream.errors import CheckpointError, ConfigError
+from lmstream.train import checkpoint as ckpt
+from lmstream.train.optim import build_optimizer, make_schedule
+from lmstream.train.precision import Precision, build_precision
+from lmstream.train.state import (
+    TrainState,
+    check_resume_config,
+    load_optimizer_state,
+    restore_rng,
+    seed_everything,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Run:
+    """The components of one training run (what the loop works on)."""
+
+    cfg: TrainingConfig  # resolved, with model.vocab_size = the real vocabulary (saved as is)
+    env: dist.DistEnv
+    model: nn.Module  # possibly wrapped (DDP) or sharded (FSDP2)
+    optimizer: torch.optim.Optimizer
+    precision: Precision
+    loader: object
+    val_batches: list
+    schedule: Callable[[int], float]
+    total_steps: int
+    flops_per_token: float
+    state: TrainState = field(default_factory=TrainState)
+    resumed_from: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def resolve_vocab_size(cfg: TrainingConfig, tokenizer) -> int:
+    """model.vocab_size when set (at least the tokenizer's), else the tokenizer's vocabulary."""
+    actual = tokenizer.get_vocab_size()
+    configured = cfg.model.vocab_size
+    if configured is None:
+        return actual
+    if configured < actual:
+        raise ConfigError(
+            f"model.vocab_size: {configured} is smaller than the tokenizer's vocabulary ({actual}); "
+            "set it to null to take the tokenizer's size"
+        )
+    return configured
+
+
+def build_model(cfg: TrainingConfig, vocab_size: int, device: torch.device) -> nn.Module:
+    """The Transformer built and initialised directly on ``device`` (no fp32 copy on the host)."""
+    from lmstream.model.transformer import Transformer
+
+    with torch.device(device):
+        model = Transformer(cfg.model, vocab_size)
+    return model
+
+
+def _measure_steps_per_epoch(cfg: TrainingConfig, tokenizer, run_dir: Path, env) -> int:
+    """Optimizer steps in one epoch of a finite stream, counted by one pass of a fresh loader
+    (needed to shape the schedule when only scheduler.total_epochs is given)."""
+    from lmstream.data.loader import build_train_loader
+
+    loader = build_train_loader(cfg, tokenizer, run_dir, rank=env.rank, world_size=env.world_size)
+    micro = 0
+    for batch in loader:
+        if batch.epoch > 0:
+            break
+        micro += 1
+    steps = micro // cfg.data.gradient_accumulation_steps
+    if steps == 0:
+        raise ConfigError(
+            "scheduler.total_epochs: one epoch holds fewer batches than one optimizer step "
+            f"({micro} micro-batches < gradient_accumulation_steps "
+            f"{cfg.data.gradient_accumulation_steps}); add data or lower batch settings"
+        )
+    return steps
+
+
+def build_run(
+    cfg: TrainingConfig,
+    run_dir: Path,
+    env: dist.DistEnv,
+    resume: str | os.PathLike | None = None,
+) -> Run:
+    """Everything for the loop; with ``resume`` (a checkpoint, checkpoints or run folder) the
+    state of the newest complete checkpoint is restored after a compatibility check."""
+    from lmstream.data.loader import build_train_loader, build_validation_batches
+    from lmstream.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.tokenizer.tokenizer_json)
+    cfg = cfg.model_copy(deep=True)
+    cfg.model.vocab_size = resolve_vocab_size(cfg, tokenizer)
+    seed_everything(cfg.runtime.seed)
+
+    model = build_model(cfg, cfg.model.vocab_size, env.device)
+    flops = model.flops_per_token(cfg.data.sequence_length)
+    precision = build_precision(cfg.runtime.precision, env.device)
+    model = dist.parallelize(
+        model,
+        env,
+        strategy=dist.choose_parallelism(cfg.runtime.parallelism, model.num_parameters()),
+        compile=cfg.runtime.compile,
+        activation_checkpointing=cfg.runtime.activation_checkpointing,
+        param_dtype=precision.param_dtype,
+    )
+    optimizer = build_optimizer(model, cfg.optimizer, cfg.peak_lr, env.device)
+    loader = build_train_loader(cfg, tokenizer, run_dir, rank=env.rank, world_size=env.world_size)
+    val_batches = build_validation_batches(
+        cfg, tokenizer, run_dir, rank=env.rank, world_size=env.world_size
+    )
+    run = Run(cfg, env, model, optimizer, precision, loader, val_batches, lambda s: 0.0, 0, flops)
+    if resume is not None:
+        _restore(run, resume)
+    total = cfg.scheduler.total_steps
+    if total is None:
+        if run.state.steps_per_epoch is None:
+            run.state.steps_per_epoch = _measure_steps_per_epoch(cfg, tokenizer, run_dir, env)
+        total = run.state.steps_per_epoch * cfg.scheduler.total_epochs
+    run.total_steps = total
+    run.schedule = make_schedule(cfg.scheduler, cfg.peak_lr, cfg.min_lr, total)
+    return run
+
+
+def _restore(run: Run, resume: str | os.PathLike) -> None:
+    path = ckpt.resolve_checkpoint(resume, check_hashes=True)
+    model_state, saved_cfg = ckpt.load_model_state(path)
+    trainer = ckpt.load_trainer_state(path)
+    run.notes = check_resume_config(saved_cfg, run.cfg)
+    world = trainer.get("world_size", 1)
+    if world != run.env.world_size:
+        raise CheckpointError(
+            f"cannot resume: {path} was written by {world} ranks and this run has "
+            f"{run.env.world_size}; each rank's data position would no longer match. "
+            f"Resume with {world} ranks"
+        )
+    dist.load_full_model_state_dict(run.model, model_state)
+    load_optimizer_state(run.model, run.optimizer, trainer["optimizer"])
+    if run.precision.scaler is not None and trainer.get("scaler"):
+        run.precision.scaler.load_state_dict(trainer["scaler"])
+    run.state = TrainState.from_dict(trainer["state"])
+    run.loader.load_state_dict(trainer["data"][run.env.rank])
+    restore_rng(trainer["rng"][run.env.rank])  # last: nothing may draw from the RNG after this
+    run.resumed_from = path
