@@ -1,0 +1,149 @@
+"""Where the loader's documents come from: streaming or files mode, and one worker's part of it.
+
+``resolve_plan`` turns the config into a :class:`DataPlan`: streaming mode when
+``RUN_DIR/streaming_config.json`` exists (dataset, split, text field and ``max_samples`` from
+it), else files mode from ``data.train_shards`` (text files read through the sources module, or
+pre-tokenized token shards, see ``lmstream.data.token_shards``).
+
+``data.cache_dir`` is where the datasets library caches what it downloads for the source, and
+where the tokenized validation set is kept (else the run folder); see ``validation.py``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+
+from lmstream.config import TrainingConfig, load_streaming_config
+from lmstream.data.sources import DocumentStream, SourceSpec, open_dataset, shard_for
+from lmstream.data.token_shards import is_token_shards
+from lmstream.errors import ConfigError
+
+STREAMING_CONFIG = "streaming_config.json"
+
+
+def document_hash(text: str) -> bytes:
+    """A 64-bit content hash: how training recognises the held-out validation documents."""
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
+
+
+@dataclass(frozen=True)
+class DataPlan:
+    """What the training loader and the validation set read.
+
+    ``kind`` is "text" (documents from ``spec``/``split``) or "tokens" (token shards at
+    ``token_path``). ``validation`` is "split" (``validation_spec``/``validation_split``), "files"
+    (``validation_spec`` or ``validation_token_path``) or "holdout" (the first
+    ``data.validation_documents`` documents of the training source, which training skips).
+    """
+
+    kind: str
+    spec: SourceSpec | None = None
+    split: str = "train"
+    max_samples: int | None = None
+    token_paths: tuple[str, ...] = ()
+    validation: str = "holdout"
+    validation_spec: SourceSpec | None = None
+    validation_split: str = "train"
+    validation_token_paths: tuple[str, ...] = ()
+    identity: dict = field(default_factory=dict)  # what the validation cache key is made of
+
+
+def resolve_plan(cfg: TrainingConfig, run_dir: Path) -> DataPlan:
+    """Streaming mode when RUN_DIR/streaming_config.json exists, else files mode."""
+    cache = str(cfg.data.cache_dir) if cfg.data.cache_dir else None
+    sc_path = Path(run_dir) / STREAMING_CONFIG
+    if sc_path.is_file():
+        sc = load_streaming_config(sc_path)
+        spec = SourceSpec.from_streaming_config(sc, cache_dir=cache)
+        ident = {"mode": "streaming", **sc.model_dump(mode="json", exclude={"experiment"})}
+        if sc.validation_split:
+            return DataPlan(
+                "text", spec, sc.split, sc.max_samples, validation="split",
+                validation_spec=spec, validation_split=sc.validation_split, identity=ident,
+            )  # fmt: skip
+        return DataPlan("text", spec, sc.split, sc.max_samples, identity=ident)
+    train, val = list(cfg.data.train_shards), list(cfg.data.validation_shards)
+    if not train:
+        raise ConfigError(
+            f"data.train_shards: empty and there is no {STREAMING_CONFIG} in {run_dir}; list "
+            "training files or globs, or run `lmstream orchestrate --stream` to stream a dataset"
+        )
+    ident = {"mode": "files", "train": train, "validation": val}
+    tokens = _token_mode(train, "data.train_shards")
+    val_tokens = _token_mode(val, "data.validation_shards") if val else tokens
+    if tokens:
+        if val and not val_tokens:
+            raise ConfigError("data.validation_shards: must be token shards like data.train_shards")
+        return DataPlan(
+            "tokens", token_paths=tuple(train), validation="files" if val else "holdout",
+            validation_token_paths=tuple(val), identity=ident,
+        )  # fmt: skip
+    if val and val_tokens:
+        raise ConfigError("data.validation_shards: must be text files like data.train_shards")
+    spec = SourceSpec.from_files(train, cache_dir=cache)
+    if not val:
+        return DataPlan("text", spec, identity=ident)
+    val_spec = SourceSpec.from_files(val, cache_dir=cache)
+    return DataPlan("text", spec, validation="files", validation_spec=val_spec, identity=ident)
+
+
+def _token_mode(paths: list[str], name: str) -> bool:
+    kinds = {is_token_shards(p) for p in paths}
+    if len(kinds) > 1:
+        raise ConfigError(f"{name}: mixes token shards and text files; use one kind")
+    return kinds == {True}
+
+
+class TextSource:
+    """One worker's part of a text source (a ``shuffle.DocumentSource``), minus held-out docs."""
+
+    def __init__(
+        self,
+        spec: SourceSpec,
+        split: str,
+        *,
+        worker: int = 0,
+        workers: int = 1,
+        max_samples: int | None = None,
+        exclude: frozenset[bytes] = frozenset(),
+    ):
+        self.spec, self.split = spec, split
+        self.worker, self.workers = worker, workers
+        self.max_samples = max_samples
+        self.exclude = exclude
+        self._stream: DocumentStream | None = None
+        self._it: Iterator[str] | None = None
+
+    @property
+    def skipped(self) -> Counter:
+        return self._stream.skipped if self._stream is not None else Counter()
+
+    def open(self, epoch: int, state: dict | None) -> None:
+        ds = open_dataset(self.spec, self.split)
+        if self.max_samples is not None:
+            # Before sharding, so that the limit is per pass over the whole source.
+            ds = ds.take(self.max_samples)
+        ds = shard_for(ds, self.worker, self.workers)
+        self._stream = DocumentStream(ds, self.spec.text_field)
+        if state is not None:
+            self._stream.load_state_dict(state)
+        self._it = iter(self._stream)
+
+    def state(self) -> dict:
+        return self._stream.state_dict()
+
+    def read(self, n: int) -> list[str]:
+        out: list[str] = []
+        while len(out) < n:
+            got = list(islice(self._it, n - len(out)))
+            if not got:
+                break
+            if self.exclude:
+                got = [t for t in got if document_hash(t) not in self.exclude]
+            out.extend(got)
+        return out

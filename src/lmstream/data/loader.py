@@ -1,0 +1,276 @@
+"""The training loader: rank/worker sharding, window shuffle, packing, exact resume.
+
+``build_train_loader`` returns a :class:`TrainLoader`, an endless iterable of :class:`Batch`
+(``inputs``/``targets`` of shape (batch_size, sequence_length), ``epoch``). Each DataLoader
+worker of each rank is one *global worker* ``rank * num_workers + worker_id`` of
+``world_size * num_workers`` (DESIGN-NOTES section 2) and reads its own disjoint part of the
+source (``sources.shard_for``: whole shards when they divide evenly, else every k-th record),
+window-shuffles it (``shuffle.py``), tokenizes it with ``encode_batch`` and packs it
+(``packing.py``). A worker's whole state is a small position: the window's source state, the
+index in the window's order, and the offset into the document holding the next token.
+torchdata's ``StatefulDataLoader`` gathers the workers' states, with which worker comes next,
+so ``state_dict()``/``load_state_dict()`` resume the batch sequence token for token. A resume
+must use the same world size, ``data.num_workers``, ``data.shuffle_buffer_size`` and seed
+(refused otherwise: the stream is split by global worker); batch size and sequence length may
+change, since positions are in documents and tokens.
+
+A finite source (files, or ``max_samples``) is read again when a worker's part ends, as the
+next epoch with new window orders; ``Batch.epoch`` is the epoch of the batch's first token, per
+worker (workers reach the end of their parts at slightly different batches). The loader never
+ends; the training loop stops it.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from lmstream.config import TrainingConfig
+from lmstream.data.documents import DataPlan, TextSource, resolve_plan
+from lmstream.data.packing import Batch, Packer, check_vocab, encode_documents, eot_id
+from lmstream.data.shuffle import Position, WindowedDocuments
+from lmstream.data.token_shards import TokenShards, TokenShardSource
+from lmstream.data.validation import build_validation_batches, load_validation_set
+from lmstream.errors import CheckpointError, LmstreamError
+
+__all__ = ["Batch", "TrainLoader", "build_train_loader", "build_validation_batches", "check_vocab"]
+
+STATE_VERSION = 1
+_CHUNK_CHARS = 64_000  # characters tokenized per encode_batch call
+_CHUNK_DOCS = 256
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """Everything a worker needs to rebuild its part of the stream (picklable)."""
+
+    plan: DataPlan
+    batch_size: int
+    sequence_length: int
+    window_size: int
+    seed: int
+    rank: int
+    world_size: int
+    eot_id: int
+    exclude: frozenset[bytes] = frozenset()
+    skip_first: int = 0
+
+
+class PackedDataset(IterableDataset):
+    """Batches of packed rows, shape (batch_size, sequence_length + 1), from one global worker."""
+
+    def __init__(self, settings: StreamSettings, tokenizer: Any):
+        self.settings = settings
+        self.tokenizer = tokenizer
+
+    def __iter__(self) -> PackedIterator:
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        s = self.settings
+        return PackedIterator(self, s.rank * nw + wid, s.world_size * nw)
+
+
+class PackedIterator:
+    """One global worker's batches; its ``state_dict`` is a position, taken between batches."""
+
+    def __init__(self, dataset: PackedDataset, worker: int, workers: int):
+        self.settings, self.tokenizer = dataset.settings, dataset.tokenizer
+        self.worker, self.workers = worker, workers
+        self._start, self._offset = Position(), 0
+        self._docs = None  # opened lazily at the first batch, after a possible load_state_dict
+        self._packer = Packer(self.settings.sequence_length + 1, self.settings.eot_id)
+
+    def state_dict(self) -> dict:
+        return {
+            "worker": self.worker,
+            "workers": self.workers,
+            "position": self._start.to_dict(),
+            "offset": self._offset,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if (state["worker"], state["workers"]) != (self.worker, self.workers):
+            raise CheckpointError(
+                f"data state belongs to worker {state['worker']} of {state['workers']}, "
+                f"not {self.worker} of {self.workers}"
+            )
+        self._start = Position.from_dict(state["position"])
+        self._offset = int(state["offset"])
+        self._docs = None
+        self._packer = Packer(self.settings.sequence_length + 1, self.settings.eot_id)
+
+    def _source(self):
+        s, p = self.settings, self.settings.plan
+        if p.kind == "tokens":
+            shards = TokenShards(p.token_paths)
+            return TokenShardSource(
+                shards, worker=self.worker, workers=self.workers, skip_first=s.skip_first
+            )
+        return TextSource(
+            p.spec, p.split, worker=self.worker, workers=self.workers,
+            max_samples=p.max_samples, exclude=s.exclude,
+        )  # fmt: skip
+
+    def __iter__(self) -> PackedIterator:
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, int, int, dict]:
+        s = self.settings
+        if self._docs is None:
+            self._windows = WindowedDocuments(
+                self._source(), window_size=s.window_size, seed=s.seed, worker=self.worker
+            )
+            self._docs = self._windows.iterate(self._start)
+            self._first_start = self._offset
+        need = s.batch_size * (s.sequence_length + 1)
+        while len(self._packer) < need:
+            self._fill()
+        epoch = self._packer.position()[0].epoch
+        rows = self._packer.take(s.batch_size)
+        if not len(self._packer):
+            self._fill()  # so that the position below names a document already read
+        self._start, self._offset = self._packer.position()
+        return torch.from_numpy(rows), epoch, self.worker, dict(self._windows.skipped)
+
+    def _fill(self) -> None:
+        """Read, tokenize and pack the next chunk of documents."""
+        positions, docs, chars = [], [], 0
+        while not docs or (chars < _CHUNK_CHARS and len(docs) < _CHUNK_DOCS):
+            pos, doc = next(self._docs)
+            positions.append(pos)
+            docs.append(doc)
+            chars += len(doc) if isinstance(doc, str) else 4 * len(doc)
+        if isinstance(docs[0], str):
+            docs = encode_documents(self.tokenizer, docs)
+        for pos, tokens in zip(positions, docs, strict=True):
+            if not len(tokens):
+                self._windows.skipped["no_tokens"] += 1
+                continue
+            start, self._first_start = self._first_start, 0
+            self._packer.add(tokens, pos, start)
+
+
+def _worker_init(_worker_id: int) -> None:
+    # One tokenizer thread per worker process (DESIGN-NOTES section 7): the workers are the
+    # parallelism; a Rayon pool in each would oversubscribe the cores.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+
+class TrainLoader:
+    """Endless iterable of :class:`Batch` with exact ``state_dict``/``load_state_dict``."""
+
+    def __init__(self, dataset: PackedDataset, *, num_workers: int, pin_memory: bool = False):
+        from torchdata.stateful_dataloader import StatefulDataLoader
+
+        self.dataset = dataset
+        self.num_workers = num_workers
+        if num_workers:
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        self._loader = StatefulDataLoader(
+            dataset,
+            batch_size=None,
+            num_workers=num_workers,
+            worker_init_fn=_worker_init if num_workers else None,
+            pin_memory=pin_memory,
+        )
+        self._skipped: dict[int, dict] = {}
+
+    @property
+    def skipped(self) -> Counter:
+        """Bad records skipped so far, by reason, summed over this rank's workers."""
+        total: Counter = Counter()
+        for counts in self._skipped.values():
+            total.update(counts)
+        return total
+
+    def __iter__(self):
+        with warnings.catch_warnings():
+            # torchdata 0.11 calls a deprecated torch.set_vital on every iter(); not ours to fix.
+            warnings.filterwarnings("ignore", message=".*set_vital.*")
+            it = iter(self._loader)
+        while True:
+            try:
+                rows, epoch, worker, skipped = next(it)
+            except LmstreamError as err:
+                raise _unwrap(err) from None
+            except RuntimeError as err:
+                if "DataLoader worker" in str(err):
+                    raise LmstreamError(
+                        f"a data loader worker died ({str(err).strip().splitlines()[0]}); "
+                        "check memory (each worker holds a shuffle window) and the source, then resume"
+                    ) from err
+                raise
+            self._skipped[worker] = skipped
+            yield Batch.from_rows(rows, epoch)
+
+    def _meta(self) -> dict:
+        s = self.dataset.settings
+        return {
+            "version": STATE_VERSION,
+            "world_size": s.world_size,
+            "num_workers": self.num_workers,
+            "shuffle_buffer_size": s.window_size,
+            "seed": s.seed,
+        }
+
+    def state_dict(self) -> dict:
+        return {**self._meta(), "rank": self.dataset.settings.rank, "skipped": self._skipped,
+                "loader": self._loader.state_dict()}  # fmt: skip
+
+    def load_state_dict(self, state: dict) -> None:
+        saved = {k: state.get(k) for k in self._meta()}
+        if saved != self._meta():
+            diff = ", ".join(
+                f"{k} {saved[k]} -> {v}" for k, v in self._meta().items() if saved[k] != v
+            )
+            raise CheckpointError(
+                f"the data state cannot resume exactly with changed settings ({diff}); resume "
+                "with the same number of ranks, data.num_workers, data.shuffle_buffer_size and "
+                "runtime.seed"
+            )
+        self._skipped = {int(k): dict(v) for k, v in state.get("skipped", {}).items()}
+        self._loader.load_state_dict(state["loader"])
+
+
+def _unwrap(err: LmstreamError) -> LmstreamError:
+    """A worker's error re-raised in the main process, without the worker's traceback text."""
+    lines = [line for line in str(err).strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else type(err).__name__
+    prefix = f"{type(err).__module__}.{type(err).__name__}: "
+    return type(err)(last.removeprefix(prefix))
+
+
+def build_train_loader(
+    cfg: TrainingConfig, tokenizer: Any, run_dir: Path, *, rank: int = 0, world_size: int = 1
+) -> TrainLoader:
+    """The rank's training loader (streaming mode when RUN_DIR/streaming_config.json exists)."""
+    check_vocab(tokenizer, cfg.model.vocab_size)
+    plan = resolve_plan(cfg, Path(run_dir))
+    held_out = load_validation_set(cfg, tokenizer, Path(run_dir), plan)
+    if plan.kind == "tokens":
+        TokenShards(plan.token_paths).check_tokenizer(tokenizer)
+    d = cfg.data
+    settings = StreamSettings(
+        plan=plan,
+        batch_size=d.batch_size,
+        sequence_length=d.sequence_length,
+        window_size=d.shuffle_buffer_size,
+        seed=cfg.runtime.seed,
+        rank=rank,
+        world_size=world_size,
+        eot_id=eot_id(tokenizer),
+        exclude=held_out.hashes,
+        skip_first=held_out.skip_first,
+    )
+    return TrainLoader(
+        PackedDataset(settings, tokenizer),
+        num_workers=d.num_workers,
+        pin_memory=torch.cuda.is_available(),
+    )

@@ -1,0 +1,135 @@
+"""The fixed validation set, tokenized once and cached, and the batches cut from it.
+
+Where it comes from (``documents.DataPlan.validation``):
+
+* "split": the first ``data.validation_documents`` documents of the dataset's validation split
+  (``validation_split`` in streaming_config.json);
+* "files": the first ``data.validation_documents`` documents of ``data.validation_shards``;
+* "holdout" (no validation split, e.g. FineWeb): the first ``data.validation_documents``
+  documents of the training source, in source order. Training never sees them: text workers
+  skip every document whose content hash (``documents.document_hash``) is in the held-out set,
+  which also drops exact duplicates of them elsewhere in the stream (no leak through copies);
+  token-shard workers skip the first N documents. The set does not depend on world size or
+  worker count, so it stays the same when a run is resumed on more GPUs.
+
+The tokens are cached as ``CACHE/validation/validation-KEY.npz`` (CACHE = ``data.cache_dir``,
+else the run folder; KEY hashes the source, the count and the tokenizer), so every evaluation
+and every resume uses identical batches and the source is read once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lmstream.config import TrainingConfig
+from lmstream.data.documents import DataPlan, TextSource, document_hash, resolve_plan
+from lmstream.data.packing import Batch, encode_documents, eot_id
+from lmstream.data.token_shards import TokenShards, tokenizer_fingerprint
+from lmstream.errors import ConfigError, DataSourceError
+
+_ENCODE_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class ValidationSet:
+    """Flat validation tokens (documents each followed by eot) and what training must skip."""
+
+    tokens: np.ndarray
+    hashes: frozenset[bytes] = frozenset()  # text holdout: content hashes training skips
+    skip_first: int = 0  # token-shard holdout: documents training skips
+
+
+def _cache_path(cfg: TrainingConfig, run_dir: Path, plan: DataPlan, tokenizer: Any) -> Path:
+    ident = {
+        "plan": plan.identity,
+        "validation": plan.validation,
+        "documents": cfg.data.validation_documents,
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+    }
+    key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(cfg.data.cache_dir or run_dir) / "validation" / f"validation-{key}.npz"
+
+
+def load_validation_set(
+    cfg: TrainingConfig, tokenizer: Any, run_dir: Path, plan: DataPlan | None = None
+) -> ValidationSet:
+    """The cached validation set, built on first use (safe to call from every rank at once)."""
+    if cfg.data.validation_documents == 0:
+        return ValidationSet(np.empty(0, dtype=np.uint32))
+    plan = plan or resolve_plan(cfg, run_dir)
+    path = _cache_path(cfg, Path(run_dir), plan, tokenizer)
+    if path.is_file():
+        with np.load(path) as f:
+            hashes = frozenset(row.tobytes() for row in f["hashes"])
+            return ValidationSet(f["tokens"], hashes, int(f["skip_first"]))
+    docs, hashes, skip_first = _read_documents(plan, cfg.data.validation_documents)
+    if docs and isinstance(docs[0], str):
+        docs = [
+            t for i in range(0, len(docs), _ENCODE_BATCH)
+            for t in encode_documents(tokenizer, docs[i : i + _ENCODE_BATCH])
+        ]  # fmt: skip
+    eot = np.array([eot_id(tokenizer)])
+    flat = np.concatenate([part for doc in docs for part in (doc, eot)]).astype(np.uint32)
+    hash_rows = np.frombuffer(b"".join(sorted(hashes)), dtype=np.uint8).reshape(-1, 8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Each rank writes its own temporary file and renames it: identical contents, atomic.
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, tokens=flat, hashes=hash_rows, skip_first=np.int64(skip_first))
+    os.replace(tmp, path)
+    return ValidationSet(flat, frozenset(hashes), skip_first)
+
+
+def _read_documents(plan: DataPlan, n: int) -> tuple[list, set[bytes], int]:
+    """(the validation documents: texts or token arrays, held-out hashes, held-out shard docs)."""
+    holdout = plan.validation == "holdout"
+    if plan.kind == "tokens":
+        shards = TokenShards(plan.token_paths if holdout else plan.validation_token_paths)
+        if holdout and n >= len(shards):
+            raise ConfigError(
+                f"data.validation_documents: {n} would hold out all {len(shards)} documents "
+                "of data.train_shards; lower it or set data.validation_shards"
+            )
+        count = min(n, len(shards))
+        return [shards.document(i) for i in range(count)], set(), count if holdout else 0
+    if holdout:
+        source = TextSource(plan.spec, plan.split)
+    else:
+        source = TextSource(plan.validation_spec, plan.validation_split)
+    source.open(0, None)
+    texts = source.read(n)
+    if not texts:
+        raise DataSourceError("the validation source holds no documents")
+    return texts, {document_hash(t) for t in texts} if holdout else set(), 0
+
+
+def build_validation_batches(
+    cfg: TrainingConfig, tokenizer: Any, run_dir: Path, *, rank: int = 0, world_size: int = 1
+) -> list[Batch]:
+    """The same ``evaluation.max_batches`` batches at every evaluation (rows never trained on).
+
+    Rows of ``sequence_length + 1`` tokens are cut from the cached set and dealt to ranks
+    round-robin; every rank gets the same number of rows (its last batch may be smaller than
+    ``data.batch_size``), so ranks run the same number of evaluation steps. [] when
+    ``data.validation_documents`` is 0.
+    """
+    if cfg.data.validation_documents == 0:
+        return []
+    tokens = load_validation_set(cfg, tokenizer, Path(run_dir)).tokens
+    row, bsz = cfg.data.sequence_length + 1, cfg.data.batch_size
+    n_rows = len(tokens) // row
+    per_rank = min(cfg.runtime.evaluation.max_batches * bsz, n_rows // world_size)
+    if per_rank == 0:
+        raise DataSourceError(
+            f"the validation set has {len(tokens)} tokens, fewer than one row of {row} per rank "
+            f"({world_size} ranks); raise data.validation_documents (now "
+            f"{cfg.data.validation_documents})"
+        )
+    rows = tokens[: n_rows * row].reshape(n_rows, row)[rank::world_size][:per_rank]
+    return [Batch.from_rows(rows[i : i + bsz].astype(np.int64)) for i in range(0, per_rank, bsz)]
