@@ -16,9 +16,11 @@ from lmstream.errors import LmstreamError
 
 # Subcommand modules, in the order of the workflow (lmstream.commands.<name>).
 COMMANDS = (
+    "orchestrate",
     "train",
     "plot",
     "generate",
+    "export",
 )
 
 

@@ -1,0 +1,354 @@
+"""`lmstream orchestrate`: stream a source, train the tokenizer, write a ready-to-train experiment.
+
+Step 3 of the seed workflow. The documents flow from :class:`lmstream.data.sources.DocumentStream`
+in batches straight into the ``tokenizers`` trainer (no text touches the disk); then the
+experiment's files are written in the seed's layout (see :mod:`lmstream.workspace`):
+tokenizer.json/vocab.json/merges.txt, streaming_config.json (streaming mode only),
+special_tokens.txt and a training.yaml whose paths are relative to its own folder, so a workspace
+can be moved or mounted elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from lmstream.config import StreamingConfig, dump_streaming_config, load_training_config
+from lmstream.data.sources import DocumentStream, SourceSpec, open_dataset
+from lmstream.errors import ConfigError, DataSourceError
+from lmstream.model.presets import PRESETS
+from lmstream.tokenizer import (
+    check_special_tokens,
+    dump_special_tokens,
+    save_tokenizer,
+    train_bpe,
+)
+from lmstream.workspace import ExperimentPaths
+
+
+@dataclass
+class OrchestrateOptions:
+    """Everything `lmstream orchestrate` was asked to do (the command's flags)."""
+
+    experiment: str
+    workspace: str | None = None
+    stream: bool = False
+    dataset: str = "HuggingFaceFW/fineweb"
+    subset: str | None = None
+    split: str = "train"
+    validation_split: str | None = None
+    data_files: list[str] | None = None
+    text_field: str = "text"
+    revision: str | None = None
+    trust_remote_code: bool = False
+    max_samples: int | None = None
+    vocab_size: int = 50000
+    special_tokens: list[str] = field(default_factory=list)
+    model_size: str = "1b"
+    batch_size: int = 1000
+    max_chars: int = 1_000_000
+    seed: int = 42
+    overwrite: bool = False
+    progress: bool = True
+
+
+@dataclass
+class OrchestrateResult:
+    paths: ExperimentPaths
+    documents: int
+    bytes: int
+    skipped: dict[str, int]
+    retries: int
+    vocab_size: int
+    seconds: float
+    files: list[Path]
+
+
+def _check(opts: OrchestrateOptions) -> None:
+    if opts.max_samples is not None and opts.max_samples < 1:
+        raise ConfigError(f"--max-samples: must be at least 1 (given: {opts.max_samples})")
+    if opts.batch_size < 1:
+        raise ConfigError(f"--batch-size: must be at least 1 (given: {opts.batch_size})")
+    if opts.model_size not in PRESETS:
+        raise ConfigError(
+            f"--model-size: unknown size {opts.model_size!r}; choose one of: {', '.join(PRESETS)}"
+        )
+    if not opts.stream and not opts.data_files:
+        raise ConfigError(
+            "no data: pass --stream (to stream --dataset) or --data-files FILE... (files mode)"
+        )
+
+
+def _source(opts: OrchestrateOptions, paths: ExperimentPaths) -> tuple[SourceSpec, StreamingConfig]:
+    files = [_absolute(f) for f in opts.data_files] if opts.data_files else None
+    dataset = opts.dataset
+    if files and (not opts.stream or all(_is_file_entry(f) for f in files)):
+        dataset = files[0]  # local files or URLs: they are the source, not a hub dataset's files
+    cfg = StreamingConfig(
+        dataset=_absolute(dataset) if os.path.exists(dataset) else dataset,
+        subset=opts.subset,
+        split=opts.split,
+        validation_split=opts.validation_split,
+        text_field=opts.text_field,
+        data_files=files,
+        revision=opts.revision,
+        trust_remote_code=opts.trust_remote_code,
+        max_samples=opts.max_samples,
+        stream_batch_size=opts.batch_size,
+        seed=opts.seed,
+        tokenizer_dir=os.path.relpath(paths.tokenizer_dir, paths.run_dir),
+        experiment=paths.experiment,
+    )
+    return SourceSpec.from_streaming_config(cfg), cfg
+
+
+def _is_file_entry(entry: str) -> bool:
+    pattern = entry.partition("=")[2] if "=" in entry and not os.path.exists(entry) else entry
+    return "://" in pattern or Path(pattern).is_absolute()
+
+
+def _absolute(path: str) -> str:
+    if "://" in path:
+        return path
+    name, sep, rest = path.partition("=")
+    if sep and name.isidentifier() and not os.path.exists(path):
+        return f"{name}={_absolute(rest)}"
+    return str(Path(path).expanduser().absolute())
+
+
+def _prepare_folders(paths: ExperimentPaths, overwrite: bool) -> None:
+    existing = [p for p in (paths.tokenizer_dir, paths.run_dir) if p.exists() and any(p.iterdir())]
+    if existing and not overwrite:
+        raise ConfigError(
+            f"experiment {paths.experiment!r} already exists ({existing[0]}); pass --overwrite "
+            "to replace it or choose another --experiment name"
+        )
+    if overwrite:  # the experiment's own folders only; checkpoints of a finished run go too
+        for p in existing:
+            shutil.rmtree(p)
+    paths.ensure()
+
+
+def orchestrate(opts: OrchestrateOptions) -> OrchestrateResult:
+    """Stream, train the tokenizer and write the experiment's files (see the module docstring)."""
+    _check(opts)
+    paths = ExperimentPaths.create(opts.workspace, opts.experiment)
+    specials = check_special_tokens(opts.special_tokens)
+    spec, stream_cfg = _source(opts, paths)
+    if paths.run_dir.exists() or paths.tokenizer_dir.exists():
+        _prepare_folders(paths, opts.overwrite)  # fail before the (long) streaming
+    start = time.perf_counter()
+    dataset = open_dataset(spec, opts.split)
+    if opts.validation_split:
+        open_dataset(spec, opts.validation_split)  # fail now if it does not exist
+    docs = DocumentStream(
+        dataset, opts.text_field, max_chars=opts.max_chars, batch_size=opts.batch_size
+    )
+    progress = _Progress(docs, opts.max_samples, enabled=opts.progress)
+    with progress:
+        tok = train_bpe(progress.batches(), opts.vocab_size, specials)
+    if docs.documents == 0:
+        raise DataSourceError(
+            f"{spec.path}: no usable documents (skipped: {_reasons(docs.skipped) or 'none'}); "
+            "check --text-field and the source"
+        )
+    _prepare_folders(paths, opts.overwrite)
+    save_tokenizer(tok, paths.tokenizer_dir)
+    dump_special_tokens(specials, paths.special_tokens)
+    files = [paths.tokenizer_json, paths.vocab_json, paths.merges_txt, paths.special_tokens]
+    if opts.stream:
+        dump_streaming_config(stream_cfg, paths.streaming_config)
+        files.append(paths.streaming_config)
+    write_training_yaml(paths, opts, tok.get_vocab_size(), stream_cfg.data_files)
+    files.append(paths.training_yaml)
+    return OrchestrateResult(
+        paths=paths,
+        documents=docs.documents,
+        bytes=docs.bytes,
+        skipped=dict(docs.skipped),
+        retries=docs.retries,
+        vocab_size=tok.get_vocab_size(),
+        seconds=time.perf_counter() - start,
+        files=files,
+    )
+
+
+def _reasons(skipped: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v:,}" for k, v in sorted(skipped.items()))
+
+
+class _Progress:
+    """tqdm bar over the stream with samples/s and MB/s; stops at --max-samples."""
+
+    def __init__(self, docs: DocumentStream, max_samples: int | None, enabled: bool):
+        self.docs, self.max_samples, self.enabled = docs, max_samples, enabled
+        self.bar = None
+        self.start = time.perf_counter()
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=self.max_samples, unit=" samples", dynamic_ncols=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def batches(self) -> Iterator[list[str]]:
+        """Document batches for the trainer; stops pulling from the source at the limit."""
+        limit, size = self.max_samples, self.docs.batch_size
+        stream = iter(self.docs)
+        out: list[str] = []
+        try:
+            for text in stream:
+                out.append(text)
+                done = limit is not None and self.docs.documents >= limit
+                if len(out) >= size or done:
+                    self._update(len(out))
+                    yield out
+                    out = []
+                if done:
+                    return
+            if out:
+                self._update(len(out))
+                yield out
+        finally:
+            stream.close()
+
+    def _update(self, n: int) -> None:
+        if self.bar is None:
+            return
+        seconds = max(time.perf_counter() - self.start, 1e-9)
+        self.bar.set_postfix_str(f"{self.docs.bytes / seconds / 1e6:.1f} MB/s", refresh=False)
+        self.bar.update(n)
+
+
+# ------------------------------------------------------------------------------- training.yaml
+
+
+def training_yaml_dict(
+    paths: ExperimentPaths, opts: OrchestrateOptions, data_files: list[str] | None
+) -> dict:
+    """The seed's training.yaml with this experiment's paths, relative to runs/EXP/."""
+
+    def rel(path: Path) -> str:
+        return os.path.relpath(path, paths.run_dir)
+
+    model = dict(PRESETS[opts.model_size])
+    seq_len = min(2048, model.get("max_position_embeddings", 2048))
+    tiny = opts.model_size == "tiny"
+    train_shards: list[str] = []
+    validation_shards: list[str] = []
+    if not opts.stream:
+        for entry in data_files or []:
+            name, sep, pattern = entry.partition("=")
+            if sep and name.isidentifier() and not os.path.exists(entry):
+                target = train_shards if name == opts.split else validation_shards
+                if name in (opts.split, opts.validation_split):
+                    target.append(_rel_glob(pattern, paths.run_dir))
+            else:
+                train_shards.append(_rel_glob(entry, paths.run_dir))
+    return {
+        "model": model,
+        "tokenizer": {
+            "tokenizer_json": rel(paths.tokenizer_json),
+            "vocab": rel(paths.vocab_json),
+            "merges": rel(paths.merges_txt),
+            "special_tokens": rel(paths.special_tokens),
+        },
+        "data": {
+            "train_shards": train_shards,
+            "validation_shards": validation_shards,
+            "batch_size": 2,
+            "gradient_accumulation_steps": 32,
+            "shuffle_buffer_size": 65536,
+            "num_workers": 8,
+            "cache_dir": rel(paths.cache_dir),
+            "sequence_length": seq_len,
+        },
+        "optimizer": {
+            "algorithm": "adam_w",
+            "learning_rate": 1.8e-4,
+            "weight_decay": 0.01,
+            "beta1": 0.9,
+            "beta2": 0.95,
+            "epsilon": 1.0e-8,
+        },
+        "scheduler": {
+            "strategy": "cosine_with_warmup",
+            "warmup_steps": 3000,
+            "total_steps": 300000,
+            "total_epochs": None,
+            "min_lr": 1.8e-5,
+            "max_lr": None,
+        },
+        "runtime": {
+            "seed": opts.seed,
+            # bf16 is the seed's GPU setting; the CPU-sized preset runs in fp32 (no bf16 on CPUs).
+            "precision": "fp32" if tiny else "bf16",
+            "log_every_n_steps": 50,
+            "checkpoint": {
+                "directory": rel(paths.checkpoints_dir),
+                "every_n_steps": 1500,
+                "every_n_epochs": None,
+                "max_keep": 10,
+            },
+            "evaluation": {
+                "every_n_steps": 4500,
+                "every_n_epochs": None,
+                "max_batches": 32,
+                "best": {"directory": rel(paths.best_dir), "max_keep": 2},
+            },
+            "logging": {
+                "enable_stdout": True,
+                "tensorboard": rel(paths.tensorboard_dir),
+                "tensorboard_flush_every_n": 100,
+            },
+        },
+    }
+
+
+def _rel_glob(pattern: str, base: Path) -> str:
+    return pattern if "://" in pattern else os.path.relpath(pattern, base)
+
+
+def write_training_yaml(
+    paths: ExperimentPaths, opts: OrchestrateOptions, vocab_size: int, data_files: list[str] | None
+) -> None:
+    """Write training.yaml and check that it loads with the project's own schema."""
+    text = (
+        f"# Written by `lmstream orchestrate` for experiment {paths.experiment!r} "
+        f"(model size {opts.model_size}, tokenizer vocabulary {vocab_size}).\n"
+        "# Paths are relative to this file's folder. Edit freely, then run:\n"
+        f"#   lmstream train --config {paths.training_yaml}\n"
+    )
+    body = yaml.safe_dump(training_yaml_dict(paths, opts, data_files), sort_keys=False)
+    paths.training_yaml.write_text(text + body, encoding="utf-8")
+    load_training_config(paths.training_yaml)  # a bug here must not reach the user's train run
+
+
+def summary(result: OrchestrateResult, seconds: float | None = None) -> str:
+    """The end-of-run report: what was read, what was skipped, what was written where."""
+    secs = seconds if seconds is not None else result.seconds
+    mb = result.bytes / 1e6
+    skipped = sum(result.skipped.values())
+    lines = [
+        f"samples: {result.documents:,} documents, {mb:,.1f} MB in {secs:,.1f} s "
+        f"({result.documents / max(secs, 1e-9):,.0f} samples/s, {mb / max(secs, 1e-9):,.1f} MB/s)",
+        f"skipped: {skipped:,}" + (f" ({_reasons(result.skipped)})" if skipped else ""),
+        f"retries: {result.retries}",
+        f"vocab size: {result.vocab_size:,}",
+        f"tokenizer: {result.paths.tokenizer_dir}",
+        f"run folder: {result.paths.run_dir}",
+    ]
+    lines += [f"  wrote {f}" for f in result.files]
+    lines.append(f"next: lmstream train --config {result.paths.training_yaml}")
+    return "\n".join(lines)
