@@ -1,0 +1,56 @@
+"""`lmstream export --checkpoint PATH --out DIR`: a Hugging Face transformers model folder."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+EXAMPLES = """examples:
+  lmstream export --checkpoint workspace/runs/demo --out exported/demo
+  lmstream export --checkpoint workspace/runs/my-exp/best --out hf/my-exp --force
+
+then, in Python (no custom code needed):
+  from transformers import AutoModelForCausalLM, AutoTokenizer
+  model = AutoModelForCausalLM.from_pretrained("hf/my-exp")
+  tokenizer = AutoTokenizer.from_pretrained("hf/my-exp")
+"""
+
+
+def register(sub: argparse._SubParsersAction, formatter: type) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write a checkpoint as a Hugging Face transformers folder (checked by logits)",
+        description="Write config.json, model.safetensors and tokenizer files that "
+        "AutoModelForCausalLM / AutoTokenizer load with no custom code. The architecture is the "
+        "exact counterpart of the model config (Llama for swiglu+rmsnorm, Arcee for "
+        "gelu+rmsnorm, StarCoder2 for gelu+layernorm, StableLM for swiglu+layernorm). The "
+        "export is loaded back and its fp32 logits compared with the checkpoint's before the "
+        "folder is moved into place.",
+        epilog=EXAMPLES,
+        formatter_class=formatter,
+    )
+    p.add_argument(
+        "--checkpoint", required=True, type=Path, help="checkpoint, checkpoints or run folder"
+    )
+    p.add_argument("--out", required=True, type=Path, help="folder to write")
+    p.add_argument("--force", action="store_true", help="replace --out if it is not empty")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from lmstream.errors import ConfigError
+
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "export needs the transformers package: pip install 'transformers>=4.45'"
+        ) from None
+    from lmstream.export import TOLERANCE, export_checkpoint
+
+    result = export_checkpoint(args.checkpoint, args.out, force=args.force)
+    print(
+        f"wrote {result.directory} as {result.architecture}; logits match within "
+        f"{result.max_abs_diff:.2g} (limit {TOLERANCE:g})"
+    )
+    return 0
