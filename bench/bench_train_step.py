@@ -220,15 +220,23 @@ def run(shape: Shape, reps: int, steps: int, compile_too: bool) -> dict:
             times = time_steps(contenders[name], steps=steps, warmup=0)
             per_rep[name].append(shape.tokens / median(times))
     tps = {name: median(v) for name, v in per_rep.items()}
+    # The ratio is the median of per-repetition ratios: the two sides of one repetition ran
+    # back to back, under the same load from whatever else shares the machine.
     ratios = {
-        mode: tps[f"lmstream {mode}"] / tps[f"llama {mode}"]
+        mode: median(
+            [
+                a / b
+                for a, b in zip(per_rep[f"lmstream {mode}"], per_rep[f"llama {mode}"], strict=True)
+            ]
+        )
         for mode in ("eager", "compile")
-        if f"llama {mode}" in tps
+        if f"llama {mode}" in per_rep
     }
     return {
         "shape": shape.__dict__,
         "max_logit_diff": diff,
         "tokens_per_s": tps,
+        "best_tokens_per_s": {name: max(v) for name, v in per_rep.items()},
         "per_repetition": per_rep,
         "ratio_lmstream_over_llama": ratios,
         "reps": reps,
@@ -239,14 +247,15 @@ def run(shape: Shape, reps: int, steps: int, compile_too: bool) -> dict:
 def report(result: dict, command: str) -> str:
     """BENCHMARKS.md section (markdown)."""
     tps, ratios = result["tokens_per_s"], result["ratio_lmstream_over_llama"]
+    best = result["best_tokens_per_s"]
     rows = []
     for mode, ratio in ratios.items():
         ok = "yes" if ratio >= GOAL_RATIO else "no"
         rows.append(
             [
                 mode,
-                fmt_int(tps[f"lmstream {mode}"]),
-                fmt_int(tps[f"llama {mode}"]),
+                f"{fmt_int(tps[f'lmstream {mode}'])} ({fmt_int(best[f'lmstream {mode}'])})",
+                f"{fmt_int(tps[f'llama {mode}'])} ({fmt_int(best[f'llama {mode}'])})",
                 f"{ratio:.2f}x",
                 ok,
             ]
@@ -263,10 +272,18 @@ def report(result: dict, command: str) -> str:
             f"intermediate {s['intermediate']}, vocab {s['vocab']}, seq {s['seq']}, batch {s['batch']}; "
             "SwiGLU, RMSNorm, untied head; step = forward + fp32 CE + backward + clip + AdamW (foreach)",
             f"- Same function checked first: max |logit difference| {result['max_logit_diff']:.1e}",
-            f"- Median of {result['reps']} alternating repetitions x {result['steps_per_rep']} steps",
+            f"- Tokens/s: median (best) of {result['reps']} alternating repetitions x "
+            f"{result['steps_per_rep']} steps; ratio: median of the per-repetition ratios",
             "",
             markdown_table(
-                ["mode", "lmstream tokens/s", "Llama tokens/s", "ratio", f">= {GOAL_RATIO}x"], rows
+                [
+                    "mode",
+                    "lmstream tokens/s",
+                    "Llama tokens/s",
+                    "ratio",
+                    f"goal >= {GOAL_RATIO}x met",
+                ],
+                rows,
             ),
         ]
     )
