@@ -1,0 +1,223 @@
+"""The seed's 1B model on one CUDA GPU: tokens/s, MFU and peak memory, with and without
+torch.compile and activation checkpointing.
+
+    python bench/gpu_1b.py [--batch-size 8] [--record]     # needs a CUDA GPU (H100 / H200)
+    python bench/gpu_1b.py --cpu-smoke                      # checks the logic on CPU, tiny model
+
+The model is the "1b" preset (the seed's ``model:`` section exactly) with a 50,000-token
+vocabulary, bf16 autocast over fp32 master weights (what ``runtime.precision: bf16`` does), sequence
+length 2048, fused AdamW from ``build_optimizer``. Each variant is a fresh model with
+``distributed.apply_activation_checkpointing`` then ``apply_compile`` applied the way the training
+loop applies them. MFU = tokens/s x ``Transformer.flops_per_token(seq)`` / peak, with the dense
+bf16 peak of an H100/H200 SXM (989 TFLOPS) unless ``--peak-tflops`` says otherwise.
+Published anchors for a 1B model on one H100: OLMo-core about 55,000 tokens/s (4k context),
+llm-foundry 45,455 tokens/s = 41.8% MFU. Goal: MFU >= 50%.
+
+Without CUDA (and without --cpu-smoke) it exits with status 2 and says so: it never reports a
+GPU number it did not measure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import time
+
+import torch
+
+from harness import (
+    fmt_int,
+    machine_description,
+    markdown_table,
+    median,
+    time_steps,
+    today,
+    update_benchmarks_md,
+    write_result,
+)
+from lmstream.config import ModelConfig, OptimizerConfig
+from lmstream.distributed import apply_activation_checkpointing, apply_compile
+from lmstream.model.presets import model_preset
+from lmstream.model.transformer import Transformer
+from lmstream.train.optim import build_optimizer
+
+H100_BF16_PEAK_TFLOPS = 989.0
+VARIANTS = {  # name -> (compile, activation checkpointing)
+    "eager": (False, False),
+    "compile": (True, False),
+    "eager + AC": (False, True),
+    "compile + AC": (True, True),
+}
+NO_CUDA_MESSAGE = (
+    "gpu_1b.py: no CUDA device is available; this benchmark needs one GPU (H100/H200). "
+    "Nothing was measured. To check its logic on CPU run: python bench/gpu_1b.py --cpu-smoke"
+)
+
+
+def measure_variant(
+    cfg: ModelConfig,
+    *,
+    vocab: int,
+    seq: int,
+    batch: int,
+    steps: int,
+    warmup: int,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    compile: bool,
+    activation_checkpointing: bool,
+    peak_tflops: float,
+) -> dict:
+    """Median tokens/s, MFU and peak memory of full optimizer steps for one variant."""
+    torch.manual_seed(0)
+    with device:  # build (and init) directly on the device: no 4 GiB CPU detour for 1B
+        model = Transformer(cfg, vocab)
+    if activation_checkpointing:  # the loop's order: AC, then compile (torchtitan)
+        apply_activation_checkpointing(model.blocks)
+    if compile:
+        apply_compile(model.blocks)
+    optimizer = build_optimizer(model, OptimizerConfig(learning_rate=1e-4), 1e-4, device)
+    tokens = torch.randint(0, vocab, (batch, seq + 1), device=device)
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+    def step() -> None:
+        with autocast:
+            _, loss = model(inputs, targets)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    time_steps(step, steps=0, warmup=warmup)  # includes compilation
+    warmup_s = time.perf_counter() - start
+    tps = batch * seq / median(time_steps(step, steps=steps, warmup=0))
+    flops = model.flops_per_token(seq)
+    peak_gib = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    return {
+        "tokens_per_s": tps,
+        "mfu": tps * flops / (peak_tflops * 1e12),
+        "peak_gib": peak_gib,
+        "warmup_s": warmup_s,
+        "flops_per_token": flops,
+        "params": model.num_parameters(),
+    }
+
+
+def run_variants(args: argparse.Namespace, device: torch.device) -> dict[str, dict]:
+    """Every variant in turn; an out-of-memory variant is recorded as such, not fatal."""
+    if args.cpu_smoke:
+        cfg = ModelConfig(
+            hidden_size=64, intermediate_size=256, num_layers=2, num_attention_heads=4,
+            max_position_embeddings=args.seq,
+        )  # fmt: skip
+        dtype = None  # bf16 matmuls are 50-300x slower on CPUs without bf16 units
+    else:
+        cfg, dtype = model_preset("1b"), torch.bfloat16
+    results = {}
+    for name in args.variants:
+        compile, ac = VARIANTS[name]
+        try:
+            results[name] = measure_variant(
+                cfg, vocab=args.vocab, seq=args.seq, batch=args.batch_size, steps=args.steps,
+                warmup=args.warmup, device=device, dtype=dtype, compile=compile,
+                activation_checkpointing=ac, peak_tflops=args.peak_tflops,
+            )  # fmt: skip
+        except torch.cuda.OutOfMemoryError:
+            results[name] = {"error": f"out of memory at batch size {args.batch_size}"}
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        print(f"{name:14} {results[name]}", flush=True)
+    return results
+
+
+def report(results: dict[str, dict], args: argparse.Namespace, device: torch.device) -> str:
+    rows = []
+    for name, r in results.items():
+        if "error" in r:
+            rows.append([name, r["error"], "", "", ""])
+            continue
+        peak = "n/a" if r["peak_gib"] is None else f"{r['peak_gib']:.1f}"
+        rows.append(
+            [
+                name,
+                fmt_int(r["tokens_per_s"]),
+                f"{100 * r['mfu']:.1f}%",
+                peak,
+                f"{r['warmup_s']:.0f}",
+            ]
+        )
+    model = "tiny CPU smoke model" if args.cpu_smoke else "seed 1B preset"
+    return "\n".join(
+        [
+            f"## 1B on one GPU: tokens/s, MFU, peak memory ({model})",
+            "",
+            f"- Command: `{' '.join(['python bench/gpu_1b.py', *args.argv])}`",
+            f"- Machine: {machine_description(device)}",
+            f"- Date: {today()}",
+            f"- Sequence {args.seq}, batch {args.batch_size}, vocabulary {args.vocab}, "
+            f"{'fp32' if args.cpu_smoke else 'bf16 autocast, fp32 master weights'}, "
+            f"MFU against {args.peak_tflops:g} TFLOPS; median of {args.steps} steps after "
+            f"{args.warmup} warm-up steps",
+            "",
+            markdown_table(["variant", "tokens/s", "MFU", "peak GiB", "warm-up s"], rows),
+        ]
+    )
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--cpu-smoke", action="store_true", help="tiny model on CPU: checks the logic")
+    p.add_argument("--quick", action="store_true", help="fewer timed and warm-up steps")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per step")
+    p.add_argument("--seq", type=int, default=2048, help="sequence length")
+    p.add_argument("--vocab", type=int, default=50000, help="vocabulary size (the seed's 50k)")
+    p.add_argument("--steps", type=int, default=10, help="timed steps per variant")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps (compilation) per variant")
+    p.add_argument("--peak-tflops", type=float, default=H100_BF16_PEAK_TFLOPS)
+    p.add_argument(
+        "--variants", default=",".join(VARIANTS), help="comma-separated: " + ", ".join(VARIANTS)
+    )
+    p.add_argument("--record", action="store_true", help="write the section in BENCHMARKS.md")
+    args = p.parse_args(argv)
+    args.argv = list(argv if argv is not None else sys.argv[1:])
+    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        p.error(f"--variants: unknown {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    if args.cpu_smoke:
+        args.seq, args.batch_size, args.vocab = min(args.seq, 64), min(args.batch_size, 2), 256
+        args.steps, args.warmup = min(args.steps, 2), 2
+    elif args.quick:
+        args.steps, args.warmup = min(args.steps, 3), min(args.warmup, 2)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not args.cpu_smoke and not torch.cuda.is_available():
+        print(NO_CUDA_MESSAGE, file=sys.stderr)
+        return 2
+    device = torch.device("cpu") if args.cpu_smoke else torch.device("cuda", 0)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 leftovers (loss) on tensor cores
+    results = run_variants(args, device)
+    write_result("gpu_1b_cpu_smoke" if args.cpu_smoke else "gpu_1b", {"variants": results})
+    text = report(results, args, device)
+    print(text)
+    if args.record and not args.cpu_smoke:
+        update_benchmarks_md("gpu_1b", text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
