@@ -27,6 +27,9 @@ def pick_device(name: str = "auto") -> torch.device:
     """'auto' = cuda when available, else cpu; asking for cuda without one is a user error."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    kind, _, index = name.partition(":")
+    if kind not in ("cpu", "cuda") or (index and not index.isdigit()):
+        raise ConfigError(f"--device: expected auto, cpu, cuda or cuda:N (given: {name!r})")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("--device cuda: no CUDA device is available; use --device cpu")
     return torch.device(name)

@@ -14,6 +14,7 @@ from lmstream.generate import (
     generate_tokens,
     load_checkpoint_model,
     load_checkpoint_tokenizer,
+    pick_device,
     sample_next,
     stop_token_ids,
     stream_text,
@@ -148,3 +149,12 @@ def test_mismatched_weights_are_a_checkpoint_error(tmp_path: Path) -> None:
     (folder / "config.yaml").write_text(config)
     with pytest.raises(CheckpointError, match="do not match the saved model config"):
         load_checkpoint_model(folder)
+
+
+def test_device_names_are_checked() -> None:
+    assert pick_device("cpu") == torch.device("cpu")
+    with pytest.raises(ConfigError, match="--device: expected auto, cpu, cuda or cuda:N"):
+        pick_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA device"):
+            pick_device("cuda")
