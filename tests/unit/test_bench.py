@@ -1,0 +1,158 @@
+"""Smoke tests of the benchmark scripts in bench/: each core function runs on a minuscule size.
+
+No timing is asserted (a shared CI machine makes timings meaningless); what is asserted is that
+the numbers exist and are sane, that the Llama comparison compares the same function, and that
+BENCHMARKS.md sections are replaced without touching anyone else's.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH_DIR = Path(__file__).resolve().parents[2] / "bench"
+
+
+def load(name: str):
+    """Import bench/NAME.py the way `python bench/NAME.py` sees its siblings."""
+    if str(BENCH_DIR) not in sys.path:
+        sys.path.insert(0, str(BENCH_DIR))
+    return importlib.import_module(name)
+
+
+# ------------------------------------------------------------------------------------ harness
+
+
+def test_update_benchmarks_md_replaces_only_its_own_section(tmp_path):
+    harness = load("harness")
+    md = tmp_path / "BENCHMARKS.md"
+    md.write_text(
+        "# Benchmarks\n\nintro\n\n<!-- bench:loader -->\nloader v1\n<!-- /bench:loader -->\n"
+    )
+    harness.update_benchmarks_md("train_step", "## step\nv1", md)
+    harness.update_benchmarks_md("train_step", "## step\nv2", md)
+    text = md.read_text()
+    assert "loader v1" in text and "intro" in text
+    assert "v2" in text and "\nv1\n" not in text
+    assert text.count("<!-- bench:train_step -->") == 1
+
+
+def test_time_steps_counts_only_timed_calls():
+    harness = load("harness")
+    calls = []
+    times = harness.time_steps(lambda: calls.append(1), steps=3, warmup=2)
+    assert len(times) == 3 and len(calls) == 5 and all(t >= 0 for t in times)
+
+
+# --------------------------------------------------------------------------------- train step
+
+
+@pytest.mark.slow  # importing transformers and building Llama: ~5 s on 2 cores
+def test_llama_copy_computes_the_same_function():
+    pytest.importorskip("transformers")
+    b = load("bench_train_step")
+    ours = b.build_lmstream(b.QUICK)
+    llama = b.build_llama_like(ours)
+    inputs, _ = b.random_batch(b.QUICK)
+    assert b.max_logit_difference(ours, llama, inputs) < 1e-4
+    # A different model must not pass the same check (the check can fail).
+    other = b.build_llama_like(b.build_lmstream(b.QUICK, seed=1))
+    assert b.max_logit_difference(ours, other, inputs) > 1e-3
+
+
+@pytest.mark.slow
+def test_train_step_run_reports_both_models():
+    pytest.importorskip("transformers")
+    b = load("bench_train_step")
+    tiny = b.Shape(
+        hidden=32, layers=1, heads=4, kv_heads=2, intermediate=64, vocab=128, seq=16, batch=2
+    )
+    result = b.run(tiny, reps=2, steps=1, compile_too=False)
+    assert set(result["tokens_per_s"]) == {"lmstream eager", "llama eager"}
+    assert all(v > 0 for v in result["tokens_per_s"].values())
+    assert result["ratio_lmstream_over_llama"]["eager"] > 0
+    text = b.report(result, "python bench/bench_train_step.py")
+    assert "| eager |" in text and "max |logit difference|" in text
+
+
+def test_train_step_actually_trains():
+    pytest.importorskip("transformers")
+    b = load("bench_train_step")
+    ours = b.build_lmstream(b.QUICK)
+    step = b.make_train_step(ours, *b.random_batch(b.QUICK))
+    losses = [float(step()) for _ in range(5)]
+    assert losses[-1] < losses[0]  # the same batch over and over: the loss must fall
+
+
+# ------------------------------------------------------------------------------------ scaling
+
+
+def test_scaling_point_and_chart(tmp_path):
+    s = load("bench_scaling")
+    point = s.measure_point("micro", seq=16, batch=2, steps=1, vocab=64)
+    assert point["tokens_per_s"] > 0 and point["gflops_per_s"] > 0
+    assert point["peak_mib"] >= point["baseline_mib"] > 0
+    assert point["params"] > 0
+    points = [
+        {**point, "sweep": "size", "vocab": 64},
+        {**point, "sweep": "seq", "vocab": 64},
+        {"size": "tiny", "seq": 16, "batch": 1, "error": "boom", "sweep": "size", "vocab": 64},
+    ]
+    s.chart(points, tmp_path / "scaling.png")
+    assert (tmp_path / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = s.report(points, "python bench/bench_scaling.py", "cpu")
+    assert "failed: boom" in text and "| micro |" in text
+
+
+def test_scaling_plan_covers_sizes_and_sequence_lengths():
+    s = load("bench_scaling")
+    full = s.plan(quick=False, sizes=["tiny", "125m"])
+    assert [p[1] for p in full if p[0] == "size"] == ["tiny", "125m"]
+    seq_points = [p for p in full if p[0] == "seq"]
+    assert len({p[2] for p in seq_points}) >= 3
+    assert len({p[2] * p[3] for p in seq_points}) == 1  # constant tokens per step
+
+
+# ------------------------------------------------------------------------------------- gpu_1b
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
+def test_gpu_1b_without_cuda_says_so(capsys):
+    g = load("gpu_1b")
+    assert g.main([]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_gpu_1b_variant_logic_on_cpu():
+    g = load("gpu_1b")
+    args = g.parse_args(["--cpu-smoke", "--variants", "eager,eager + AC"])
+    results = g.run_variants(args, torch.device("cpu"))
+    assert set(results) == {"eager", "eager + AC"}
+    for r in results.values():
+        assert r["tokens_per_s"] > 0 and 0 < r["mfu"] < 1 and math.isfinite(r["flops_per_token"])
+    assert "| eager + AC |" in g.report(results, args, torch.device("cpu"))
+
+
+def test_gpu_1b_rejects_unknown_variant():
+    g = load("gpu_1b")
+    with pytest.raises(SystemExit):
+        g.parse_args(["--variants", "turbo"])
+
+
+# ------------------------------------------------------------------------------------ run_all
+
+
+def test_run_all_discovers_and_passes_flags():
+    r = load("run_all")
+    names = [p.stem for p in r.discover()]
+    assert {"bench_train_step", "bench_scaling", "gpu_1b"} <= set(names)
+    assert names.index("bench_train_step") < names.index("bench_scaling") < names.index("gpu_1b")
+    cmd = r.command_for(BENCH_DIR / "bench_train_step.py", quick=True, record=True)
+    assert "--quick" in cmd and "--record" not in cmd  # quick numbers are never recorded
+    cmd = r.command_for(BENCH_DIR / "bench_train_step.py", quick=False, record=True)
+    assert "--record" in cmd and "--quick" not in cmd
