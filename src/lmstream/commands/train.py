@@ -1,18 +1,28 @@
-"""`lmstream train --config runs/EXP/training.yaml [--resume] [--dry-run]`."""
+"""`lmstream train --config runs/EXP/training.yaml [--resume [PATH]] [--dry-run]`.
+
+Thin on purpose (torchtitan's train.py): build, train, close, tear down the process group, even
+on error. The work lives in lmstream.train.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+import torch
+
 from lmstream.config import TrainingConfig, dump_training_config, load_training_config
+from lmstream.errors import LmstreamError
 
 EXAMPLES = """examples:
   lmstream train --config workspace/runs/my-exp/training.yaml --dry-run
   lmstream train --config workspace/runs/my-exp/training.yaml
   lmstream train --config workspace/runs/my-exp/training.yaml --resume
+  lmstream train --config workspace/runs/my-exp/training.yaml --resume workspace/runs/my-exp/checkpoints/step-00001500
   torchrun --nproc_per_node 8 -m lmstream train --config workspace/runs/my-exp/training.yaml
 """
+
+_RESUME_NEWEST = "newest"
 
 
 def register(sub: argparse._SubParsersAction, formatter: type) -> None:
@@ -20,21 +30,79 @@ def register(sub: argparse._SubParsersAction, formatter: type) -> None:
         "train",
         help="train a model from training.yaml (streams when streaming_config.json is beside it)",
         description="Train a decoder-only transformer driven by training.yaml. When "
-        "streaming_config.json sits beside the YAML, data is streamed from its source.",
+        "streaming_config.json sits beside the YAML, data is streamed from its source. "
+        "SIGTERM/Ctrl-C saves a checkpoint and exits; a second one exits at once.",
         epilog=EXAMPLES,
         formatter_class=formatter,
     )
     p.add_argument("--config", required=True, type=Path, help="path to training.yaml")
     p.add_argument(
+        "--resume",
+        nargs="?",
+        const=_RESUME_NEWEST,
+        default=None,
+        metavar="PATH",
+        help="continue from the newest complete checkpoint in runtime.checkpoint.directory, or "
+        "from PATH (a step-NNNNNNNN folder, a checkpoints folder or a run folder)",
+    )
+    p.add_argument(
         "--dry-run",
         action="store_true",
-        help="validate the config and print the plan without training",
+        help="validate the config and print the plan (model size, FLOPs, schedule) without training",
     )
     p.set_defaults(func=run)
 
 
+def _vocab_size(cfg: TrainingConfig) -> tuple[int | None, str]:
+    tok_path = cfg.tokenizer.tokenizer_json
+    if tok_path is not None and Path(tok_path).is_file():
+        from lmstream.tokenizer import load_tokenizer
+
+        size = load_tokenizer(tok_path).get_vocab_size()
+        if cfg.model.vocab_size is not None and cfg.model.vocab_size > size:
+            return cfg.model.vocab_size, "model.vocab_size"
+        return size, f"tokenizer {tok_path}"
+    if cfg.model.vocab_size is not None:
+        return cfg.model.vocab_size, "model.vocab_size (tokenizer file not found yet)"
+    return None, "unknown: no tokenizer file yet and model.vocab_size is null"
+
+
+def describe_model(cfg: TrainingConfig) -> list[str]:
+    """Parameter count and FLOPs per token, from a model built on the meta device (no memory)."""
+    from lmstream.model.transformer import Transformer
+
+    vocab, source = _vocab_size(cfg)
+    if vocab is None:
+        with torch.device("meta"):
+            body = Transformer(cfg.model, 2)
+        n = body.num_parameters(exclude_embeddings=True)
+        return [f"model: {n:,} parameters without embeddings; vocabulary size {source}"]
+    with torch.device("meta"):
+        model = Transformer(cfg.model, vocab)
+    flops = model.flops_per_token(cfg.data.sequence_length)
+    return [
+        f"model: {model.num_parameters():,} parameters "
+        f"({model.num_parameters(exclude_embeddings=True):,} without embeddings), "
+        f"vocabulary {vocab:,} ({source})",
+        f"training FLOPs per token: {flops:.3e} (6N + 12*L*H*T); per optimizer step: "
+        f"{flops * cfg.tokens_per_step():.3e}",
+    ]
+
+
+def describe_schedule(cfg: TrainingConfig) -> str:
+    from lmstream.train.optim import make_schedule
+
+    total = cfg.scheduler.total_steps
+    if total is None:
+        return "lr: the schedule's length is measured from one epoch at the start (total_epochs)"
+    lr = make_schedule(cfg.scheduler, cfg.peak_lr, cfg.min_lr, total)
+    warm = cfg.scheduler.warmup_steps
+    points = sorted({0, max(0, warm - 1), warm, total // 4, total // 2, 3 * total // 4, total - 1})
+    return "lr at step: " + ", ".join(f"{s:,}: {lr(s):.3g}" for s in points)
+
+
 def describe_plan(cfg: TrainingConfig, world_size: int = 1) -> str:
-    """The resolved plan as text: schedule and batch arithmetic."""
+    """The resolved plan as text: batch arithmetic, schedule, model size."""
     s, d = cfg.scheduler, cfg.data
     lines = [
         f"tokens per optimizer step: {cfg.tokens_per_step(world_size):,} "
@@ -46,7 +114,50 @@ def describe_plan(cfg: TrainingConfig, world_size: int = 1) -> str:
     ]
     if s.total_steps:
         lines.append(f"planned tokens: {cfg.tokens_per_step(world_size) * s.total_steps:,}")
+    lines.append(describe_schedule(cfg))
+    lines.extend(describe_model(cfg))
     return "\n".join(lines)
+
+
+def train(cfg: TrainingConfig, run_dir: Path, resume: str | None) -> int:
+    """Build, train, close: the logger and the process group are released even on error."""
+    from lmstream import distributed as dist
+    from lmstream.train import checkpoint as ckpt
+    from lmstream.train.loop import Trainer
+    from lmstream.train.metrics import Logger, build_logger
+    from lmstream.train.setup import build_run
+
+    env = dist.init_distributed(cfg.runtime.device)
+    logger = Logger()
+    try:
+        notice = None
+        if resume == _RESUME_NEWEST:
+            directory = cfg.runtime.checkpoint.directory
+            if ckpt.complete_checkpoints(directory):
+                resume = str(directory)
+            else:
+                resume, notice = (
+                    None,
+                    f"--resume: no checkpoint in {directory} yet; starting at step 0",
+                )
+        run = build_run(cfg, run_dir, env, resume)
+        resumed = run.resumed_from is not None
+        logger = build_logger(
+            run.cfg,
+            rank=env.rank,
+            total_steps=run.total_steps,
+            resume_step=run.state.step if resumed else None,
+        )
+        if notice:
+            logger.message(notice)
+        if resumed:
+            logger.message(f"resumed from {run.resumed_from} at step {run.state.step}")
+            for change in run.notes:
+                logger.message(f"config change since the checkpoint (allowed): {change}")
+        return Trainer(run, logger).fit()
+    finally:
+        logger.close()
+        dist.teardown()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,4 +167,9 @@ def run(args: argparse.Namespace) -> int:
         print(dump_training_config(cfg), end="")
         print(describe_plan(cfg))
         return 0
-    raise SystemExit("lmstream train: training is not available in this build yet; use --dry-run")
+    if not cfg.tokenizer.tokenizer_json.is_file():
+        raise LmstreamError(
+            f"tokenizer.tokenizer_json: {cfg.tokenizer.tokenizer_json} not found; "
+            "run `lmstream orchestrate` first or fix the path"
+        )
+    return train(cfg, Path(args.config).expanduser().absolute().parent, args.resume)

@@ -113,7 +113,7 @@ class Trainer:
         self.logger = logger
         self.device = run.env.device
         self.peak = peak_flops(self.device, self.cfg.runtime.peak_tflops)
-        self._batches: Iterator | None = None
+        self._batches: Iterator | None = run.batches
         self._saved_step: int | None = None
 
     # ---------------------------------------------------------------------------- the loop

@@ -8,9 +8,10 @@ interrupted run left them.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +50,7 @@ class Run:
     total_steps: int
     flops_per_token: float
     state: TrainState = field(default_factory=TrainState)
+    batches: Iterator | None = None  # iter(loader), made before the RNG is restored
     resumed_from: Path | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -132,6 +134,8 @@ def build_run(
     run = Run(cfg, env, model, optimizer, precision, loader, val_batches, lambda s: 0.0, 0, flops)
     if resume is not None:
         _restore(run, resume)
+    else:
+        run.batches = _primed(loader)
     total = cfg.scheduler.total_steps
     if total is None:
         if run.state.steps_per_epoch is None:
@@ -140,6 +144,18 @@ def build_run(
     run.total_steps = total
     run.schedule = make_schedule(cfg.scheduler, cfg.peak_lr, cfg.min_lr, total)
     return run
+
+
+def _primed(loader) -> Iterator:
+    """``iter(loader)`` with its first batch already fetched. A (Stateful)DataLoader draws its
+    base seed from the global torch RNG on the first ``next()``; doing that before the RNG
+    states are restored keeps dropout's stream identical to the uninterrupted run's."""
+    batches = iter(loader)
+    try:
+        first = next(batches)
+    except StopIteration:
+        return iter(())
+    return itertools.chain([first], batches)
 
 
 def _restore(run: Run, resume: str | os.PathLike) -> None:
@@ -160,5 +176,6 @@ def _restore(run: Run, resume: str | os.PathLike) -> None:
         run.precision.scaler.load_state_dict(trainer["scaler"])
     run.state = TrainState.from_dict(trainer["state"])
     run.loader.load_state_dict(trainer["data"][run.env.rank])
+    run.batches = _primed(run.loader)
     restore_rng(trainer["rng"][run.env.rank])  # last: nothing may draw from the RNG after this
     run.resumed_from = path
