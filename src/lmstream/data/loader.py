@@ -173,13 +173,16 @@ class TrainLoader:
         self.num_workers = num_workers
         if num_workers:
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        self._loader = StatefulDataLoader(
-            dataset,
-            batch_size=None,
-            num_workers=num_workers,
-            worker_init_fn=_worker_init if num_workers else None,
-            pin_memory=pin_memory,
-        )
+        with warnings.catch_warnings():
+            # torchdata 0.11's constructor calls the deprecated torch.set_vital; not ours to fix.
+            warnings.filterwarnings("ignore", message=".*set_vital.*")
+            self._loader = StatefulDataLoader(
+                dataset,
+                batch_size=None,
+                num_workers=num_workers,
+                worker_init_fn=_worker_init if num_workers else None,
+                pin_memory=pin_memory,
+            )
         self._skipped: dict[int, dict] = {}
 
     @property
@@ -191,24 +194,24 @@ class TrainLoader:
         return total
 
     def __iter__(self):
-        with warnings.catch_warnings():
-            # torchdata 0.11 calls a deprecated torch.set_vital on every iter(); not ours to fix.
-            warnings.filterwarnings("ignore", message=".*set_vital.*")
-            it = iter(self._loader)
-        while True:
-            try:
-                rows, epoch, worker, skipped = next(it)
-            except LmstreamError as err:
-                raise _unwrap(err) from None
-            except RuntimeError as err:
-                if "DataLoader worker" in str(err):
-                    raise LmstreamError(
-                        f"a data loader worker died ({str(err).strip().splitlines()[0]}); "
-                        "check memory (each worker holds a shuffle window) and the source, then resume"
-                    ) from err
-                raise
-            self._skipped[worker] = skipped
-            yield Batch.from_rows(rows, epoch)
+        it = iter(self._loader)
+        try:
+            while True:
+                try:
+                    rows, epoch, worker, skipped = next(it)
+                except (LmstreamError, RuntimeError, ConnectionError, EOFError) as err:
+                    error = _loader_error(err, self.num_workers)
+                    if error is None:
+                        raise
+                    raise error from (None if isinstance(err, LmstreamError) else err)
+                self._skipped[worker] = skipped
+                yield Batch.from_rows(rows, epoch)
+        finally:
+            # Stop the workers now (an error's traceback would otherwise keep them alive, and
+            # torch's SIGCHLD handler raising again for every later child exit).
+            shutdown = getattr(it, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
 
     def _meta(self) -> dict:
         s = self.dataset.settings
@@ -239,12 +242,24 @@ class TrainLoader:
         self._loader.load_state_dict(state["loader"])
 
 
-def _unwrap(err: LmstreamError) -> LmstreamError:
-    """A worker's error re-raised in the main process, without the worker's traceback text."""
-    lines = [line for line in str(err).strip().splitlines() if line.strip()]
-    last = lines[-1] if lines else type(err).__name__
-    prefix = f"{type(err).__module__}.{type(err).__name__}: "
-    return type(err)(last.removeprefix(prefix))
+def _loader_error(err: Exception, num_workers: int) -> LmstreamError | None:
+    """The one-line error for a failure in a worker, or None when it is not one."""
+    if isinstance(err, LmstreamError):
+        # Re-raised from a worker, its text is "Caught X in DataLoader worker ...\nTraceback...";
+        # the last line holds the original message.
+        lines = [line for line in str(err).strip().splitlines() if line.strip()]
+        last = lines[-1] if lines else type(err).__name__
+        prefix = f"{type(err).__module__}.{type(err).__name__}: "
+        return type(err)(last.removeprefix(prefix))
+    # A worker killed while handing over a batch breaks the shared-memory connection instead.
+    lost = num_workers > 0 and isinstance(err, ConnectionError | EOFError)
+    if lost or "DataLoader worker" in str(err):
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        return LmstreamError(
+            f"a data loader worker died ({first}); check memory (each worker holds a "
+            "shuffle window) and the data source, then resume from the last checkpoint"
+        )
+    return None
 
 
 def build_train_loader(

@@ -92,7 +92,8 @@ class WindowedDocuments:
             base = dict(self.skipped)
             before = Counter(self.source.skipped)
             docs = self.source.read(self.window_size)
-            self.skipped.update(Counter(self.source.skipped) - before)
+            if epoch == 0:  # later passes re-read the same bad records: count them once
+                self.skipped.update(Counter(self.source.skipped) - before)
             if not docs:
                 if window == 0:
                     raise DataSourceError(
