@@ -133,3 +133,19 @@ def test_nonfinite_loss_skips_the_update():
     assert not ok
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", ["bf16", "fp16"])
+def test_low_precision_step_updates_fp32_master_weights(name, recwarn):
+    model = _model()
+    cpu = torch.device("cpu")
+    precision = build_precision(name, cpu)
+    assert (precision.scaler is not None) == (name == "fp16")
+    opt = build_optimizer(model, OptimizerConfig(learning_rate=1e-2), 1e-2, cpu)
+    before = model.embed.weight.detach().clone()
+    batch = Batch.from_rows(torch.randint(0, 64, (2, 9)))
+    loss = forward_backward(model, [batch], precision, cpu)
+    _, ok = optimizer_step(model, opt, precision, loss, 1e-2, 1.0)
+    assert ok and torch.isfinite(loss)
+    assert model.embed.weight.dtype == torch.float32
+    assert not torch.equal(before, model.embed.weight)
