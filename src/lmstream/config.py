@@ -12,6 +12,7 @@ through :func:`format_validation_error`, raised as :class:`lmstream.errors.Confi
 from __future__ import annotations
 
 import difflib
+import os
 import json
 import typing
 from pathlib import Path
@@ -40,7 +41,8 @@ def _resolve_path(value: Path, info: ValidationInfo) -> Path:
     base = (info.context or {}).get("base_dir")
     if not value.is_absolute() and base is not None:
         value = Path(base) / value
-    return Path(value).absolute() if base is not None else value
+    # normpath (not resolve): "a/../b" and "b" are the same file, symlinks stay as written.
+    return Path(os.path.normpath(Path(value).absolute())) if base is not None else value
 
 
 ResolvedPath = Annotated[Path, AfterValidator(_resolve_path)]

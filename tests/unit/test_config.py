@@ -238,3 +238,16 @@ def test_special_tokens_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="JSON list"):
         load_special_tokens(path)
     assert load_special_tokens(None) == ["<|endoftext|>", "<|pad|>"]
+
+
+def test_dotdot_paths_are_normalised(tmp_path: Path, seed_yaml_text: str) -> None:
+    """The same file written two ways must compare equal (resume checks compare paths)."""
+    data = _seed(seed_yaml_text)
+    run = tmp_path / "runs" / "x"
+    run.mkdir(parents=True)
+    data["data"]["train_shards"] = ["../x/corpus.jsonl"]
+    data["tokenizer"]["tokenizer_json"] = "../../artifacts/tok/tokenizer.json"
+    (run / "training.yaml").write_text(yaml.safe_dump(data))
+    cfg = load_training_config(run / "training.yaml")
+    assert cfg.data.train_shards == [str(run / "corpus.jsonl")]
+    assert cfg.tokenizer.tokenizer_json == tmp_path / "artifacts/tok/tokenizer.json"
