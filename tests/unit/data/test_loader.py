@@ -367,3 +367,13 @@ def test_token_shards_round_trip_and_tokenizer_check(tmp_path: Path, tokenizer) 
     cfg = _config(tmp_path / "run", other, train_shards=[str(manifest)])
     with pytest.raises(ConfigError, match="different tokenizer"):
         build_train_loader(cfg, other, tmp_path / "run")
+
+
+def test_max_samples_limits_each_pass_across_workers(tmp_path: Path) -> None:
+    texts = _corpus(40)
+    spec = SourceSpec.from_files([str(_write_jsonl(tmp_path / "t.jsonl", texts))])
+    seen = []
+    for g in range(3):
+        source = TextSource(spec, "train", worker=g, workers=3, max_samples=20)
+        seen += _first_pass(source, g)
+    assert sorted(seen) == sorted(texts[:20])
