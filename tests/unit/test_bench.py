@@ -156,3 +156,29 @@ def test_run_all_discovers_and_passes_flags():
     assert "--quick" in cmd and "--record" not in cmd  # quick numbers are never recorded
     cmd = r.command_for(BENCH_DIR / "bench_train_step.py", quick=False, record=True)
     assert "--record" in cmd and "--quick" not in cmd
+
+
+# ------------------------------------------------------------------------------ loop overhead
+
+
+def test_loop_overhead_config_and_bare_step(tmp_path):
+    lo = load("bench_loop_overhead")
+    params = {**lo.QUICK, "docs": 40, "vocab": 280}
+    tok = lo.write_corpus_and_tokenizer(tmp_path, params["vocab"], params["docs"])
+    cfg = lo.load_training_config(lo.write_config(tmp_path, tok, params, seq=16, batch=2))
+    assert cfg.model.activation == "swiglu" and cfg.runtime.evaluation.every_n_steps == 4
+    step = lo.bare_step(cfg, vocab=280)
+    assert len(lo.time_steps(step, steps=2, warmup=1)) == 2
+
+
+def test_loop_throughput_skips_the_warmup_interval():
+    lo = load("bench_loop_overhead")
+    records = [
+        {"step": 10, "tokens_seen": 1000, "tokens_per_s": 10.0},  # warm-up: excluded
+        {"step": 10, "val_loss": 3.0},
+        {"step": 20, "tokens_seen": 2000, "tokens_per_s": 100.0},  # 10 s
+        {"step": 30, "tokens_seen": 3000, "tokens_per_s": 50.0},  # 20 s
+    ]
+    out = lo.loop_throughput(records)
+    assert out["tokens_per_s"] == pytest.approx(2000 / 30)
+    assert out["evaluations"] == 1

@@ -1,0 +1,244 @@
+"""The whole `lmstream train` loop against the bare training step of the same model and batch.
+
+    python bench/bench_loop_overhead.py [--quick] [--record] [--steps 100]
+
+Loop: the real CLI (``python -m lmstream train --config ...``, a subprocess) on the KJV corpus
+(installed with lmstream, as JSON lines) with an 8,000-token BPE trained on it, the
+bench_train_step model shape (hidden 256, 4 layers, 8 heads / 4 kv, SwiGLU, RMSNorm), sequence
+256, batch 8, a DataLoader worker tokenizing in the background, stdout + JSONL + TensorBoard
+logging every 10 steps, evaluation (8 batches) and a checkpoint every 50 steps (full model +
+AdamW state, atomic, rotated). Its throughput is read from the run's own metrics.jsonl: tokens
+over wall time between log steps, evaluation and checkpoint time included (they run inside the
+next interval), the first interval (warm-up) excluded.
+
+Bare step: the loop's own step functions (``train.loop.forward_backward`` and
+``optimizer_step``) on one fixed batch held in memory, same model and optimizer config, timed in
+this process before and after each loop run. Overhead = 1 - loop tokens/s / bare tokens/s
+(goal: < 5%).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from harness import (
+    fmt_int,
+    machine_description,
+    median,
+    time_steps,
+    today,
+    update_benchmarks_md,
+    write_result,
+)
+from lmstream.config import TrainingConfig, load_training_config
+
+GOAL_OVERHEAD = 0.05
+FULL = {
+    "steps": 100,
+    "log": 10,
+    "every": 50,
+    "vocab": 8000,
+    "hidden": 256,
+    "layers": 4,
+    "docs": None,
+}
+QUICK = {"steps": 8, "log": 2, "every": 4, "vocab": 300, "hidden": 32, "layers": 1, "docs": 300}
+
+
+def write_corpus_and_tokenizer(root: Path, vocab: int, max_docs: int | None = None) -> Path:
+    """KJV paragraphs as train.jsonl and a byte-level BPE trained on them (tok/tokenizer.json)."""
+    from lmstream.corpus import kjv_documents
+    from lmstream.tokenizer import save_tokenizer, train_bpe
+
+    docs = list(kjv_documents())[:max_docs]
+    with open(root / "train.jsonl", "w", encoding="utf-8") as f:
+        for doc in docs:
+            f.write(json.dumps({"text": doc}) + "\n")
+    save_tokenizer(train_bpe(docs, vocab, ["<|endoftext|>", "<|pad|>"]), root / "tok")
+    return root / "tok" / "tokenizer.json"
+
+
+def write_config(root: Path, tokenizer_json: Path, p: dict, seq: int, batch: int) -> Path:
+    """training.yaml for the loop run (the model shape of bench_train_step)."""
+    heads = 8 if p["hidden"] >= 64 else 4
+    cfg = {
+        "model": {
+            "hidden_size": p["hidden"],
+            "intermediate_size": 688 if p["hidden"] == 256 else 2 * p["hidden"],
+            "num_layers": p["layers"],
+            "num_attention_heads": heads,
+            "num_key_value_heads": heads // 2,
+            "max_position_embeddings": seq,
+            "activation": "swiglu",
+            "norm": "rmsnorm",
+            "tie_embeddings": False,
+        },
+        "tokenizer": {"tokenizer_json": str(tokenizer_json)},
+        "data": {
+            "train_shards": [str(root / "train.jsonl")],
+            "batch_size": batch,
+            "sequence_length": seq,
+            "num_workers": 1,
+            "shuffle_buffer_size": 256,
+            "validation_documents": 100,
+        },
+        "optimizer": {"learning_rate": 3.0e-4, "weight_decay": 0.1},
+        "scheduler": {"warmup_steps": 2, "total_steps": p["steps"]},
+        "runtime": {
+            "device": "cpu",
+            "log_every_n_steps": p["log"],
+            "checkpoint": {"every_n_steps": p["every"], "max_keep": 2},
+            "evaluation": {"every_n_steps": p["every"], "max_batches": 8},
+            "logging": {"tensorboard": str(root / "tb")},
+        },
+    }
+    path = root / "training.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def bare_step(cfg: TrainingConfig, vocab: int):
+    """The loop's step (forward_backward + optimizer_step) on one in-memory batch."""
+    from lmstream.data.packing import Batch
+    from lmstream.train.loop import forward_backward, optimizer_step
+    from lmstream.train.optim import build_optimizer
+    from lmstream.train.precision import build_precision
+    from lmstream.train.setup import build_model
+
+    device = torch.device("cpu")
+    torch.manual_seed(0)
+    model = build_model(cfg, vocab, device)
+    optimizer = build_optimizer(model, cfg.optimizer, cfg.peak_lr, device)
+    precision = build_precision("fp32", device)
+    d = cfg.data
+    rows = torch.randint(0, vocab, (d.batch_size, d.sequence_length + 1))
+    batch = Batch.from_rows(rows)
+
+    def step() -> None:
+        loss = forward_backward(model, [batch], precision, device)
+        optimizer_step(model, optimizer, precision, loss, cfg.peak_lr, cfg.optimizer.max_grad_norm)
+
+    return step
+
+
+def run_loop(config: Path) -> dict:
+    """`lmstream train` in a subprocess; throughput from its metrics.jsonl."""
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    metrics = config.parent / "metrics.jsonl"
+    metrics.unlink(missing_ok=True)
+    for old in ("checkpoints", "best"):
+        subprocess.run(["rm", "-rf", str(config.parent / old)], check=True)
+    start = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "-m", "lmstream", "train", "--config", str(config)],
+        capture_output=True, text=True, env=env, check=False,
+    )  # fmt: skip
+    wall = time.perf_counter() - start
+    if out.returncode != 0:
+        raise SystemExit(f"bench_loop_overhead: lmstream train failed:\n{out.stderr[-2000:]}")
+    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    return {"wall_s": wall, **loop_throughput(records)}
+
+
+def loop_throughput(records: list[dict]) -> dict:
+    """Tokens/s over every logged interval but the first (warm-up), from metrics.jsonl records."""
+    train = [r for r in records if "tokens_per_s" in r and "tokens_seen" in r]
+    if len(train) < 2:
+        raise SystemExit("bench_loop_overhead: too few log records; raise --steps")
+    tokens = seconds = 0.0
+    for prev, cur in zip(train, train[1:], strict=False):
+        interval = cur["tokens_seen"] - prev["tokens_seen"]
+        tokens += interval
+        seconds += interval / cur["tokens_per_s"]
+    evals = sum(1 for r in records if "val_loss" in r)
+    return {"tokens_per_s": tokens / seconds, "timed_tokens": tokens, "evaluations": evals}
+
+
+def run(params: dict, seq: int, batch: int, reps: int, bare_steps: int, workdir: Path) -> dict:
+    tokenizer_json = write_corpus_and_tokenizer(workdir, params["vocab"], params["docs"])
+    config = write_config(workdir, tokenizer_json, params, seq, batch)
+    cfg = load_training_config(config)
+    from lmstream.tokenizer import load_tokenizer
+
+    vocab = load_tokenizer(tokenizer_json).get_vocab_size()
+    step = bare_step(cfg, vocab)
+    time_steps(step, steps=0, warmup=2)
+    bare, loops = [], []
+    for _ in range(reps):  # bare, loop, bare, loop, ..., bare
+        bare.append(batch * seq / median(time_steps(step, steps=bare_steps, warmup=0)))
+        loops.append(run_loop(config))
+    bare.append(batch * seq / median(time_steps(step, steps=bare_steps, warmup=0)))
+    loop_tps = median([r["tokens_per_s"] for r in loops])
+    bare_tps = median(bare)
+    return {
+        "params": params, "seq": seq, "batch": batch, "vocab": vocab,
+        "bare_tokens_per_s": bare_tps, "loop_tokens_per_s": loop_tps,
+        "overhead": 1.0 - loop_tps / bare_tps, "bare_runs": bare, "loop_runs": loops,
+    }  # fmt: skip
+
+
+def report(result: dict, command: str) -> str:
+    p, loops = result["params"], result["loop_runs"]
+    ok = "yes" if result["overhead"] < GOAL_OVERHEAD else "no"
+    return "\n".join(
+        [
+            "## Training loop overhead: `lmstream train` vs the bare step (CPU, fp32)",
+            "",
+            f"- Command: `{command}`",
+            f"- Machine: {machine_description()}",
+            f"- Date: {today()}",
+            f"- Model: hidden {p['hidden']}, {p['layers']} layers, SwiGLU/RMSNorm, vocabulary "
+            f"{result['vocab']}; sequence {result['seq']}, batch {result['batch']}; {p['steps']} steps, "
+            f"logging every {p['log']} (stdout, JSONL, TensorBoard), evaluation and checkpoint every "
+            f"{p['every']}, 1 DataLoader worker",
+            f"- Loop tokens/s from the run's metrics.jsonl (warm-up interval excluded; evaluation and "
+            f"checkpoint time included); {len(loops)} loop runs, each {loops[0]['wall_s']:.0f} s wall "
+            "including start-up; bare step measured before and after each",
+            "",
+            "| bare step tokens/s | loop tokens/s | overhead | goal < 5% met |",
+            "|---|---|---|---|",
+            f"| {fmt_int(result['bare_tokens_per_s'])} | {fmt_int(result['loop_tokens_per_s'])} | "
+            f"{100 * result['overhead']:.1f}% | {ok} |",
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--quick", action="store_true", help="micro model, a few steps (smoke run)")
+    ap.add_argument("--steps", type=int, default=FULL["steps"], help="optimizer steps per loop run")
+    ap.add_argument(
+        "--reps", type=int, default=2, help="loop runs (bare step before and after each)"
+    )
+    ap.add_argument("--record", action="store_true", help="write the section in BENCHMARKS.md")
+    args = ap.parse_args(argv)
+    params = dict(QUICK) if args.quick else {**FULL, "steps": args.steps}
+    seq, batch = (32, 2) if args.quick else (256, 8)
+    reps, bare_steps = (1, 2) if args.quick else (args.reps, 10)
+    with tempfile.TemporaryDirectory(prefix="lmstream-bench-loop-") as tmp:
+        result = run(params, seq, batch, reps, bare_steps, Path(tmp))
+    write_result("loop_overhead", result)
+    command = "python bench/bench_loop_overhead.py " + " ".join(
+        argv if argv is not None else sys.argv[1:]
+    )
+    text = report(result, command.strip())
+    print(text)
+    if args.record and not args.quick:
+        update_benchmarks_md("loop_overhead", text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
