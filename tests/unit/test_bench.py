@@ -161,6 +161,7 @@ def test_run_all_discovers_and_passes_flags():
 # ------------------------------------------------------------------------------ loop overhead
 
 
+@pytest.mark.slow  # trains a small BPE and imports the training stack
 def test_loop_overhead_config_and_bare_step(tmp_path):
     lo = load("bench_loop_overhead")
     params = {**lo.QUICK, "docs": 40, "vocab": 280}
