@@ -68,6 +68,28 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _is_write_failure(exc: BaseException) -> bool:
+    """A failed write (disk full, file size limit, I/O error), as raised by open/write (OSError),
+    safetensors (SafetensorError "I/O error") or torch.save (RuntimeError from its zip writer)."""
+    if isinstance(exc, OSError):
+        return True
+    text = str(exc)
+    return type(exc).__name__ == "SafetensorError" or (
+        isinstance(exc, RuntimeError) and ("PytorchStreamWriter" in text or "os error" in text)
+    )
+
+
+def _write_failed(tmp: Path, final: Path, exc: BaseException) -> CheckpointError:
+    """Remove the half-written temporary folder; the one-line error to raise."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return CheckpointError(
+        f"cannot write checkpoint {final} ({reason}); is the disk full? Free space (or set "
+        "runtime.checkpoint.directory elsewhere) and continue with --resume: the earlier "
+        "checkpoints are intact"
+    )
+
+
 def _write_payload(
     folder: Path,
     model_state: dict[str, torch.Tensor],
@@ -112,16 +134,21 @@ def save_checkpoint(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    _write_payload(tmp, model_state, config, trainer_state)
-    files = {}
-    for path in sorted(tmp.iterdir()):
-        _fsync_file(path)
-        files[path.name] = {"size": path.stat().st_size, "sha256": _sha256(path)}
-    manifest = {"step": step, "files": files, **(extra_manifest or {})}
-    manifest_path = tmp / MANIFEST_FILE
-    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
-    _fsync_file(manifest_path)
-    _fsync_dir(tmp)
+    try:
+        _write_payload(tmp, model_state, config, trainer_state)
+        files = {}
+        for path in sorted(tmp.iterdir()):
+            _fsync_file(path)
+            files[path.name] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+        manifest = {"step": step, "files": files, **(extra_manifest or {})}
+        manifest_path = tmp / MANIFEST_FILE
+        manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+        _fsync_file(manifest_path)
+        _fsync_dir(tmp)
+    except Exception as exc:
+        if not _is_write_failure(exc):
+            raise
+        raise _write_failed(tmp, final, exc) from None
     if final.exists():  # the same step saved again (e.g. a resumed run's final save): replace it
         old = directory / f"{_TMP_PREFIX}old-{final.name}-{os.getpid()}"
         os.rename(final, old)
