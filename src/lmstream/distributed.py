@@ -81,9 +81,13 @@ def init_distributed(
     return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
 
 
-def teardown() -> None:
-    """Leave the process group (safe to call when there is none)."""
-    if dist.is_available() and dist.is_initialized():
+def teardown(clean: bool = True) -> None:
+    """Leave the process group (safe to call when there is none).
+
+    After a failure (``clean=False``) the group is left to the process exit instead: destroying
+    it can block on a peer that is gone (NCCL), and torchrun is tearing the job down anyway.
+    """
+    if clean and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
 
@@ -201,6 +205,28 @@ def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
     return value
 
 
+def all_reduce_max(value: torch.Tensor) -> torch.Tensor:
+    """Elementwise maximum over ranks (e.g. the slowest rank's data wait, the peak memory)."""
+    if dist.is_available() and dist.is_initialized():
+        value = value.clone()
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return value
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank when ``flag`` is true on at least one. Ranks that agree this way
+    enter the same collectives next (a stop signal reaches ranks at different moments)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    return bool(all_reduce_max(torch.tensor([float(flag)], device=device)).item())
+
+
+def local_tensor(value: torch.Tensor) -> torch.Tensor:
+    """A plain tensor: the full value of a DTensor (e.g. FSDP2's gradient norm), else itself."""
+    full = getattr(value, "full_tensor", None)
+    return full() if full is not None else value
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
@@ -269,6 +295,30 @@ def load_full_optimizer_state_dict(
 
     set_optimizer_state_dict(
         unwrap(model), optimizer, state, options=_sd_options(full_state_dict=True)
+    )
+
+
+def sharded_state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """``{"model": ..., "optimizer": ...}`` as this rank's shards (DTensors under FSDP2), keyed by
+    parameter names: what torch.distributed.checkpoint saves and loads in place."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_state, optim_state = get_state_dict(unwrap(model), optimizer)
+    return {"model": model_state, "optimizer": optim_state}
+
+
+def load_sharded_state_dicts(
+    model: nn.Module, optimizer: torch.optim.Optimizer, state: dict
+) -> None:
+    """Load what :func:`sharded_state_dicts` returned (after DCP filled it) into the model."""
+    from torch.distributed.checkpoint.state_dict import set_state_dict
+
+    set_state_dict(
+        unwrap(model),
+        optimizer,
+        model_state_dict=state["model"],
+        optim_state_dict=state["optimizer"],
+        options=_sd_options(strict=True),
     )
 
 

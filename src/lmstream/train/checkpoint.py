@@ -1,7 +1,9 @@
 """Checkpoints: atomic save, rotation, best-by-validation-loss, resolve, verify and load.
 
 Format (docs/contracts): ``DIR/step-00001500/`` holding model.safetensors, config.yaml,
-tokenizer.json, special_tokens.txt, trainer_state.pt and manifest.json. The folder is written as
+tokenizer.json, special_tokens.txt, trainer_state.pt and manifest.json. A sharded (FSDP)
+checkpoint holds ``sharded/`` (torch.distributed.checkpoint: model and optimizer, one file per
+rank) instead of model.safetensors and the optimizer; see :mod:`lmstream.train.sharded`. The folder is written as
 a hidden sibling ``.tmp-step-...``, every file fsynced, the manifest (sizes + sha256) written
 last, then renamed into place, so a crash mid-write never leaves a folder that resume would pick
 (DESIGN-NOTES section 5). Old checkpoints are deleted only after the new one is complete.
@@ -39,6 +41,7 @@ TOKENIZER_FILE = "tokenizer.json"
 SPECIAL_TOKENS_FILE = "special_tokens.txt"
 TRAINER_STATE_FILE = "trainer_state.pt"
 MANIFEST_FILE = "manifest.json"
+SHARDED_DIR = "sharded"  # torch.distributed.checkpoint files of an FSDP checkpoint
 _STEP_RE = re.compile(r"^step-(\d+)$")
 _TMP_PREFIX = ".tmp-"
 
@@ -90,17 +93,9 @@ def _write_failed(tmp: Path, final: Path, exc: BaseException) -> CheckpointError
     )
 
 
-def _write_payload(
-    folder: Path,
-    model_state: dict[str, torch.Tensor],
-    config: TrainingConfig,
-    trainer_state: dict,
-) -> None:
-    # fp32, contiguous, unshared: safetensors refuses tensors that share storage (tied weights).
-    tensors = {
-        k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in model_state.items()
-    }
-    save_file(tensors, str(folder / MODEL_FILE), metadata={"format": "pt"})
+def write_metadata_files(folder: Path, config: TrainingConfig, trainer_state: dict | None) -> None:
+    """Everything but the weights: config.yaml, tokenizer.json, special_tokens.txt and (unless
+    None: a weights-only checkpoint) trainer_state.pt."""
     dump_training_config(config, folder / CONFIG_FILE)
     tok = config.tokenizer.tokenizer_json
     if tok is not None and Path(tok).is_file():
@@ -110,7 +105,27 @@ def _write_payload(
         shutil.copyfile(special, folder / SPECIAL_TOKENS_FILE)
     else:
         (folder / SPECIAL_TOKENS_FILE).write_text(json.dumps(SPECIAL_TOKENS_DEFAULT) + "\n")
-    torch.save(trainer_state, folder / TRAINER_STATE_FILE)
+    if trainer_state is not None:
+        torch.save(trainer_state, folder / TRAINER_STATE_FILE)
+
+
+def write_model_file(folder: Path, model_state: dict[str, torch.Tensor]) -> None:
+    """model.safetensors: fp32, plain names."""
+    # fp32, contiguous, unshared: safetensors refuses tensors that share storage (tied weights).
+    tensors = {
+        k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in model_state.items()
+    }
+    save_file(tensors, str(folder / MODEL_FILE), metadata={"format": "pt"})
+
+
+def _write_payload(
+    folder: Path,
+    model_state: dict[str, torch.Tensor],
+    config: TrainingConfig,
+    trainer_state: dict | None,
+) -> None:
+    write_model_file(folder, model_state)
+    write_metadata_files(folder, config, trainer_state)
 
 
 def save_checkpoint(
@@ -118,7 +133,7 @@ def save_checkpoint(
     step: int,
     model_state: dict[str, torch.Tensor],
     config: TrainingConfig,
-    trainer_state: dict,
+    trainer_state: dict | None,
     *,
     extra_manifest: dict | None = None,
 ) -> Path:
@@ -126,29 +141,50 @@ def save_checkpoint(
 
     ``config`` should be the resolved config with ``model.vocab_size`` set to the real vocabulary.
     ``extra_manifest`` adds keys to manifest.json (the best-checkpoint keeper stores val_loss).
+    ``trainer_state`` None writes a weights-only checkpoint (e.g. a consolidated one).
     """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    final = directory / checkpoint_name(step)
-    tmp = directory / f"{_TMP_PREFIX}{final.name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    final, tmp = begin_checkpoint(directory, step)
     try:
         _write_payload(tmp, model_state, config, trainer_state)
-        files = {}
-        for path in sorted(tmp.iterdir()):
-            _fsync_file(path)
-            files[path.name] = {"size": path.stat().st_size, "sha256": _sha256(path)}
-        manifest = {"step": step, "files": files, **(extra_manifest or {})}
-        manifest_path = tmp / MANIFEST_FILE
-        manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
-        _fsync_file(manifest_path)
-        _fsync_dir(tmp)
+        return finish_checkpoint(tmp, final, step, extra_manifest)
     except Exception as exc:
         if not _is_write_failure(exc):
             raise
         raise _write_failed(tmp, final, exc) from None
+
+
+def begin_checkpoint(
+    directory: str | os.PathLike, step: int, tag: str | None = None
+) -> tuple[Path, Path]:
+    """(final path, fresh temporary sibling to write into). ``tag`` names the temporary (the
+    pid by default; sharded saves pass rank 0's, so every rank writes into the same folder)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / checkpoint_name(step)
+    tmp = directory / f"{_TMP_PREFIX}{final.name}-{tag or os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    return final, tmp
+
+
+def finish_checkpoint(
+    tmp: Path, final: Path, step: int, extra_manifest: dict | None = None
+) -> Path:
+    """fsync every file under ``tmp``, write the manifest last, rename into place."""
+    files = {}
+    for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
+        _fsync_file(path)
+        name = path.relative_to(tmp).as_posix()
+        files[name] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+    for folder in [p for p in tmp.rglob("*") if p.is_dir()]:
+        _fsync_dir(folder)
+    manifest = {"step": step, "files": files, **(extra_manifest or {})}
+    manifest_path = tmp / MANIFEST_FILE
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    _fsync_file(manifest_path)
+    _fsync_dir(tmp)
+    directory = final.parent
     if final.exists():  # the same step saved again (e.g. a resumed run's final save): replace it
         old = directory / f"{_TMP_PREFIX}old-{final.name}-{os.getpid()}"
         os.rename(final, old)
@@ -283,9 +319,14 @@ def save_best(
     saved = save_checkpoint(
         directory, step, model_state, config, trainer_state, extra_manifest={"val_loss": val_loss}
     )
+    prune_best(directory, max_keep)
+    return saved
+
+
+def prune_best(directory: str | os.PathLike, max_keep: int) -> None:
+    """Delete best checkpoints beyond the ``max_keep`` lowest validation losses."""
     for _, path in best_checkpoints(directory)[max_keep:]:
         shutil.rmtree(path)
-    return saved
 
 
 def qualifies_as_best(directory: str | os.PathLike, val_loss: float, max_keep: int) -> bool:
@@ -304,19 +345,33 @@ def best_checkpoints(directory: str | os.PathLike) -> list[tuple[float, Path]]:
     return [(loss, path) for loss, _, path in sorted(found)]
 
 
+def is_sharded(path: str | os.PathLike) -> bool:
+    """Whether a checkpoint folder holds torch.distributed.checkpoint shards (FSDP) instead of
+    model.safetensors."""
+    return (Path(path) / SHARDED_DIR).is_dir() and not (Path(path) / MODEL_FILE).exists()
+
+
+def load_config(path: Path) -> TrainingConfig:
+    """The resolved config saved in a checkpoint folder."""
+    try:
+        return load_training_config(path / CONFIG_FILE)
+    except ConfigError as err:
+        raise CheckpointError(f"{path / CONFIG_FILE}: invalid saved config: {err}") from None
+
+
 def load_model_state(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], TrainingConfig]:
     """Weights (plain names, fp32, CPU) and the resolved config of a checkpoint (any path that
-    :func:`resolve_checkpoint` accepts)."""
+    :func:`resolve_checkpoint` accepts). A sharded (FSDP) checkpoint is consolidated in memory."""
     path = resolve_checkpoint(path)
+    if is_sharded(path):
+        from lmstream.train.sharded import load_consolidated_model
+
+        return load_consolidated_model(path), load_config(path)
     try:
         state = load_file(str(path / MODEL_FILE))
     except Exception as exc:  # safetensors raises its own error types for bad headers
         raise CheckpointError(f"{path / MODEL_FILE}: cannot read weights ({exc})") from None
-    try:
-        config = load_training_config(path / CONFIG_FILE)
-    except ConfigError as err:
-        raise CheckpointError(f"{path / CONFIG_FILE}: invalid saved config: {err}") from None
-    return state, config
+    return state, load_config(path)
 
 
 def load_trainer_state(path: str | os.PathLike) -> dict:

@@ -79,7 +79,8 @@ def optimizer_step(
     if scaler is not None:
         scaler.unscale_(optimizer)
     limit = max_grad_norm if max_grad_norm is not None else float("inf")
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), limit)
+    # Under FSDP2 the norm is a DTensor over every rank's shards: make it one plain value.
+    grad_norm = dist.local_tensor(torch.nn.utils.clip_grad_norm_(model.parameters(), limit))
     bad = ~torch.isfinite(loss)
     if scaler is None:
         bad = bad | ~torch.isfinite(grad_norm)
@@ -145,6 +146,9 @@ class Trainer:
                 st.micro_batches_seen += accum
                 st.tokens_seen += tokens_per_step
                 clock.tokens += tokens_per_step
+                # A signal reaches ranks at different moments: all stop at the same step, or
+                # none, so no rank waits in a save's collectives for a peer still training.
+                stopping = dist.any_rank(stop.requested, self.device)
                 if not ok:
                     self._on_nonfinite(loss)
                     continue
@@ -157,10 +161,11 @@ class Trainer:
                     self._log(loss, grad_norm, lr, clock)
                     clock = _Clock(time.perf_counter())
                 self.logger.advance(st.step)
-                self._after_step(last, epoch_ended, stopping=stop.requested)
-                if stop.requested:
+                self._after_step(last, epoch_ended, stopping=stopping)
+                if stopping:
                     self.logger.message(
-                        f"stopped by {stop.name} at step {st.step}; checkpoint saved. "
+                        f"stopped by {stop.name or 'a signal to another rank'} at step {st.step}; "
+                        "checkpoint saved. "
                         "Continue with `lmstream train --config ... --resume`"
                     )
                     return 0
@@ -204,13 +209,19 @@ class Trainer:
         st = self.run.state
         elapsed = max(time.perf_counter() - clock.start, 1e-9)
         tokens_per_s = clock.tokens / elapsed
+        # The slowest rank's data wait and the largest rank's memory are what limit the job.
+        worst = dist.all_reduce_max(
+            torch.tensor([clock.data_wait, memory_gb(self.device)], dtype=torch.float64).to(
+                self.device
+            )
+        ).tolist()
         metrics = {
             "loss": dist.all_reduce_mean(loss).item(),
             "lr": lr,
             "grad_norm": grad_norm.item(),
             "tokens_per_s": tokens_per_s,
-            "data_wait_s": clock.data_wait,
-            "memory_gb": memory_gb(self.device),
+            "data_wait_s": worst[0],
+            "memory_gb": worst[1],
             "tokens_seen": st.tokens_seen,
             "epoch": st.epoch,
             "skipped_steps": st.skipped_steps,
@@ -237,28 +248,49 @@ class Trainer:
         want_save = final or stopping or self._due(st.step, ck.every_n_steps)
         want_save |= epoch_ended and self._due(st.epoch, ck.every_n_epochs)
         val = self._evaluate() if want_eval and not stopping else None
-        snapshot = None
+        cache: dict = {}
         if want_save:
-            snapshot = self._snapshot()
+            path = self._save(ck.directory, cache)
             if self.run.env.is_main:
-                model_state, trainer = snapshot
-                path = ckpt.save_checkpoint(ck.directory, st.step, model_state, self.cfg, trainer)
                 ckpt.rotate_checkpoints(ck.directory, ck.max_keep)
-                self.logger.message(f"saved checkpoint {path}")
+            self.logger.message(f"saved checkpoint {path}")
             self._saved_step = st.step
         if val is not None and math.isfinite(val):
             st.best_val_loss = val if st.best_val_loss is None else min(val, st.best_val_loss)
             best = ev.best
-            keep = ckpt.qualifies_as_best(best.directory, val, best.max_keep)
-            if dist.broadcast_object(keep if self.run.env.is_main else None):
-                snapshot = snapshot or self._snapshot()
+            main = self.run.env.is_main
+            keep = main and ckpt.qualifies_as_best(best.directory, val, best.max_keep)
+            if dist.broadcast_object(keep if main else None):
+                path = self._save(best.directory, cache, {"val_loss": val})
                 if self.run.env.is_main:
-                    model_state, trainer = snapshot
-                    path = ckpt.save_best(
-                        best.directory, st.step, val, best.max_keep, model_state, self.cfg, trainer
-                    )
-                    self.logger.message(f"best checkpoint {path} (val_loss {val:.4f})")
+                    ckpt.prune_best(best.directory, best.max_keep)
+                self.logger.message(f"best checkpoint {path} (val_loss {val:.4f})")
         dist.barrier()
+
+    def _save(self, directory, cache: dict, extra: dict | None = None):
+        """Checkpoint into ``directory`` (collective: every rank calls it). FSDP: sharded, every
+        rank writing its part; otherwise the plain format, written by rank 0. ``cache`` keeps
+        the plain snapshot for a second save at the same step (the best-checkpoint keeper)."""
+        run, step = self.run, self.run.state.step
+        if run.strategy == "fsdp":
+            from lmstream.train.sharded import save_sharded_checkpoint
+
+            trainer = self._trainer_state()
+            return save_sharded_checkpoint(
+                directory, step, run.model, run.optimizer, self.cfg, trainer,
+                world_size=run.env.world_size, extra_manifest=extra,
+            )  # fmt: skip
+        if "plain" not in cache:
+            model_state = dist.full_model_state_dict(run.model)
+            trainer = self._trainer_state()
+            trainer["optimizer"] = optimizer_state(run.model, run.optimizer)
+            cache["plain"] = (model_state, trainer)
+        if not run.env.is_main:
+            return ckpt.checkpoint_name(step)
+        model_state, trainer = cache["plain"]
+        return ckpt.save_checkpoint(
+            directory, step, model_state, self.cfg, trainer, extra_manifest=extra
+        )
 
     def _evaluate(self) -> float:
         if not self.run.val_batches:
@@ -269,17 +301,15 @@ class Trainer:
         self.logger.log(self.run.state.step, metrics)
         return metrics["val_loss"]
 
-    def _snapshot(self) -> tuple[dict, dict]:
-        """(full model state, trainer state); collective under FSDP, so every rank calls it."""
+    def _trainer_state(self) -> dict:
+        """Everything but the weights and optimizer; collective (each rank's RNG and data
+        position are gathered: one entry per rank), so every rank calls it."""
         run = self.run
-        model_state = dist.full_model_state_dict(run.model)
-        trainer = {
+        return {
             "state": run.state.to_dict(),
-            "optimizer": optimizer_state(run.model, run.optimizer),
             "scaler": run.precision.scaler.state_dict() if run.precision.scaler else None,
             "rng": dist.gather_objects(capture_rng()),
             "data": dist.gather_objects(run.loader.state_dict()),
             "world_size": run.env.world_size,
             "total_steps": run.total_steps,
         }
-        return model_state, trainer

@@ -53,6 +53,7 @@ class Run:
     batches: Iterator | None = None  # iter(loader), made before the RNG is restored
     resumed_from: Path | None = None
     notes: list[str] = field(default_factory=list)
+    strategy: str = "ddp"  # "ddp" (plain checkpoints) or "fsdp" (sharded checkpoints)
 
 
 def resolve_vocab_size(cfg: TrainingConfig, tokenizer) -> int:
@@ -113,15 +114,20 @@ def build_run(
     tokenizer = load_tokenizer(cfg.tokenizer.tokenizer_json)
     cfg = cfg.model_copy(deep=True)
     cfg.model.vocab_size = resolve_vocab_size(cfg, tokenizer)
+    # Refuse an incompatible checkpoint before spending minutes building a large model.
+    opened = _open_resume(resume, env) if resume is not None else None
     seed_everything(cfg.runtime.seed)
 
     model = build_model(cfg, cfg.model.vocab_size, env.device)
     flops = model.flops_per_token(cfg.data.sequence_length)
     precision = build_precision(cfg.runtime.precision, env.device)
+    strategy = dist.choose_parallelism(cfg.runtime.parallelism, model.num_parameters())
+    if not env.is_distributed:
+        strategy = "ddp"  # one process: nothing to shard, plain checkpoints
     model = dist.parallelize(
         model,
         env,
-        strategy=dist.choose_parallelism(cfg.runtime.parallelism, model.num_parameters()),
+        strategy=strategy,
         compile=cfg.runtime.compile,
         activation_checkpointing=cfg.runtime.activation_checkpointing,
         param_dtype=precision.param_dtype,
@@ -132,8 +138,9 @@ def build_run(
         cfg, tokenizer, run_dir, rank=env.rank, world_size=env.world_size
     )
     run = Run(cfg, env, model, optimizer, precision, loader, val_batches, lambda s: 0.0, 0, flops)
-    if resume is not None:
-        _restore(run, resume)
+    run.strategy = strategy
+    if opened is not None:
+        _restore(run, *opened)
     else:
         run.batches = _primed(loader)
     total = cfg.scheduler.total_steps
@@ -158,20 +165,42 @@ def _primed(loader) -> Iterator:
     return itertools.chain([first], batches)
 
 
-def _restore(run: Run, resume: str | os.PathLike) -> None:
-    path = ckpt.resolve_checkpoint(resume, check_hashes=True)
-    model_state, saved_cfg = ckpt.load_model_state(path)
+def _open_resume(resume: str | os.PathLike, env: dist.DistEnv) -> tuple[Path, dict]:
+    """(checkpoint folder, trainer state), refusing a checkpoint written by another number of
+    ranks: each rank's data position belongs to its rank of that world size."""
+    # Rank 0 picks (and hash-checks) the checkpoint; every rank then loads that same one, or
+    # raises the same error (none is left waiting in a collective).
+    found: tuple[bool, str] | None = None
+    if env.is_main:
+        try:
+            found = (True, str(ckpt.resolve_checkpoint(resume, check_hashes=True)))
+        except CheckpointError as err:
+            found = (False, str(err))
+    ok, text = dist.broadcast_object(found)
+    if not ok:
+        raise CheckpointError(text)
+    path = Path(text)
     trainer = ckpt.load_trainer_state(path)
-    run.notes = check_resume_config(saved_cfg, run.cfg)
     world = trainer.get("world_size", 1)
-    if world != run.env.world_size:
+    if world != env.world_size:
         raise CheckpointError(
-            f"cannot resume: {path} was written by {world} ranks and this run has "
-            f"{run.env.world_size}; each rank's data position would no longer match. "
-            f"Resume with {world} ranks"
+            f"cannot resume: {path} was written by {world} ranks (world size {world}) and this "
+            f"run has world size {env.world_size}; each rank's data position would no longer "
+            f"match. Resume with {world} ranks (torchrun --nproc_per_node x --nnodes = {world})"
         )
-    dist.load_full_model_state_dict(run.model, model_state)
-    load_optimizer_state(run.model, run.optimizer, trainer["optimizer"])
+    return path, trainer
+
+
+def _restore(run: Run, path: Path, trainer: dict) -> None:
+    run.notes = check_resume_config(ckpt.load_config(path), run.cfg)
+    if ckpt.is_sharded(path):
+        from lmstream.train.sharded import load_sharded_checkpoint
+
+        load_sharded_checkpoint(path, run.model, run.optimizer)
+    else:
+        model_state, _ = ckpt.load_model_state(path)
+        dist.load_full_model_state_dict(run.model, model_state)
+        load_optimizer_state(run.model, run.optimizer, trainer["optimizer"])
     if run.precision.scaler is not None and trainer.get("scaler"):
         run.precision.scaler.load_state_dict(trainer["scaler"])
     run.state = TrainState.from_dict(trainer["state"])
