@@ -9,7 +9,6 @@ process being killed). The limit sits above the logs and below a checkpoint's we
 from __future__ import annotations
 
 import resource
-from pathlib import Path
 
 import pytest
 from tests.reliability.support import (

@@ -21,6 +21,7 @@ from torch import nn
 from lmstream import distributed as dist
 from lmstream.errors import DataSourceError, LmstreamError
 from lmstream.train import checkpoint as ckpt
+from lmstream.train import faults
 from lmstream.train.evaluate import evaluate
 from lmstream.train.metrics import Logger
 from lmstream.train.optim import set_lr
@@ -134,6 +135,8 @@ class Trainer:
                 if total_epochs is not None and epoch >= total_epochs:
                     break  # the stream rolled into an epoch past the last one asked for
                 loss = forward_backward(run.model, micro, run.precision, self.device)
+                # Fault-injection hook for tests/reliability (inert unless its env var is set).
+                loss = faults.nonfinite_loss(loss, st.micro_batches_seen // accum + 1)
                 lr = run.schedule(st.step)
                 grad_norm, ok = optimizer_step(
                     run.model,
