@@ -11,10 +11,12 @@ A single process without torchrun is the degenerate case: world size 1, no proce
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime
 import functools
 import logging
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -89,6 +91,42 @@ def teardown(clean: bool = True) -> None:
     """
     if clean and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def on_rank(err: Exception, env: DistEnv) -> Exception:
+    """The same error with "rank N: " before each line when several ranks run, so the message
+    that torchrun's interleaved output shows says which rank failed."""
+    if not env.is_distributed:
+        return err
+    lines = str(err).splitlines() or [type(err).__name__]
+    tagged = copy.copy(err)
+    tagged.args = ("\n".join(f"rank {env.rank}: {line}" for line in lines),)
+    return tagged
+
+
+# What gloo and NCCL say when the peer at the other end of a collective has gone away.
+_PEER_FAILURE_MARKS = ("Connection reset by peer", "Connection closed by peer", "NCCL", "gloo")
+
+
+def is_peer_failure(err: BaseException) -> bool:
+    """Whether ``err`` is a collective that failed (typically because another rank died)."""
+    dist_error = getattr(dist, "DistError", None)
+    if dist_error is not None and isinstance(err, dist_error):
+        return True
+    return isinstance(err, RuntimeError) and any(m in str(err) for m in _PEER_FAILURE_MARKS)
+
+
+def peer_failure_error(err: BaseException) -> Exception:
+    """One line for a failed collective instead of a traceback from inside the backend."""
+    from lmstream.errors import LmstreamError
+
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    first = re.sub(r"^\[[^\]]*\]\s*", "", first).split(". ")[0]  # drop the C++ source location
+    return LmstreamError(
+        f"a collective operation failed ({first}), most likely because another rank stopped "
+        "(its own error is above); torchrun ends the job. Fix that cause and resume from the "
+        "last checkpoint with --resume"
+    )
 
 
 def choose_parallelism(requested: str, num_parameters: int) -> Literal["ddp", "fsdp"]:

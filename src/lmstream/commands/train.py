@@ -122,12 +122,29 @@ def describe_plan(cfg: TrainingConfig, world_size: int = 1) -> str:
 def train(cfg: TrainingConfig, run_dir: Path, resume: str | None) -> int:
     """Build, train, close: the logger and the process group are released even on error."""
     from lmstream import distributed as dist
+
+    env = dist.init_distributed(cfg.runtime.device)
+    clean = False
+    try:
+        result = _train(cfg, run_dir, resume, env)
+        clean = True
+        return result
+    except LmstreamError as err:
+        raise dist.on_rank(err, env) from None
+    except Exception as err:
+        if env.is_distributed and dist.is_peer_failure(err):
+            raise dist.on_rank(dist.peer_failure_error(err), env) from None
+        raise
+    finally:
+        dist.teardown(clean=clean)
+
+
+def _train(cfg: TrainingConfig, run_dir: Path, resume: str | None, env) -> int:
     from lmstream.train import checkpoint as ckpt
     from lmstream.train.loop import Trainer
     from lmstream.train.metrics import Logger, build_logger
     from lmstream.train.setup import build_run
 
-    env = dist.init_distributed(cfg.runtime.device)
     logger = Logger()
     try:
         notice = None
@@ -148,6 +165,7 @@ def train(cfg: TrainingConfig, run_dir: Path, resume: str | None) -> int:
             total_steps=run.total_steps,
             resume_step=run.state.step if resumed else None,
         )
+        logger.message(describe_parallelism(run))
         if notice:
             logger.message(notice)
         if resumed:
@@ -157,7 +175,21 @@ def train(cfg: TrainingConfig, run_dir: Path, resume: str | None) -> int:
         return Trainer(run, logger).fit()
     finally:
         logger.close()
-        dist.teardown()
+
+
+def describe_parallelism(run) -> str:
+    """The start-of-run line: global batch arithmetic, ranks, strategy and device."""
+    d, world = run.cfg.data, run.env.world_size
+    sequences = d.batch_size * d.gradient_accumulation_steps * world
+    text = (
+        f"global batch: {sequences:,} sequences of {d.sequence_length} tokens "
+        f"({run.cfg.tokens_per_step(world):,} tokens) per step = batch_size {d.batch_size} x "
+        f"gradient_accumulation_steps {d.gradient_accumulation_steps} x world size {world}"
+    )
+    if world > 1:
+        backend = "nccl" if run.env.device.type == "cuda" else "gloo"
+        text += f"; {run.strategy} over {world} ranks ({backend})"
+    return text + f"; device {run.env.device.type}"
 
 
 def run(args: argparse.Namespace) -> int:

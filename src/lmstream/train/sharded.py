@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -110,7 +111,9 @@ def load_consolidated_model(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{folder}: the sharded checkpoint holds no model weights")
     import torch.distributed as tdist
 
-    dcp.load({"model": model}, checkpoint_id=folder, no_dist=not tdist.is_initialized())
+    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": yes
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.load({"model": model}, checkpoint_id=folder, no_dist=not tdist.is_initialized())
     return {k: v.float() for k, v in model.items()}
 
 
