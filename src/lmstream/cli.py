@@ -21,6 +21,7 @@ COMMANDS = (
     "plot",
     "generate",
     "export",
+    "consolidate",
 )
 
 
