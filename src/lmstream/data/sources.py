@@ -25,22 +25,45 @@ from __future__ import annotations
 import asyncio
 import glob
 import json
+import os
 import random
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import datasets
 
-from lmstream.errors import DataSourceError
+from lmstream.errors import ConfigError, DataSourceError
 
 DEFAULT_MAX_CHARS = 1_000_000
 DEFAULT_BATCH_SIZE = 1000
 BAD_KEY = "_lmstream_bad"  # reason a raw line could not become a record (jsonl/txt only)
 _COMPRESSION = (".gz", ".zst", ".bz2", ".xz")
+# Network settings for flaky links, read from the environment when a source or retry policy is
+# made (like huggingface_hub's HF_HUB_DOWNLOAD_TIMEOUT): seconds without data before a read is
+# retried, retries before a read error ends the run, and the backoff's first and largest delay.
+READ_TIMEOUT_ENV = "LMSTREAM_SOURCE_READ_TIMEOUT"
+MAX_RETRIES_ENV = "LMSTREAM_SOURCE_MAX_RETRIES"
+RETRY_DELAY_ENV = "LMSTREAM_SOURCE_RETRY_DELAY"
+MAX_RETRY_DELAY_ENV = "LMSTREAM_SOURCE_MAX_RETRY_DELAY"
+
+
+def _env_number(name: str, default: float, cast: type = float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = cast(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ConfigError(f"{name}: {raw!r} is not a non-negative {cast.__name__}")
+    return value
+
+
 _BUILDERS = {  # file suffix -> (datasets builder, read as raw lines and parse here)
     ".jsonl": ("text", "jsonl"),
     ".ndjson": ("text", "jsonl"),
@@ -66,7 +89,7 @@ class SourceSpec:
     revision: str | None = None
     trust_remote_code: bool = False
     cache_dir: str | None = None
-    read_timeout: float = 60.0
+    read_timeout: float = field(default_factory=lambda: _env_number(READ_TIMEOUT_ENV, 60.0))
 
     @classmethod
     def from_streaming_config(cls, cfg: Any, cache_dir: str | Path | None = None) -> SourceSpec:
@@ -341,9 +364,9 @@ def _parse_line(raw: bytes, kind: str, text_field: str) -> tuple[Any, str | None
 class RetryPolicy:
     """Exponential backoff with full jitter (AWS architecture blog, "Exponential Backoff And Jitter")."""
 
-    max_retries: int = 8
-    initial_delay: float = 1.0
-    max_delay: float = 60.0
+    max_retries: int = field(default_factory=lambda: _env_number(MAX_RETRIES_ENV, 8, int))
+    initial_delay: float = field(default_factory=lambda: _env_number(RETRY_DELAY_ENV, 1.0))
+    max_delay: float = field(default_factory=lambda: _env_number(MAX_RETRY_DELAY_ENV, 60.0))
     multiplier: float = 2.0
     jitter: float = 0.5  # fraction of each delay drawn at random, so ranks don't retry in lockstep
 
@@ -405,7 +428,7 @@ class DocumentStream:
         text_field: str,
         *,
         max_chars: int = DEFAULT_MAX_CHARS,
-        retry: RetryPolicy = RetryPolicy(),
+        retry: RetryPolicy | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         sleep: Callable[[float], None] = time.sleep,
         on_retry: Callable[[int, float, BaseException], None] | None = None,
@@ -413,7 +436,7 @@ class DocumentStream:
         self.dataset = dataset
         self.text_field = text_field
         self.max_chars = max_chars
-        self.retry = retry
+        self.retry = retry or RetryPolicy()  # made now: the environment may set it
         self.batch_size = batch_size
         self.skipped: Counter[str] = Counter()
         self.documents = 0  # documents yielded so far (restored by load_state_dict)

@@ -1,0 +1,132 @@
+"""Training from a failing http(s) source: a loopback server (tests/support/http_server.py, with
+Range support) serving the corpus as 8 JSON-lines files, in streaming mode
+(streaming_config.json beside training.yaml).
+
+* Faults at ~20% of requests (dropped connections, 500/503/429, stalls past the read timeout,
+  truncated bodies): the run finishes and its loss at every step and its final weights are
+  bit-identical to a fault-free run's, so the documents consumed were exactly the same.
+* A source that stays down beyond the retry budget: the run stops with one clear line (exit 3),
+  its checkpoints complete; `--resume` once the source is back finishes as the fault-free run.
+
+Retries and timeouts are shortened through the documented environment settings of
+lmstream.data.sources (LMSTREAM_SOURCE_*), not by patching code.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from tests.reliability.support import (
+    assert_checkpoints_complete,
+    assert_same_weights,
+    tiny_config,
+    train_in_process,
+    write_run,
+)
+from tests.support.http_server import FAULT_KINDS, Faults, FileServer
+
+from lmstream.data import sources
+from lmstream.train import checkpoint as ckpt
+
+pytestmark = pytest.mark.slow
+STEPS = 24
+FILES = 2
+
+
+@pytest.fixture
+def fast_network(monkeypatch):
+    monkeypatch.setenv(sources.READ_TIMEOUT_ENV, "1")
+    monkeypatch.setenv(sources.RETRY_DELAY_ENV, "0.02")
+    monkeypatch.setenv(sources.MAX_RETRY_DELAY_ENV, "0.1")
+    monkeypatch.setenv(sources.MAX_RETRIES_ENV, "6")
+
+
+@pytest.fixture(scope="module")
+def served(corpus) -> dict[str, bytes]:
+    """The corpus as FILES JSON-lines files (one GET per file and pass)."""
+    lines = (corpus / "train.jsonl").read_bytes().splitlines(keepends=True)
+    return {f"part-{k}.jsonl": b"".join(lines[k::FILES]) for k in range(FILES)}
+
+
+def streaming_run(run_dir: Path, corpus: Path, server: FileServer, **overrides) -> Path:
+    names = [f"part-{k}.jsonl" for k in range(FILES)]
+    cfg = tiny_config(
+        corpus,
+        **{"scheduler.total_steps": STEPS, "data.train_shards": []},
+    )
+    for dotted, value in overrides.items():
+        section, key = dotted.split(".", 1)
+        cfg[section][key] = value
+    config = write_run(run_dir, cfg)
+    urls = [server.url(n) for n in names]
+    (run_dir / "streaming_config.json").write_text(
+        json.dumps({"dataset": urls[0], "data_files": urls, "split": "train"})
+    )
+    return config
+
+
+@pytest.fixture(scope="module")
+def clean_run(corpus, served, tmp_path_factory) -> tuple[Path, int]:
+    """The fault-free streaming run, and how many GET requests it made."""
+    run_dir = tmp_path_factory.mktemp("stream-clean")
+    with FileServer(served) as server:
+        assert train_in_process(streaming_run(run_dir, corpus, server)) == 0
+        gets = sum(method == "GET" for method, *_ in server.requests)
+    return run_dir, gets
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return {r["step"]: r["loss"] for r in map(json.loads, lines) if "loss" in r}
+
+
+@pytest.mark.parametrize(
+    "kinds",
+    [(kind,) for kind in FAULT_KINDS] + [FAULT_KINDS],
+    ids=[*FAULT_KINDS, "mixed"],
+)
+def test_faults_change_nothing(corpus, served, clean_run, tmp_path, fast_network, kinds):
+    """Requests 1 and 3 fail with ``kinds`` and every other one with probability 0.2."""
+    clean, gets = clean_run
+    assert gets >= FILES  # every file was fetched at least once
+    faults = Faults(kinds=kinds, rate=0.2, on_requests={1, 3}, stall_seconds=2.5, seed=len(kinds))
+    run_dir = tmp_path / "run"
+    with FileServer(served, faults) as server:
+        assert train_in_process(streaming_run(run_dir, corpus, server)) == 0
+        requests = sum(method == "GET" for method, *_ in server.requests)
+    injected = [kind for _, kind in faults.injected]
+    assert len(injected) >= 2 and set(injected) <= set(kinds), injected
+    assert losses(run_dir) == losses(clean)  # the same documents, in the same order
+    assert_same_weights(run_dir, clean, STEPS)
+    print(f"\nreliability: stream faults {requests} GETs, injected {injected}")
+
+
+def test_source_down_beyond_retries_stops_cleanly_and_resumes(
+    corpus, served, clean_run, tmp_path, fast_network, capsys
+):
+    clean, _ = clean_run
+    run_dir = tmp_path / "run"
+    with FileServer(served) as server:
+        # Half the run with the source up (the clean run's prefix: the schedule is constant).
+        config = streaming_run(run_dir, corpus, server, **{"scheduler.total_steps": STEPS // 2})
+        assert train_in_process(config) == 0
+        before = {
+            p.name: ckpt.verify_checkpoint(p)
+            for p in ckpt.list_checkpoints(run_dir / "checkpoints")
+        }
+        # Then it goes down for good: every request fails, beyond the retry budget.
+        server.faults = Faults(kinds=("503",), rate=1.0)
+        config = streaming_run(run_dir, corpus, server)
+        capsys.readouterr()
+        assert train_in_process(config, "--resume") == 3
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "read failed after 6 retries" in err[0], err
+        assert "503" in err[0] and "resume" in err[0]
+        after = assert_checkpoints_complete(run_dir / "checkpoints")
+        assert {p.name: ckpt.verify_checkpoint(p) for p in after} == before
+        assert len(server.faults.injected) == 7  # the first try and 6 retries
+        server.faults = Faults()  # the source is back
+        assert train_in_process(config, "--resume") == 0
+    assert_same_weights(run_dir, clean, STEPS)
