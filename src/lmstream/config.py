@@ -12,8 +12,8 @@ through :func:`format_validation_error`, raised as :class:`lmstream.errors.Confi
 from __future__ import annotations
 
 import difflib
-import os
 import json
+import os
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -538,7 +538,13 @@ def _read_mapping(path: Path, kind: str) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: {kind} file not found")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+            "save it as UTF-8"
+        ) from None
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (yaml.YAMLError, json.JSONDecodeError) as exc:

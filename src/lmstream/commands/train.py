@@ -204,4 +204,8 @@ def run(args: argparse.Namespace) -> int:
             f"tokenizer.tokenizer_json: {cfg.tokenizer.tokenizer_json} not found; "
             "run `lmstream orchestrate` first or fix the path"
         )
+    if cfg.tokenizer.special_tokens is not None:  # a path that was given must exist and parse
+        from lmstream.config import load_special_tokens
+
+        load_special_tokens(cfg.tokenizer.special_tokens)
     return train(cfg, Path(args.config).expanduser().absolute().parent, args.resume)
