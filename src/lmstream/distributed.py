@@ -251,12 +251,12 @@ def all_reduce_max(value: torch.Tensor) -> torch.Tensor:
     return value
 
 
-def any_rank(flag: bool, device: torch.device) -> bool:
-    """True on every rank when ``flag`` is true on at least one. Ranks that agree this way
-    enter the same collectives next (a stop signal reaches ranks at different moments)."""
+def agree_max(values: list[float], device: torch.device) -> list[float]:
+    """Each value's maximum over ranks (the values themselves in a single process): one small
+    collective that lets ranks agree on flags and counters before choosing a branch."""
     if not (dist.is_available() and dist.is_initialized()):
-        return flag
-    return bool(all_reduce_max(torch.tensor([float(flag)], device=device)).item())
+        return list(values)
+    return all_reduce_max(torch.tensor(values, dtype=torch.float64, device=device)).tolist()
 
 
 def local_tensor(value: torch.Tensor) -> torch.Tensor:

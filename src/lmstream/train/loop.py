@@ -131,7 +131,13 @@ class Trainer:
                 fetched = time.perf_counter()
                 micro = [self._next_batch() for _ in range(accum)]
                 clock.data_wait += time.perf_counter() - fetched
-                epoch = max(b.epoch for b in micro)
+                # Ranks agree on the epoch (their streams roll over at different batches) and on
+                # a stop signal (it reaches them at different moments): all then take the same
+                # branches below, so no rank waits in a collective that its peers skip.
+                epoch, stopping = dist.agree_max(
+                    [max(b.epoch for b in micro), stop.requested], self.device
+                )
+                epoch, stopping = int(epoch), bool(stopping)
                 if total_epochs is not None and epoch >= total_epochs:
                     break  # the stream rolled into an epoch past the last one asked for
                 loss = forward_backward(run.model, micro, run.precision, self.device)
@@ -149,9 +155,6 @@ class Trainer:
                 st.micro_batches_seen += accum
                 st.tokens_seen += tokens_per_step
                 clock.tokens += tokens_per_step
-                # A signal reaches ranks at different moments: all stop at the same step, or
-                # none, so no rank waits in a save's collectives for a peer still training.
-                stopping = dist.any_rank(stop.requested, self.device)
                 if not ok:
                     self._on_nonfinite(loss)
                     continue

@@ -90,6 +90,9 @@ def _measure_steps_per_epoch(cfg: TrainingConfig, tokenizer, run_dir: Path, env)
         if batch.epoch > 0:
             break
         micro += 1
+    # Ranks' parts of the stream differ in length: all use the shortest, so they agree on the
+    # schedule and take the same number of steps.
+    micro = int(-dist.agree_max([-micro], env.device)[0])
     steps = micro // cfg.data.gradient_accumulation_steps
     if steps == 0:
         raise ConfigError(

@@ -1,0 +1,137 @@
+"""Helpers of the distributed tests: tiny configs, torchrun command lines, metrics readers.
+
+Real `torchrun --standalone --nproc_per_node 2` jobs on the gloo backend, kept tiny for CI's two
+cores: hidden 32, 2 layers, sequence 16, 20 steps, one intra-op thread per process (the same in
+every process, so CPU fp32 arithmetic is deterministic and resumes compare bit for bit).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+TOTAL = 20
+JOB_TIMEOUT_S = 240  # a healthy job takes 15-25 s here; a hang must fail the test, not CI
+
+
+def tiny_config(corpus: Path, **overrides) -> dict:
+    """training.yaml for a 2-rank job (global batch 4 x 2 x 2 = 16 sequences); dotted keys
+    override, e.g. ``**{"runtime.parallelism": "fsdp"}``."""
+    cfg = {
+        "model": {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_layers": 2,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 32,
+            "residual_dropout": 0.1,  # dropout draws from each rank's RNG: it must resume too
+        },
+        "tokenizer": {"tokenizer_json": str(corpus / "tok" / "tokenizer.json")},
+        "data": {
+            "train_shards": [str(corpus / "train.jsonl")],
+            "batch_size": 4,
+            "gradient_accumulation_steps": 2,
+            "sequence_length": 16,
+            "validation_documents": 20,
+            "shuffle_buffer_size": 64,
+        },
+        "optimizer": {"learning_rate": 3.0e-3, "weight_decay": 0.1},
+        "scheduler": {"strategy": "cosine_with_warmup", "warmup_steps": 3, "total_steps": TOTAL},
+        "runtime": {
+            "seed": 7,
+            "log_every_n_steps": 1,
+            "parallelism": "ddp",
+            "checkpoint": {"every_n_steps": 10, "max_keep": 3},
+            "evaluation": {"every_n_steps": 10, "max_batches": 2},
+            "logging": {"tensorboard": "tb"},
+        },
+    }
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split(".")
+        node = cfg
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    return cfg
+
+
+def write_run(run_dir: Path, cfg: dict) -> Path:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "training.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def job_env() -> dict[str, str]:
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONUNBUFFERED": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_HUB_OFFLINE": "1",
+    }
+
+
+def torchrun_args(*args: str, nproc: int = 2, console_script: bool = False) -> list[str]:
+    """``torchrun --standalone --nproc_per_node N -m lmstream ARGS`` (or the console script)."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    launcher += ["--nproc_per_node", str(nproc)]
+    if console_script:
+        return [*launcher, str(Path(sys.executable).parent / "lmstream"), *args]
+    return [*launcher, "-m", "lmstream", *args]
+
+
+def start_job(*args: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen(
+        torchrun_args(*args, **kwargs),
+        env=job_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # the test can signal torchrun's whole group if it must
+    )
+
+
+def run_job(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    """Run a torchrun job to its end; returns the completed process (output in .stdout)."""
+    return subprocess.run(
+        torchrun_args(*args, **kwargs),
+        env=job_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=JOB_TIMEOUT_S,
+    )
+
+
+def metrics(run_dir: Path, key: str = "loss") -> dict[int, float]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r[key] for r in records if key in r}
+
+
+def wait_for_step(run_dir: Path, proc: subprocess.Popen, step: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"job ended early:\n{proc.stdout.read()}"
+        path = run_dir / "metrics.jsonl"
+        if path.exists() and any(s >= step for s in _logged_steps(path)):
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"step {step} not reached in {timeout}s")
+
+
+def _logged_steps(path: Path) -> list[int]:
+    steps = []
+    for line in path.read_text().splitlines():
+        try:
+            steps.append(json.loads(line)["step"])
+        except (json.JSONDecodeError, KeyError):
+            continue  # a line being written
+    return steps
