@@ -1,0 +1,139 @@
+"""A failing rank ends the whole torchrun job quickly with a clear message (never a hang in a
+collective, torchtitan #3338), and a stop signal makes every rank checkpoint the same step."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from tests.distributed.support import (
+    metrics,
+    run_job,
+    start_job,
+    tiny_config,
+    wait_for_step,
+    write_run,
+)
+
+from lmstream.train import checkpoint as ckpt
+
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
+# torchrun notices a dead worker within its monitor interval and gives the others 30 s after
+# SIGTERM before SIGKILL; a job that is not over well within this has hung.
+BOUND_S = 60
+
+
+def long_config(corpus: Path, **overrides) -> dict:
+    """A run far longer than the test watches (the test ends it)."""
+    return tiny_config(corpus, **{"scheduler.total_steps": 5000, **overrides})
+
+
+def rank_pids(torchrun_pid: int) -> dict[int, int]:
+    """{rank: pid} of torchrun's worker processes, read from their environment in /proc."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid != torchrun_pid:
+                continue
+            env = dict(
+                item.split("=", 1)
+                for item in (entry / "environ").read_text().split("\0")
+                if "=" in item
+            )
+        except (OSError, ValueError):
+            continue  # a process that ended meanwhile
+        if "RANK" in env:
+            found[int(env["RANK"])] = int(entry.name)
+    return found
+
+
+def finish(proc: subprocess.Popen, started: float) -> tuple[str, float]:
+    try:
+        out, _ = proc.communicate(timeout=BOUND_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        raise AssertionError(f"the job did not end within {BOUND_S}s:\n{out}") from None
+    return out, time.monotonic() - started
+
+
+def test_data_error_on_one_rank_ends_the_job(corpus, tmp_path):
+    """Rank 1's shard is a truncated .gz: it raises a DataSourceError while rank 0 already waits
+    in the first gradient all-reduce."""
+    lines = (corpus / "train.jsonl").read_text().splitlines(keepends=True)
+    (tmp_path / "a.jsonl").write_text("".join(lines[:200]))
+    packed = gzip.compress("".join(lines[200:]).encode())
+    (tmp_path / "b.jsonl.gz").write_bytes(packed[: len(packed) // 2])
+    shards = [str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl.gz")]  # one per rank
+    cfg = long_config(corpus, **{"data.train_shards": shards, "data.validation_documents": 0})
+    cfg["runtime"]["evaluation"]["every_n_steps"] = None
+    config = write_run(tmp_path / "run", cfg)
+    started = time.monotonic()
+    done = run_job("train", "--config", str(config))
+    elapsed = time.monotonic() - started
+    assert done.returncode != 0
+    assert elapsed < BOUND_S
+    assert "lmstream train: error: rank 1: " in done.stdout
+    assert "read failed: EOFError: Compressed file ended" in done.stdout
+    assert "exitcode  : 3" in done.stdout  # torchrun's summary names the DataSourceError's code
+
+
+def test_killed_rank_ends_the_job(corpus, tmp_path):
+    """Rank 1 is SIGKILLed mid-training (as the OOM killer would): the job ends in bounded time
+    and every checkpoint left behind is complete."""
+    cfg = long_config(corpus, **{"runtime.checkpoint.every_n_steps": 5})
+    cfg["runtime"]["evaluation"]["every_n_steps"] = None
+    run_dir = tmp_path / "run"
+    config = write_run(run_dir, cfg)
+    proc = start_job("train", "--config", str(config))
+    wait_for_step(run_dir, proc, 12)
+    pids = rank_pids(proc.pid)
+    assert sorted(pids) == [0, 1], pids
+    started = time.monotonic()
+    os.kill(pids[1], signal.SIGKILL)
+    out, elapsed = finish(proc, started)
+    assert proc.returncode != 0
+    assert elapsed < BOUND_S, out
+    assert "Signal 9 (SIGKILL) received by PID" in out
+    folders = ckpt.list_checkpoints(run_dir / "checkpoints")
+    assert folders and folders == ckpt.complete_checkpoints(run_dir / "checkpoints")
+    assert ckpt.load_trainer_state(folders[-1])["world_size"] == 2
+
+
+@pytest.mark.parametrize("parallelism", ["ddp", "fsdp"])
+def test_sigterm_checkpoints_the_same_step_on_every_rank(corpus, tmp_path, parallelism):
+    """SIGTERM to torchrun reaches the ranks at different moments; they agree on one step,
+    save it (rank 0 the plain file, or every rank its shards) and exit."""
+    cfg = long_config(corpus, **{"runtime.parallelism": parallelism})
+    cfg["runtime"]["checkpoint"]["every_n_steps"] = None
+    cfg["runtime"]["evaluation"]["every_n_steps"] = None
+    run_dir = tmp_path / "run"
+    config = write_run(run_dir, cfg)
+    proc = start_job("train", "--config", str(config))
+    wait_for_step(run_dir, proc, 3)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out, elapsed = finish(proc, started)
+    assert elapsed < BOUND_S, out
+    last = max(metrics(run_dir))
+    # Rank 0 names the signal unless a peer got it a step earlier: either way the same step.
+    assert re.search(rf"stopped by (SIGTERM|a signal to another rank) at step {last}; ", out), out
+    folder = ckpt.resolve_checkpoint(run_dir / "checkpoints", check_hashes=True)
+    assert folder.name == ckpt.checkpoint_name(last)
+    assert ckpt.is_sharded(folder) == (parallelism == "fsdp")
+    trainer = ckpt.load_trainer_state(folder)
+    assert trainer["state"]["step"] == last
+    assert [d["rank"] for d in trainer["data"]] == [0, 1]
+    manifest = json.loads((folder / ckpt.MANIFEST_FILE).read_text())
+    assert manifest["step"] == last
