@@ -289,6 +289,19 @@ def report(result: dict, command: str) -> str:
     )
 
 
+def profile_table(shape: Shape, model: str = "lmstream", rows: int = 20) -> str:
+    """torch.profiler's per-operator table (self CPU time) for two eager steps of one model."""
+    from torch.profiler import ProfilerActivity, profile
+
+    ours = build_lmstream(shape)
+    net = ours if model == "lmstream" else build_llama_like(ours)
+    step = make_train_step(net, *random_batch(shape))
+    time_steps(step, steps=0, warmup=2)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        time_steps(step, steps=2, warmup=0)
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -298,8 +311,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=5, help="timed steps per repetition")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile contenders")
     p.add_argument("--record", action="store_true", help="write the section in BENCHMARKS.md")
+    p.add_argument(
+        "--profile",
+        choices=["lmstream", "llama"],
+        help="print torch.profiler's operator table for two eager steps of this model and exit",
+    )
     args = p.parse_args(argv)
     shape = QUICK if args.quick else Shape()
+    if args.profile:
+        print(profile_table(shape, args.profile))
+        return 0
     reps, steps = (2, 2) if args.quick else (args.reps, args.steps)
     result = run(shape, reps, steps, compile_too=not (args.quick or args.no_compile))
     write_result("train_step", result)

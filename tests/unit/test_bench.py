@@ -183,3 +183,11 @@ def test_loop_throughput_skips_the_warmup_interval():
     out = lo.loop_throughput(records)
     assert out["tokens_per_s"] == pytest.approx(2000 / 30)
     assert out["evaluations"] == 1
+
+
+def test_train_step_profile_table_lists_matmuls():
+    b = load("bench_train_step")
+    tiny = b.Shape(
+        hidden=32, layers=1, heads=4, kv_heads=2, intermediate=64, vocab=128, seq=16, batch=2
+    )
+    assert "aten::mm" in b.profile_table(tiny, "lmstream", rows=50)
