@@ -19,11 +19,17 @@ from pathlib import Path
 
 import yaml
 
-from lmstream.config import StreamingConfig, dump_streaming_config, load_training_config
+from lmstream.config import (
+    SPECIAL_TOKENS_DEFAULT,
+    StreamingConfig,
+    dump_streaming_config,
+    load_training_config,
+)
 from lmstream.data.sources import DocumentStream, SourceSpec, open_dataset
 from lmstream.errors import ConfigError, DataSourceError
 from lmstream.model.presets import PRESETS
 from lmstream.tokenizer import (
+    MIN_VOCAB_SIZE,
     check_special_tokens,
     dump_special_tokens,
     save_tokenizer,
@@ -75,6 +81,16 @@ def _check(opts: OrchestrateOptions) -> None:
         raise ConfigError(f"--max-samples: must be at least 1 (given: {opts.max_samples})")
     if opts.batch_size < 1:
         raise ConfigError(f"--batch-size: must be at least 1 (given: {opts.batch_size})")
+    if opts.max_chars < 1:
+        raise ConfigError(f"--max-chars: must be at least 1 (given: {opts.max_chars})")
+    if opts.seed < 0:
+        raise ConfigError(f"--seed: must be at least 0 (given: {opts.seed})")
+    least = MIN_VOCAB_SIZE + len(SPECIAL_TOKENS_DEFAULT)  # checked again with extra specials
+    if opts.vocab_size < least:
+        raise ConfigError(
+            f"--vocab-size: {opts.vocab_size} is too small; byte-level BPE needs at least {least} "
+            f"(256 bytes + {len(SPECIAL_TOKENS_DEFAULT)} special tokens)"
+        )
     if opts.model_size not in PRESETS:
         raise ConfigError(
             f"--model-size: unknown size {opts.model_size!r}; choose one of: {', '.join(PRESETS)}"

@@ -119,6 +119,8 @@ def build_run(
     cfg.model.vocab_size = resolve_vocab_size(cfg, tokenizer)
     # Refuse an incompatible checkpoint before spending minutes building a large model.
     opened = _open_resume(resume, env) if resume is not None else None
+    if opened is not None:  # before the loader writes its validation cache
+        _check_tokenizer(opened[0], cfg.tokenizer.tokenizer_json)
     seed_everything(cfg.runtime.seed)
 
     model = build_model(cfg, cfg.model.vocab_size, env.device)
@@ -192,6 +194,28 @@ def _open_resume(resume: str | os.PathLike, env: dist.DistEnv) -> tuple[Path, di
             f"match. Resume with {world} ranks (torchrun --nproc_per_node x --nnodes = {world})"
         )
     return path, trainer
+
+
+def _check_tokenizer(path: Path, tokenizer_json: Path) -> None:
+    """The checkpoint's own tokenizer.json must be the one this run tokenizes with: a file
+    replaced in place (same path, same vocabulary size) would silently change every token id."""
+    import json
+
+    saved = path / ckpt.TOKENIZER_FILE
+    if not saved.is_file():
+        return
+    try:
+        old, new = (
+            json.loads(Path(p).read_text(encoding="utf-8")) for p in (saved, tokenizer_json)
+        )
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot compare tokenizers ({exc})") from None
+    keys = ("model", "added_tokens")
+    if [old.get(k) for k in keys] != [new.get(k) for k in keys]:
+        raise CheckpointError(
+            f"cannot resume: {tokenizer_json} is not the tokenizer {path} was trained with "
+            f"(vocabulary or merges differ); point tokenizer.tokenizer_json at {saved}"
+        )
 
 
 def _restore(run: Run, path: Path, trainer: dict) -> None:
