@@ -18,10 +18,12 @@ from lmstream.errors import LmstreamError
 COMMANDS = (
     "orchestrate",
     "train",
-    "plot",
+    "eval",
     "generate",
     "export",
     "consolidate",
+    "plot",
+    "demo",
 )
 
 

@@ -154,13 +154,16 @@ def test_cli_export_then_generate_agree_with_transformers(tmp_path: Path, capsys
     assert main([*args, "--max-new-tokens", "12", "--temperature", "0", "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
     tok = _tokenizer()
-    ours = list(generate_tokens(model, tok.encode(prompt).ids, 12, temperature=0))
+    # generate starts the context with <|endoftext|>, as every training document does
+    context = [tok.token_to_id("<|endoftext|>"), *tok.encode(prompt).ids]
+    ours = list(generate_tokens(model, context, 12, temperature=0))
     assert printed == prompt + tok.decode(ours, skip_special_tokens=True) + "\n"
 
     # transformers' own greedy decoding (its KV cache) from the exported folder gives our tokens.
     hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf")).float().eval()
     hf_tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
-    ids = hf_tok(prompt, return_tensors="pt")["input_ids"]
+    assert hf_tok(prompt)["input_ids"] == context[1:]
+    ids = torch.tensor([context])
     out = hf.generate(ids, max_new_tokens=12, do_sample=False, eos_token_id=None)
     stop = tok.token_to_id("<|endoftext|>")
     theirs = out[0, ids.shape[1] :].tolist()

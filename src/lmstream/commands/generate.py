@@ -70,9 +70,13 @@ def run(args: argparse.Namespace) -> int:
     model, cfg, folder = load_checkpoint_model(args.checkpoint, device)
     tokenizer = load_checkpoint_tokenizer(folder, cfg)
     print(f"# {folder} on {device}", file=sys.stderr)
+    # Every training document follows an <|endoftext|>: starting the context with one tells the
+    # model a document begins here (GPT-2 does the same), instead of dropping it mid-stream.
+    eot = tokenizer.token_to_id("<|endoftext|>")
+    context = ([eot] if eot is not None else []) + tokenizer.encode(args.prompt).ids
     tokens = generate_tokens(
         model,
-        tokenizer.encode(args.prompt).ids,
+        context,
         args.max_new_tokens,
         temperature=args.temperature,
         top_k=args.top_k,

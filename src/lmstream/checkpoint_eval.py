@@ -1,0 +1,83 @@
+"""`lmstream eval`: validation loss and perplexity of a checkpoint, on the experiment's held-out
+data or on files the user names.
+
+The batches come from the same data pipeline as training (data/validation.py), so the number is
+the one training logged as ``val_loss`` for the same checkpoint and data.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from lmstream.config import TrainingConfig
+from lmstream.errors import CheckpointError
+
+# How far up from a checkpoint folder to look for its run folder (RUN/checkpoints/step-N).
+_RUN_DIR_DEPTH = 3
+
+
+def find_run_dir(checkpoint: Path, cfg: TrainingConfig) -> Path:
+    """The run folder a checkpoint belongs to: the nearest parent holding training.yaml or
+    streaming_config.json, else the folder of the run's metrics.jsonl."""
+    for parent in list(checkpoint.parents)[:_RUN_DIR_DEPTH]:
+        if (parent / "streaming_config.json").is_file() or (parent / "training.yaml").is_file():
+            return parent
+    if cfg.runtime.logging.metrics_jsonl is not None:
+        return Path(cfg.runtime.logging.metrics_jsonl).parent
+    raise CheckpointError(f"{checkpoint}: cannot find its run folder; pass --run-dir")
+
+
+def eval_config(cfg: TrainingConfig, data: list[str] | None, max_batches: int | None,
+                batch_size: int | None, documents: int | None) -> TrainingConfig:  # fmt: skip
+    """The checkpoint's config, pointed at ``data`` (files mode) and resized as asked."""
+    cfg = cfg.model_copy(deep=True)
+    if max_batches is not None:
+        cfg.runtime.evaluation.max_batches = max_batches
+    if batch_size is not None:
+        cfg.data.batch_size = batch_size
+    if documents is not None:
+        cfg.data.validation_documents = documents
+    if data:
+        cfg.data.validation_shards = [
+            str(Path(p).expanduser().absolute()) if "://" not in p else p for p in data
+        ]
+        cfg.data.train_shards = list(cfg.data.validation_shards)
+    return cfg
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    *,
+    data: list[str] | None = None,
+    max_batches: int | None = None,
+    batch_size: int | None = None,
+    documents: int | None = None,
+    run_dir: str | Path | None = None,
+    device: str = "auto",
+) -> dict:
+    """Load a checkpoint and return ``{"val_loss", "val_ppl", "tokens", "batches", "checkpoint"}``."""
+    import tempfile
+
+    from lmstream.data.validation import build_validation_batches
+    from lmstream.generate import load_checkpoint_model, load_checkpoint_tokenizer, pick_device
+    from lmstream.train.evaluate import evaluate
+
+    dev = pick_device(device)
+    model, cfg, folder = load_checkpoint_model(checkpoint, dev)
+    tokenizer = load_checkpoint_tokenizer(folder, cfg)
+    cfg = eval_config(cfg, data, max_batches, batch_size, documents)
+    with tempfile.TemporaryDirectory(prefix="lmstream-eval-") as scratch:
+        if data:
+            # Files mode: a scratch run folder (no streaming_config.json); its cache dies with it.
+            cfg.data.cache_dir = None
+            rdir = Path(scratch)
+        else:
+            rdir = Path(run_dir) if run_dir else find_run_dir(folder, cfg)
+        batches = build_validation_batches(cfg, tokenizer, rdir)
+        result = evaluate(model, batches, dev)
+    tokens = sum(int((b.targets != -100).sum()) for b in batches)
+    result.update(tokens=tokens, batches=len(batches), checkpoint=str(folder))
+    if math.isnan(result["val_loss"]):
+        raise CheckpointError(f"{folder}: no validation tokens to evaluate on")
+    return result
