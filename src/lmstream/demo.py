@@ -153,7 +153,7 @@ def run_demo(workspace: str | Path | None, minutes: float, prompt: str, seed: in
     _run(["train", "--config", str(paths.training_yaml)])
     cfg = load_training_config(paths.training_yaml)
     _run(["generate", "--checkpoint", str(cfg.runtime.checkpoint.directory), "--prompt", prompt,
-          "--max-new-tokens", "60", "--temperature", "0.8", "--top-k", "40", "--seed", str(seed)])  # fmt: skip
+          "--max-new-tokens", "60", "--min-new-tokens", "20", "--temperature", "0.8", "--top-k", "40", "--seed", str(seed)])  # fmt: skip
     _run(["plot", str(paths.run_dir)])
 
     vals = _losses(cfg.runtime.logging.metrics_jsonl, "val_loss")

@@ -109,9 +109,11 @@ def generate_tokens(
     top_p: float | None = None,
     seed: int | None = None,
     stop_ids: Sequence[int] = (),
+    min_new_tokens: int = 0,
     use_cache: bool = True,
 ) -> Iterator[int]:
-    """Yield up to ``max_new_tokens`` sampled ids after ``prompt_ids`` (stops at a stop id).
+    """Yield up to ``max_new_tokens`` sampled ids after ``prompt_ids`` (stops at a stop id, but
+    not within the first ``min_new_tokens``).
 
     ``use_cache=False`` recomputes the whole sequence each step (the reference the cache is
     tested against). The total length is capped at the model's max_position_embeddings.
@@ -132,9 +134,14 @@ def generate_tokens(
     ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)  # (1, T)
     cache = model.new_kv_cache(1, len(prompt_ids) + max_new_tokens) if use_cache else None
     step_input = ids
-    for _ in range(max_new_tokens):
+    stop = torch.tensor(list(stop_ids), dtype=torch.long, device=device)
+    for i in range(max_new_tokens):
         logits, _ = model(step_input if use_cache else ids, kv_cache=cache)
-        token = sample_next(logits[:, -1], temperature, top_k, top_p, generator)  # (1,)
+        next_logits = logits[:, -1]  # (1, V)
+        if i < min_new_tokens and len(stop):
+            # As transformers' min_new_tokens: the stop tokens cannot be drawn yet.
+            next_logits = next_logits.index_fill(-1, stop, float("-inf"))
+        token = sample_next(next_logits, temperature, top_k, top_p, generator)  # (1,)
         yield int(token)
         if int(token) in stop_ids:
             return

@@ -90,6 +90,27 @@ def test_generation_stops_at_a_stop_token_and_at_max_positions() -> None:
         list(generate_tokens(model, list(range(48)), 5))
 
 
+def test_min_new_tokens_keeps_stop_tokens_out_until_reached() -> None:
+    model = _model()
+    greedy = list(generate_tokens(model, [1, 2, 3], 10, temperature=0))
+    stop = greedy[0]  # greedy would stop at once
+    early = list(generate_tokens(model, [1, 2, 3], 10, temperature=0, stop_ids=[stop]))
+    assert early == [stop]
+    held = list(
+        generate_tokens(model, [1, 2, 3], 10, temperature=0, stop_ids=[stop], min_new_tokens=4)
+    )
+    assert len(held) >= 4 and stop not in held[:4]
+    sampled = [
+        list(
+            generate_tokens(
+                model, [1, 2, 3], 6, temperature=1.0, seed=s, stop_ids=[stop], min_new_tokens=6
+            )
+        )
+        for s in range(5)
+    ]
+    assert all(len(x) == 6 and stop not in x for x in sampled)
+
+
 def test_top_k_and_top_p_restrict_the_candidates() -> None:
     logits = torch.tensor([[0.0, 3.0, 2.9, 1.0, -1.0]])
     gen = torch.Generator().manual_seed(0)

@@ -29,6 +29,9 @@ def register(sub: argparse._SubParsersAction, formatter: type) -> None:
     )
     p.add_argument("--prompt", required=True, help="text to continue")
     p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate at most")
+    p.add_argument(
+        "--min-new-tokens", type=int, default=0, help="never stop at <|endoftext|> before this many"
+    )
     p.add_argument("--temperature", type=float, default=0.8, help="softmax temperature; 0 = greedy")
     p.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest tokens")
     p.add_argument(
@@ -45,6 +48,10 @@ def _check(args: argparse.Namespace) -> None:
     problems = []
     if args.max_new_tokens < 1:
         problems.append(f"--max-new-tokens: must be at least 1 (given: {args.max_new_tokens})")
+    if not 0 <= args.min_new_tokens <= args.max_new_tokens:
+        problems.append(
+            f"--min-new-tokens: must be in [0, --max-new-tokens] (given: {args.min_new_tokens})"
+        )
     if args.temperature < 0:
         problems.append(f"--temperature: must be >= 0 (given: {args.temperature})")
     if args.top_k is not None and args.top_k < 1:
@@ -83,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         top_p=args.top_p,
         seed=args.seed,
         stop_ids=stop_token_ids(tokenizer),
+        min_new_tokens=args.min_new_tokens,
     )
     sys.stdout.write(args.prompt)
     for piece in stream_text(tokenizer, tokens):
