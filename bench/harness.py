@@ -67,7 +67,18 @@ def machine_description(device: torch.device | None = None) -> str:
         hw = f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
     else:
         hw = f"{os.cpu_count()}-core {cpu_name()} CPU, {torch.get_num_threads()} torch threads"
-    return f"{hw}, torch {torch.__version__}, Python {platform.python_version()}"
+    text = f"{hw}, torch {torch.__version__}, Python {platform.python_version()}"
+    load = load_average()
+    # The benchmark machines are shared: say how busy this one was when the numbers were taken.
+    return text if load is None else f"{text}; 1-minute load average {load:.1f} at the end"
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (runnable processes), or None where the OS has none."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
 
 
 def today() -> str:
