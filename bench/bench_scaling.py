@@ -21,6 +21,7 @@ import json
 import resource
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -89,7 +90,11 @@ def measure_point(
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
 
-    seconds = median(time_steps(step, steps=steps, warmup=1))
+    step()  # warm-up
+    cpu = time.process_time()
+    seconds = median(time_steps(step, steps=steps, warmup=0))
+    # CPU time of this process (all threads): barely moved by other jobs on shared cores.
+    cpu_tps = batch * seq * steps / (time.process_time() - cpu)
     tps = batch * seq / seconds
     peak = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else _peak_rss_mib()
     return {
@@ -99,6 +104,7 @@ def measure_point(
         "batch": batch,
         "seconds_per_step": seconds,
         "tokens_per_s": tps,
+        "tokens_per_cpu_s": cpu_tps,
         "gflops_per_s": tps * model.flops_per_token(seq) / 1e9,
         "peak_mib": peak,
         "baseline_mib": baseline if dev.type == "cpu" else 0.0,
@@ -169,7 +175,16 @@ def chart(points: list[dict], path: Path) -> None:
 
 def report(points: list[dict], command: str, device: str) -> str:
     """BENCHMARKS.md section: one table per sweep."""
-    header = ["model", "params", "seq x batch", "tokens/s", "GFLOP/s", "peak MiB", "s/step"]
+    header = [
+        "model",
+        "params",
+        "seq x batch",
+        "tokens/s",
+        "tokens/CPU-s",
+        "GFLOP/s",
+        "peak MiB",
+        "s/step",
+    ]
 
     def rows(sweep: str) -> list[list[object]]:
         out = []
@@ -193,6 +208,7 @@ def report(points: list[dict], command: str, device: str) -> str:
                     f"{p['params'] / 1e6:.1f}M",
                     f"{p['seq']} x {p['batch']}",
                     fmt_int(p["tokens_per_s"]),
+                    fmt_int(p["tokens_per_cpu_s"]),
                     f"{p['gflops_per_s']:.1f}",
                     fmt_int(p["peak_mib"]),
                     f"{p['seconds_per_step']:.2f}",
@@ -215,7 +231,9 @@ def report(points: list[dict], command: str, device: str) -> str:
             f"- Machine: {machine_description(torch.device(device))}",
             f"- Date: {today()}",
             "- One full step (forward + fp32 loss + backward + AdamW), each point in a fresh process; "
-            f"peak MiB = {memory_note}. GFLOP/s from `Transformer.flops_per_token`.",
+            f"peak MiB = {memory_note}. GFLOP/s (wall) from `Transformer.flops_per_token`. "
+            "tokens/CPU-s: tokens per second of this process's CPU time (all threads), robust to "
+            "other jobs on shared cores.",
             "- Chart: bench/results/scaling.png",
             "",
             "By model size (presets; vocabulary " + str(points[0].get("vocab", "")) + "):",

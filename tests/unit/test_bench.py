@@ -168,6 +168,7 @@ def test_loop_overhead_config_and_bare_step(tmp_path):
     tok = lo.write_corpus_and_tokenizer(tmp_path, params["vocab"], params["docs"])
     cfg = lo.load_training_config(lo.write_config(tmp_path, tok, params, seq=16, batch=2))
     assert cfg.model.activation == "swiglu" and cfg.runtime.evaluation.every_n_steps == 4
+    assert cfg.scheduler.total_steps == params["steps"]
     step = lo.bare_step(cfg, vocab=280)
     assert len(lo.time_steps(step, steps=2, warmup=1)) == 2
 
