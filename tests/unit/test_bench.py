@@ -166,11 +166,14 @@ def test_loop_overhead_config_and_bare_step(tmp_path):
     lo = load("bench_loop_overhead")
     params = {**lo.QUICK, "docs": 40, "vocab": 280}
     tok = lo.write_corpus_and_tokenizer(tmp_path, params["vocab"], params["docs"])
-    cfg = lo.load_training_config(lo.write_config(tmp_path, tok, params, seq=16, batch=2))
+    config = lo.write_config(tmp_path, tok, params, seq=16, batch=2)
+    cfg = lo.load_training_config(config)
     assert cfg.model.activation == "swiglu" and cfg.runtime.evaluation.every_n_steps == 4
     assert cfg.scheduler.total_steps == params["steps"]
     step = lo.bare_step(cfg, vocab=280)
     assert len(lo.time_steps(step, steps=2, warmup=1)) == 2
+    child = lo.bare_child(config, vocab=280, steps=1)
+    assert child["tokens_per_s"] > 0 and child["tokens_per_cpu_s"] > 0
 
 
 def test_loop_throughput_skips_the_warmup_interval():
