@@ -9,8 +9,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
 from lmstream.config import TrainingConfig, dump_training_config, load_training_config
 from lmstream.errors import LmstreamError
 
@@ -69,6 +67,8 @@ def _vocab_size(cfg: TrainingConfig) -> tuple[int | None, str]:
 
 def describe_model(cfg: TrainingConfig) -> list[str]:
     """Parameter count and FLOPs per token, from a model built on the meta device (no memory)."""
+    import torch
+
     from lmstream.model.transformer import Transformer
 
     vocab, source = _vocab_size(cfg)
