@@ -62,6 +62,7 @@ class OrchestrateOptions:
     seed: int = 42
     overwrite: bool = False
     progress: bool = True
+    pretokenize: bool = False
 
 
 @dataclass
@@ -81,6 +82,11 @@ def _check(opts: OrchestrateOptions) -> None:
         raise ConfigError(f"--max-samples: must be at least 1 (given: {opts.max_samples})")
     if opts.batch_size < 1:
         raise ConfigError(f"--batch-size: must be at least 1 (given: {opts.batch_size})")
+    if opts.pretokenize and opts.stream:
+        raise ConfigError(
+            "--pretokenize: writes token shards for files mode; drop --stream to train from them, "
+            "or drop --pretokenize to stream"
+        )
     if opts.max_chars < 1:
         raise ConfigError(f"--max-chars: must be at least 1 (given: {opts.max_chars})")
     if opts.seed < 0:
@@ -181,7 +187,8 @@ def orchestrate(opts: OrchestrateOptions) -> OrchestrateResult:
     if opts.stream:
         dump_streaming_config(stream_cfg, paths.streaming_config)
         files.append(paths.streaming_config)
-    write_training_yaml(paths, opts, tok.get_vocab_size(), stream_cfg.data_files)
+    shards = _pretokenize(opts, spec, tok, paths) if opts.pretokenize else None
+    write_training_yaml(paths, opts, tok.get_vocab_size(), stream_cfg.data_files, shards)
     files.append(paths.training_yaml)
     return OrchestrateResult(
         paths=paths,
@@ -336,8 +343,30 @@ def _rel_glob(pattern: str, base: Path) -> str:
     return pattern if "://" in pattern else os.path.relpath(pattern, base)
 
 
+def _pretokenize(opts: OrchestrateOptions, spec: SourceSpec, tok, paths: ExperimentPaths) -> dict:
+    """Token shards of the training (and validation) split under artifacts/tokens/EXP/."""
+    from lmstream.pretokenize import pretokenize_split
+
+    root = paths.workspace / "artifacts" / "tokens" / paths.experiment
+    if root.exists():
+        shutil.rmtree(root)  # only reached with --overwrite or for a new experiment
+    out = {}
+    for key, split in (("train", opts.split), ("validation", opts.validation_split)):
+        if split:
+            out[key], n = pretokenize_split(
+                spec, split, tok, root / key, max_samples=opts.max_samples,
+                max_chars=opts.max_chars, batch_size=opts.batch_size,
+            )  # fmt: skip
+            print(f"pre-tokenized {n:,} documents of split {split!r} -> {out[key]}")
+    return out
+
+
 def write_training_yaml(
-    paths: ExperimentPaths, opts: OrchestrateOptions, vocab_size: int, data_files: list[str] | None
+    paths: ExperimentPaths,
+    opts: OrchestrateOptions,
+    vocab_size: int,
+    data_files: list[str] | None,
+    token_shards: dict[str, Path] | None = None,
 ) -> None:
     """Write training.yaml and check that it loads with the project's own schema."""
     text = (
@@ -346,7 +375,14 @@ def write_training_yaml(
         "# Paths are relative to this file's folder. Edit freely, then run:\n"
         f"#   lmstream train --config {paths.training_yaml}\n"
     )
-    body = yaml.safe_dump(training_yaml_dict(paths, opts, data_files), sort_keys=False)
+    data = training_yaml_dict(paths, opts, data_files)
+    if token_shards:
+        data["data"]["train_shards"] = [os.path.relpath(token_shards["train"], paths.run_dir)]
+        if "validation" in token_shards:
+            data["data"]["validation_shards"] = [
+                os.path.relpath(token_shards["validation"], paths.run_dir)
+            ]
+    body = yaml.safe_dump(data, sort_keys=False)
     paths.training_yaml.write_text(text + body, encoding="utf-8")
     load_training_config(paths.training_yaml)  # a bug here must not reach the user's train run
 

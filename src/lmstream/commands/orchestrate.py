@@ -107,6 +107,11 @@ def register(sub: argparse._SubParsersAction, formatter: type) -> None:
     exp.add_argument(
         "--overwrite", action="store_true", help="replace an existing experiment's files"
     )
+    exp.add_argument(
+        "--pretokenize",
+        action="store_true",
+        help="files mode: also write the data as token shards (memory-mapped by training)",
+    )
     exp.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -145,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        pretokenize=args.pretokenize,
     )
     started = time.perf_counter()
     result = orchestrate(opts)
