@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
+from tests.support.training import apply_overrides
 
 TOTAL = 20
 JOB_TIMEOUT_S = 240  # a healthy job takes 15-25 s here; a hang must fail the test, not CI
@@ -52,20 +52,7 @@ def tiny_config(corpus: Path, **overrides) -> dict:
             "logging": {"tensorboard": "tb"},
         },
     }
-    for dotted, value in overrides.items():
-        *parents, leaf = dotted.split(".")
-        node = cfg
-        for key in parents:
-            node = node[key]
-        node[leaf] = value
-    return cfg
-
-
-def write_run(run_dir: Path, cfg: dict) -> Path:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / "training.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return apply_overrides(cfg, overrides)
 
 
 def job_env() -> dict[str, str]:

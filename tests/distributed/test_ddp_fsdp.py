@@ -11,14 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from tests.distributed.support import (
-    TOTAL,
-    job_env,
-    metrics,
-    run_job,
-    tiny_config,
-    write_run,
-)
+from tests.distributed.support import TOTAL, job_env, metrics, run_job, tiny_config
+from tests.support.training import write_run
 
 from lmstream.cli import main as cli_main
 from lmstream.train import checkpoint as ckpt

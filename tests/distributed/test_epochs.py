@@ -7,7 +7,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from tests.distributed.support import metrics, run_job, tiny_config, write_run
+from tests.distributed.support import metrics, run_job, tiny_config
+from tests.support.training import write_run
 
 from lmstream.train import checkpoint as ckpt
 

@@ -13,14 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.distributed.support import (
-    metrics,
-    run_job,
-    start_job,
-    tiny_config,
-    wait_for_step,
-    write_run,
-)
+from tests.distributed.support import metrics, run_job, start_job, tiny_config, wait_for_step
+from tests.support.training import write_run
 
 from lmstream.train import checkpoint as ckpt
 

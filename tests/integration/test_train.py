@@ -23,6 +23,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tests.support.training import apply_overrides, write_kjv_corpus, write_run
 
 from lmstream.cli import main as cli_main
 from lmstream.corpus import kjv_documents
@@ -36,13 +37,7 @@ TOTAL = 60
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     """400 KJV paragraphs as JSON lines and a 400-token BPE trained on them."""
-    root = tmp_path_factory.mktemp("corpus")
-    docs = list(itertools.islice(kjv_documents(), 400))
-    with open(root / "train.jsonl", "w") as f:
-        for doc in docs:
-            f.write(json.dumps({"text": doc}) + "\n")
-    save_tokenizer(train_bpe(docs, 400, ["<|endoftext|>", "<|pad|>"]), root / "tok")
-    return root
+    return write_kjv_corpus(tmp_path_factory.mktemp("corpus"), 400, 400)
 
 
 def tiny_config(corpus: Path, **overrides) -> dict:
@@ -74,20 +69,7 @@ def tiny_config(corpus: Path, **overrides) -> dict:
             "logging": {"tensorboard": "tb", "enable_stdout": True},
         },
     }
-    for dotted, value in overrides.items():
-        *parents, leaf = dotted.split(".")
-        node = cfg
-        for key in parents:
-            node = node[key]
-        node[leaf] = value
-    return cfg
-
-
-def write_run(run_dir: Path, cfg: dict) -> Path:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / "training.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return apply_overrides(cfg, overrides)
 
 
 def train_in_process(config: Path, *extra: str) -> int:

@@ -20,8 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import yaml
 from safetensors.torch import load_file
+from tests.support.training import apply_overrides
 
 from lmstream.cli import main as cli_main
 from lmstream.train import checkpoint as ckpt
@@ -60,20 +60,7 @@ def tiny_config(corpus: Path, **overrides) -> dict:
             "evaluation": {"every_n_steps": 20, "max_batches": 2, "best": {"max_keep": 1}},
         },
     }
-    for dotted, value in overrides.items():
-        *parents, leaf = dotted.split(".")
-        node = cfg
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-    return cfg
-
-
-def write_run(run_dir: Path, cfg: dict) -> Path:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / "training.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return apply_overrides(cfg, overrides)
 
 
 def train_in_process(config: Path, *extra: str) -> int:

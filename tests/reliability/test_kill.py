@@ -26,8 +26,8 @@ from tests.reliability.support import (
     tiny_config,
     train_in_process,
     wait_until,
-    write_run,
 )
+from tests.support.training import write_run
 
 from lmstream.train import checkpoint as ckpt
 

@@ -19,8 +19,8 @@ from tests.reliability.support import (
     logged_steps,
     tiny_config,
     train_in_process,
-    write_run,
 )
+from tests.support.training import write_run
 
 from lmstream.errors import ConfigError
 from lmstream.train import checkpoint as ckpt

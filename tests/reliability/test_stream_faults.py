@@ -23,9 +23,9 @@ from tests.reliability.support import (
     assert_same_weights,
     tiny_config,
     train_in_process,
-    write_run,
 )
 from tests.support.http_server import FAULT_KINDS, Faults, FileServer
+from tests.support.training import write_run
 
 from lmstream.data import sources
 from lmstream.train import checkpoint as ckpt

@@ -18,8 +18,8 @@ from tests.reliability.support import (
     tiny_config,
     train_in_process,
     wait_until,
-    write_run,
 )
+from tests.support.training import write_run
 
 # heavy, not default: about 1 run in 3 a traceback escapes instead of the one-line error when
 # torch's SIGCHLD handler fires outside the loader's fetch (see RELIABILITY.md, open issues).
