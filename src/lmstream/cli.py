@@ -58,6 +58,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"lmstream {args.command}: interrupted", file=sys.stderr)
         return 130
+    except RuntimeError as err:
+        # torch's SIGCHLD handler can raise a dead DataLoader worker's error at any line, even
+        # past a command's own error handling (torch is imported already if it did).
+        if "DataLoader worker" not in str(err):
+            raise
+        from lmstream.data.loader import worker_failure
+
+        failure = worker_failure(err)
+        if failure is None:
+            raise
+        print(f"lmstream {args.command}: error: {failure}", file=sys.stderr)
+        return failure.exit_code
 
 
 if __name__ == "__main__":

@@ -132,6 +132,13 @@ def train(cfg: TrainingConfig, run_dir: Path, resume: str | None) -> int:
     except LmstreamError as err:
         raise dist.on_rank(err, env) from None
     except Exception as err:
+        from lmstream.data.loader import worker_failure
+
+        # torch's SIGCHLD handler raises a dead worker's RuntimeError wherever the main process
+        # is (model step, checkpoint write), outside the loader's own error handling.
+        failure = worker_failure(err)
+        if failure is not None:
+            raise dist.on_rank(failure, env) from None
         if env.is_distributed and dist.is_peer_failure(err):
             raise dist.on_rank(dist.peer_failure_error(err), env) from None
         raise

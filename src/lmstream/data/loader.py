@@ -23,6 +23,8 @@ ends; the training loop stops it.
 from __future__ import annotations
 
 import os
+import re
+import signal
 import warnings
 from collections import Counter
 from dataclasses import dataclass
@@ -40,7 +42,14 @@ from lmstream.data.token_shards import TokenShards, TokenShardSource
 from lmstream.data.validation import build_validation_batches, load_validation_set
 from lmstream.errors import CheckpointError, LmstreamError
 
-__all__ = ["Batch", "TrainLoader", "build_train_loader", "build_validation_batches", "check_vocab"]
+__all__ = [
+    "Batch",
+    "TrainLoader",
+    "build_train_loader",
+    "build_validation_batches",
+    "check_vocab",
+    "worker_failure",
+]
 
 STATE_VERSION = 1
 _CHUNK_CHARS = 64_000  # characters tokenized per encode_batch call
@@ -207,11 +216,7 @@ class TrainLoader:
                 self._skipped[worker] = skipped
                 yield Batch.from_rows(rows, epoch)
         finally:
-            # Stop the workers now (an error's traceback would otherwise keep them alive, and
-            # torch's SIGCHLD handler raising again for every later child exit).
-            shutdown = getattr(it, "_shutdown_workers", None)
-            if shutdown is not None:
-                shutdown()
+            _stop_workers(it)
 
     def _meta(self) -> dict:
         s = self.dataset.settings
@@ -242,6 +247,48 @@ class TrainLoader:
         self._loader.load_state_dict(state["loader"])
 
 
+def _stop_workers(it: Any) -> None:
+    """Stop the workers now (an error's traceback would otherwise keep them alive)."""
+    shutdown = getattr(it, "_shutdown_workers", None)
+    if shutdown is None:
+        return
+    if getattr(it, "_worker_pids_set", False):
+        # Forget the workers' pids *before* joining them: torch's SIGCHLD handler re-checks
+        # every registered pid at each child exit and would raise again, mid-shutdown, for a
+        # worker that died earlier (torch removes them only after the joins).
+        from torch.utils.data._utils import signal_handling
+
+        signal_handling._remove_worker_pids(id(it))
+        it._worker_pids_set = False
+    shutdown()
+
+
+# torch's messages: "DataLoader worker (pid 7) is killed by signal: Killed.", "... (pid 7)
+# exited unexpectedly with exit code 1. ...", "DataLoader worker (pid(s) 7, 8) exited ...".
+_TORCH_WORKER_FAILURE = re.compile(r"DataLoader worker \(pid(?:\(s\))? ([\d, ]+)\) ([^.]*)")
+_RESUME_HINT = "the last checkpoint is intact; resume with --resume"
+
+
+def worker_failure(err: BaseException) -> LmstreamError | None:
+    """The one-line error for torch's "DataLoader worker ... killed/exited" RuntimeError, or None.
+
+    torch raises it from its SIGCHLD handler, so it can surface anywhere in the main process
+    (the model step, a checkpoint write), not only in :class:`TrainLoader`'s fetch; the train
+    command translates it wherever it lands."""
+    match = _TORCH_WORKER_FAILURE.search(str(err)) if isinstance(err, RuntimeError) else None
+    if match is None:
+        return None
+    pids, how = match.group(1).strip(), match.group(2).strip()
+    name = how.removeprefix("is killed by signal: ")
+    if name != how:  # torch names the signal by strsignal(); say its number and name too
+        sig = next((s for s in signal.Signals if signal.strsignal(s) == name), None)
+        how = f"killed by signal {int(sig)}, {sig.name}" if sig else f"killed by signal: {name}"
+        if sig == signal.SIGKILL:
+            how += ", often the out-of-memory killer: each worker holds a shuffle window"
+    plural = "s" if "," in pids else ""
+    return LmstreamError(f"a data loader worker (pid{plural} {pids}) died ({how}); {_RESUME_HINT}")
+
+
 def _loader_error(err: Exception, num_workers: int) -> LmstreamError | None:
     """The one-line error for a failure in a worker, or None when it is not one."""
     if isinstance(err, LmstreamError):
@@ -251,13 +298,15 @@ def _loader_error(err: Exception, num_workers: int) -> LmstreamError | None:
         last = lines[-1] if lines else type(err).__name__
         prefix = f"{type(err).__module__}.{type(err).__name__}: "
         return type(err)(last.removeprefix(prefix))
+    failure = worker_failure(err)
+    if failure is not None:
+        return failure
     # A worker killed while handing over a batch breaks the shared-memory connection instead.
-    lost = num_workers > 0 and isinstance(err, ConnectionError | EOFError)
-    if lost or "DataLoader worker" in str(err):
+    if num_workers > 0 and isinstance(err, ConnectionError | EOFError):
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         return LmstreamError(
-            f"a data loader worker died ({first}); check memory (each worker holds a "
-            "shuffle window) and the data source, then resume from the last checkpoint"
+            f"a data loader worker died (its connection broke: {first}); check memory (each "
+            f"worker holds a shuffle window); {_RESUME_HINT}"
         )
     return None
 
