@@ -137,6 +137,12 @@ def bare_step(cfg: TrainingConfig, vocab: int):
 
 def bare_child(config: Path, vocab: int, steps: int) -> dict:
     """In a fresh process: tokens/s (wall, median step) and tokens per CPU-second of the bare step."""
+    from lmstream.commands.train import tune_malloc
+
+    # The allocator settings `lmstream train` applies at start-up, so both sides compare the
+    # same heap behaviour (glibc page faults on fresh per-step buffers otherwise differ between
+    # the two processes by more than the loop costs).
+    tune_malloc()
     cfg = load_training_config(config)
     step, tokens = bare_step(cfg, vocab), cfg.data.batch_size * cfg.data.sequence_length
     time_steps(step, steps=0, warmup=2)

@@ -7,6 +7,9 @@ on error. The work lives in lmstream.train.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
+import sys
 from pathlib import Path
 
 from lmstream.config import TrainingConfig, dump_training_config, load_training_config
@@ -21,6 +24,20 @@ EXAMPLES = """examples:
 """
 
 _RESUME_NEWEST = "newest"
+
+# glibc mallopt parameters (malloc.h). Why: every step allocates and frees buffers of a few MB
+# (logits, activations, gradients); above glibc's mmap threshold each one is a fresh mmap whose
+# pages fault in on first touch and go back to the kernel on free, so a CPU step spent several
+# times more system CPU than needed (measured: ~6x). A 32 MiB mmap threshold keeps them on the
+# heap, and a 1 GiB trim threshold with a 256 MiB top pad stop the heap from being returned and
+# re-faulted every step. The same as MALLOC_MMAP_THRESHOLD_=33554432
+# MALLOC_TRIM_THRESHOLD_=1073741824 MALLOC_TOP_PAD_=268435456; variables the user set win.
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+_MALLOC_TUNING = {
+    _M_MMAP_THRESHOLD: ("MALLOC_MMAP_THRESHOLD_", 32 * 2**20),
+    _M_TRIM_THRESHOLD: ("MALLOC_TRIM_THRESHOLD_", 2**30),
+    _M_TOP_PAD: ("MALLOC_TOP_PAD_", 256 * 2**20),
+}
 
 
 def register(sub: argparse._SubParsersAction, formatter: type) -> None:
@@ -119,9 +136,31 @@ def describe_plan(cfg: TrainingConfig, world_size: int = 1) -> str:
     return "\n".join(lines)
 
 
+def tune_malloc() -> bool:
+    """Keep per-step buffers on glibc's heap (see _MALLOC_TUNING); True when applied. A no-op
+    off Linux/glibc. Host memory only, so harmless on GPU runs too (their host buffers are small);
+    the resident heap may stay up to ~1 GiB above its low point instead of being trimmed."""
+    import os
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False  # not glibc (e.g. musl): nothing to tune
+    applied = False
+    for param, (env_name, value) in _MALLOC_TUNING.items():
+        if env_name not in os.environ:
+            applied |= bool(mallopt(ctypes.c_int(param), ctypes.c_int(value)))
+    return applied
+
+
 def train(cfg: TrainingConfig, run_dir: Path, resume: str | None) -> int:
     """Build, train, close: the logger and the process group are released even on error."""
     from lmstream import distributed as dist
+
+    tune_malloc()
 
     env = dist.init_distributed(cfg.runtime.device)
     clean = False
