@@ -39,6 +39,7 @@ from harness import (
 )
 from lmstream.config import ModelConfig, OptimizerConfig
 from lmstream.distributed import apply_compile
+from lmstream.export import choose_architecture, convert_state_dict, hf_config
 from lmstream.model.transformer import Transformer
 from lmstream.train.optim import build_optimizer
 
@@ -91,55 +92,19 @@ def build_lmstream(shape: Shape, seed: int = 0) -> Transformer:
 
 
 def build_llama_like(ours: Transformer) -> nn.Module:
-    """A LlamaForCausalLM with our model's shapes, holding our model's weights."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """A LlamaForCausalLM with our model's shapes, holding our model's weights.
 
-    cfg = ours.config
-    llama_cfg = LlamaConfig(
-        vocab_size=ours.vocab_size,
-        hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_attention_heads,
-        num_key_value_heads=cfg.kv_heads,
-        max_position_embeddings=cfg.max_position_embeddings,
-        rms_norm_eps=cfg.norm_eps,
-        rope_theta=cfg.theta,
-        tie_word_embeddings=cfg.tie_embeddings,
-        hidden_act="silu",
-        use_cache=False,
-        attn_implementation="sdpa",
-    )
-    llama = LlamaForCausalLM(llama_cfg)
-    llama.load_state_dict(llama_state_dict(ours), strict=not cfg.tie_embeddings)
+    Config and weight names come from ``lmstream.export`` (the mapping ``lmstream export`` writes
+    and verifies), so the bench compares against exactly what an export would load as.
+    """
+    from transformers import AutoModelForCausalLM
+
+    arch = choose_architecture(ours.config)  # swiglu + rmsnorm -> LlamaForCausalLM
+    llama_cfg = hf_config(ours, arch)
+    llama_cfg.use_cache = False
+    llama = AutoModelForCausalLM.from_config(llama_cfg, attn_implementation="sdpa")
+    llama.load_state_dict(convert_state_dict(ours, arch), strict=not ours.config.tie_embeddings)
     return llama
-
-
-def llama_state_dict(ours: Transformer) -> dict[str, torch.Tensor]:
-    """Our weights under Llama's names: fused q/k/v and gate/up rows are split in their order."""
-    cfg = ours.config
-    q_rows, kv_rows = cfg.num_attention_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
-    out = {
-        "model.embed_tokens.weight": ours.embed.weight,
-        "model.norm.weight": ours.norm.weight,
-        "lm_head.weight": ours.embed.weight if ours.head is None else ours.head.weight,
-    }
-    for i, block in enumerate(ours.blocks):
-        p = f"model.layers.{i}."
-        q, k, v = block.attn.qkv.weight.split([q_rows, kv_rows, kv_rows])
-        gate, up = block.mlp.fc.weight.chunk(2)
-        out |= {
-            p + "input_layernorm.weight": block.attn_norm.weight,
-            p + "self_attn.q_proj.weight": q,
-            p + "self_attn.k_proj.weight": k,
-            p + "self_attn.v_proj.weight": v,
-            p + "self_attn.o_proj.weight": block.attn.proj.weight,
-            p + "post_attention_layernorm.weight": block.mlp_norm.weight,
-            p + "mlp.gate_proj.weight": gate,
-            p + "mlp.up_proj.weight": up,
-            p + "mlp.down_proj.weight": block.mlp.proj.weight,
-        }
-    return {name: t.detach().clone() for name, t in out.items()}
 
 
 def logits_of(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
