@@ -129,7 +129,7 @@ class TextSource:
             # Before sharding, so that the limit is per pass over the whole source.
             ds = ds.take(self.max_samples)
         ds = shard_for(ds, self.worker, self.workers)
-        self._stream = DocumentStream(ds, self.spec.text_field)
+        self._stream = DocumentStream(ds, self.spec.text_field, batch_size=self.spec.batch_size)
         if state is not None:
             self._stream.load_state_dict(state)
         self._it = iter(self._stream)

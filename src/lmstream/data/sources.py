@@ -89,6 +89,7 @@ class SourceSpec:
     revision: str | None = None
     trust_remote_code: bool = False
     cache_dir: str | None = None
+    batch_size: int = DEFAULT_BATCH_SIZE  # records per read from the source (stream_batch_size)
     read_timeout: float = field(default_factory=lambda: _env_number(READ_TIMEOUT_ENV, 60.0))
 
     @classmethod
@@ -101,6 +102,7 @@ class SourceSpec:
             revision=cfg.revision,
             trust_remote_code=cfg.trust_remote_code,
             cache_dir=str(cache_dir) if cache_dir else None,
+            batch_size=cfg.stream_batch_size,
         )
 
     @classmethod
