@@ -41,6 +41,7 @@ from lmstream.errors import ConfigError, DataSourceError
 DEFAULT_MAX_CHARS = 1_000_000
 DEFAULT_BATCH_SIZE = 1000
 BAD_KEY = "_lmstream_bad"  # reason a raw line could not become a record (jsonl/txt only)
+_FILE_ATTR = "_lmstream_file"  # set on a read error: the file being read when it happened
 _COMPRESSION = (".gz", ".zst", ".bz2", ".xz")
 # Network settings for flaky links, read from the environment when a source or retry policy is
 # made (like huggingface_hub's HF_HUB_DOWNLOAD_TIMEOUT): seconds without data before a read is
@@ -334,10 +335,14 @@ def _read_lines(files: list[str], kind: str, field: str, opts: dict) -> Iterator
     import fsspec
 
     for path in files:
-        with fsspec.open(path, "rb", compression="infer", **opts) as handle:
-            for line in handle:
-                value, reason = _parse_line(line.rstrip(b"\r\n"), kind, field)
-                yield {field: value, BAD_KEY: reason}
+        try:
+            with fsspec.open(path, "rb", compression="infer", **opts) as handle:
+                for line in handle:
+                    value, reason = _parse_line(line.rstrip(b"\r\n"), kind, field)
+                    yield {field: value, BAD_KEY: reason}
+        except Exception as err:
+            setattr(err, _FILE_ATTR, path)  # read by failed_file: which of the files broke
+            raise
 
 
 def _parse_line(raw: bytes, kind: str, text_field: str) -> tuple[Any, str | None]:
@@ -357,6 +362,34 @@ def _parse_line(raw: bytes, kind: str, text_field: str) -> tuple[Any, str | None
     if not isinstance(record, dict) or record.get(text_field) is None:
         return None, "missing_field"
     return record[text_field], None
+
+
+def failed_file(err: BaseException) -> str | None:
+    """The file that was being read when ``err`` was raised, where it can be told.
+
+    The raw-lines reader tags its errors with the file. datasets' own parquet, csv and json
+    readers only log it ("Failed to read file ...") and re-raise, so the file is taken from the
+    ``file`` local of their ``_generate_tables`` frame in the traceback.
+    """
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        tagged = getattr(err, _FILE_ATTR, None)
+        if isinstance(tagged, str):
+            return tagged
+        tb = err.__traceback__
+        while tb is not None:
+            frame = tb.tb_frame
+            module = frame.f_globals.get("__name__", "")
+            if frame.f_code.co_name == "_generate_tables" and module.startswith(
+                "datasets.packaged_modules."
+            ):
+                file = frame.f_locals.get("file")
+                if isinstance(file, str):
+                    return file
+            tb = tb.tb_next
+        err = err.__cause__ or err.__context__
+    return None
 
 
 # ----------------------------------------------------------------------------------- retries
@@ -548,11 +581,13 @@ class DocumentStream:
                 return
             except Exception as err:
                 if not self._transient(err):
-                    raise DataSourceError(f"{self._name()}: read failed: {_describe(err)}") from err
+                    raise DataSourceError(
+                        f"{self._name(err)}: read failed: {_describe(err)}"
+                    ) from err
                 attempt += 1
                 if attempt > self.retry.max_retries:
                     raise DataSourceError(
-                        f"{self._name()}: read failed after {self.retry.max_retries} retries: "
+                        f"{self._name(err)}: read failed after {self.retry.max_retries} retries: "
                         f"{_describe(err)}; check the network or the source, then resume"
                     ) from err
                 wait = self.retry.delay(attempt)
@@ -602,8 +637,10 @@ class DocumentStream:
             remote and (isinstance(err, OSError) or type(err).__module__.startswith("aiohttp"))
         )
 
-    def _name(self) -> str:
-        return getattr(self.dataset, "_lmstream_source", None) or "data source"
+    def _name(self, err: BaseException | None = None) -> str:
+        """The file that ``err`` came from if known, else the source as it was given."""
+        found = failed_file(err) if err is not None else None
+        return found or getattr(self.dataset, "_lmstream_source", None) or "data source"
 
 
 def _describe(err: BaseException) -> str:
