@@ -19,7 +19,8 @@ from itertools import islice
 from pathlib import Path
 
 from lmstream.config import TrainingConfig, load_streaming_config
-from lmstream.data.sources import DocumentStream, SourceSpec, open_dataset, shard_for
+from lmstream.data.sources import SourceSpec, open_dataset, shard_for
+from lmstream.data.stream import DocumentStream
 from lmstream.data.token_shards import is_token_shards
 from lmstream.errors import ConfigError
 
