@@ -1,11 +1,11 @@
 """Run every benchmark in bench/ and print a summary: ``python bench/run_all.py [--quick] [--record]``.
 
-Benchmarks are the ``bench_*.py`` scripts in this folder (whoever wrote them) plus ``gpu_1b.py``;
+Benchmarks are the ``bench_*.py`` scripts in this folder (whoever wrote them) plus ``gpu_*.py``;
 each runs in its own process, so one crashing does not stop the others and each starts with a
 clean memory counter. ``--quick`` is passed to the scripts that accept it (smoke-sized runs, for
 checking that everything works; their numbers are not representative). ``--record`` is passed to
-the scripts that accept it, so they write their sections of BENCHMARKS.md. ``gpu_1b.py`` is
-skipped, and says so, when no CUDA device is present.
+the scripts that accept it, so they write their sections of BENCHMARKS.md. The ``gpu_*.py``
+scripts are skipped, and say so, when no CUDA device is present.
 
 Exit status: 0 when every benchmark that ran succeeded, 1 otherwise.
 """
@@ -28,6 +28,7 @@ PREFERRED_ORDER = [
     "bench_loop_overhead",
     "bench_scaling",
     "gpu_1b",
+    "gpu_loop",
 ]
 
 
@@ -41,10 +42,7 @@ class Outcome:
 
 def discover(bench_dir: Path = BENCH_DIR) -> list[Path]:
     """The benchmark scripts present, in the preferred order (unknown ones after, by name)."""
-    scripts = sorted(bench_dir.glob("bench_*.py"))
-    gpu = bench_dir / "gpu_1b.py"
-    if gpu.exists():
-        scripts.append(gpu)
+    scripts = sorted(bench_dir.glob("bench_*.py")) + sorted(bench_dir.glob("gpu_*.py"))
     rank = {name: i for i, name in enumerate(PREFERRED_ORDER)}
     return sorted(scripts, key=lambda p: (rank.get(p.stem, len(rank)), p.stem))
 
@@ -70,7 +68,7 @@ def command_for(script: Path, quick: bool, record: bool) -> list[str]:
 
 
 def run_one(script: Path, quick: bool, record: bool) -> Outcome:
-    if script.stem == "gpu_1b" and not cuda_available():
+    if script.stem.startswith("gpu_") and not cuda_available():
         return Outcome(script.stem, "skipped (no CUDA device; no GPU figure measured)", 0.0, [])
     cmd = command_for(script, quick, record)
     print(f"\n=== {script.stem}: {' '.join(cmd[1:])}", flush=True)

@@ -150,7 +150,7 @@ def test_gpu_1b_rejects_unknown_variant():
 def test_run_all_discovers_and_passes_flags():
     r = load("run_all")
     names = [p.stem for p in r.discover()]
-    assert {"bench_train_step", "bench_scaling", "gpu_1b"} <= set(names)
+    assert {"bench_train_step", "bench_scaling", "gpu_1b", "gpu_loop"} <= set(names)
     assert names.index("bench_train_step") < names.index("bench_scaling") < names.index("gpu_1b")
     cmd = r.command_for(BENCH_DIR / "bench_train_step.py", quick=True, record=True)
     assert "--quick" in cmd and "--record" not in cmd  # quick numbers are never recorded
@@ -195,3 +195,50 @@ def test_train_step_profile_table_lists_matmuls():
         hidden=32, layers=1, heads=4, kv_heads=2, intermediate=64, vocab=128, seq=16, batch=2
     )
     assert "aten::mm" in b.profile_table(tiny, "lmstream", rows=50)
+
+
+# ----------------------------------------------------------------------------------- gpu_loop
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
+def test_gpu_loop_without_cuda_says_so(capsys, tmp_path):
+    g = load("gpu_loop")
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok" / "tokenizer.json").write_text("{}")  # prepared: nothing is trained
+    (tmp_path / "train.jsonl").write_text("")
+    assert g.main(["--workdir", str(tmp_path)]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_gpu_loop_figures_separate_steady_steps_from_checkpoint_steps():
+    g = load("gpu_loop")
+    tokens = 1000
+    # Steps 1-2 warm up (slow), step 5 carries the evaluation + checkpoint of step 4.
+    seconds = {1: 9.0, 2: 3.0, 3: 1.0, 4: 1.2, 5: 11.0, 6: 0.8, 7: 1.0}
+    records, seen = [], 0
+    for step, s in seconds.items():
+        seen += tokens
+        records.append({"step": step, "tokens_seen": seen, "tokens_per_s": tokens / s})
+        if step == 4:
+            records.append({"step": 4, "val_loss": 5.0})
+    figures = g.loop_figures(records, every=4, tokens_per_step=tokens)
+    assert figures["steady_steps"] == 4
+    assert figures["step_s"] == pytest.approx(1.0)
+    assert figures["eval_and_checkpoint_s"] == pytest.approx(10.0)
+
+
+@pytest.mark.slow
+def test_gpu_loop_logic_on_cpu(tmp_path):
+    g = load("gpu_loop")
+    args = g.parse_args(["--cpu-smoke", "--variants", "seed", "--workdir", str(tmp_path)])
+    tokenizer_json = g.prepare(tmp_path, args.vocab, max_docs=300)
+    result = g.measure("seed", tmp_path, tokenizer_json, 300, args)
+    assert result["loop_tokens_per_s"] > 0 and result["bare_tokens_per_s"] > 0
+    assert result["steady_steps"] >= 2 and result["eval_and_checkpoint_s"] is not None
+    assert "| seed | 2 x 2 |" in g.report([result], args, 300)
+
+
+def test_gpu_loop_rejects_too_few_steps():
+    g = load("gpu_loop")
+    with pytest.raises(SystemExit):
+        g.parse_args(["--steps", "5", "--every", "4"])
