@@ -1,6 +1,7 @@
 """Training-step throughput: lmstream's Transformer against transformers' LlamaForCausalLM.
 
     python bench/bench_train_step.py [--quick] [--record]
+    python bench/bench_train_step.py --gpu-1b [--record]     # one CUDA GPU, bf16, a Llama-1B shape
 
 Both models get identical shapes (SwiGLU MLP, RMSNorm, RoPE, grouped-query attention, untied
 head, like Llama), the same weights, the same batch and the same optimizer step: forward, fp32
@@ -8,7 +9,9 @@ cross-entropy, backward, global-norm clipping and AdamW from lmstream's ``build_
 benchmark first checks that the two compute the same function (same weights -> same logits), so
 the comparison is about speed only. Then it alternates the contenders (lmstream / Llama, eager /
 torch.compile) for several repetitions in this one process and reports median tokens/s and the
-lmstream/Llama ratio (goal: >= 1.2x).
+lmstream/Llama ratio (goal: >= 1.2x). ``--gpu-1b`` runs the same comparison on one CUDA GPU with a
+Llama-1B-like shape (hidden 2048, 20 layers, 32 heads / 8 kv, intermediate 5632, vocabulary 32k,
+sequence 2048, batch 8) under bf16 autocast, as ``runtime.precision: bf16`` trains.
 
 torch.compile is applied the way each side is used: lmstream compiles each block in place
 (``distributed.apply_compile``, what ``runtime.compile: true`` does); Llama is compiled whole
@@ -81,14 +84,18 @@ class Shape:
 QUICK = Shape(
     hidden=64, layers=2, heads=4, kv_heads=2, intermediate=172, vocab=512, seq=64, batch=2
 )
+GPU_1B = Shape(
+    hidden=2048, layers=20, heads=32, kv_heads=8, intermediate=5632, vocab=32000, seq=2048, batch=8
+)
 
 
 # ------------------------------------------------------------------------------- the two models
 
 
-def build_lmstream(shape: Shape, seed: int = 0) -> Transformer:
+def build_lmstream(shape: Shape, seed: int = 0, device: str = "cpu") -> Transformer:
     torch.manual_seed(seed)
-    return Transformer(shape.model_config(), shape.vocab)
+    with torch.device(device):  # initialised in place: no 4 GB host detour at 1B
+        return Transformer(shape.model_config(), shape.vocab)
 
 
 def build_llama_like(ours: Transformer) -> nn.Module:
@@ -102,7 +109,8 @@ def build_llama_like(ours: Transformer) -> nn.Module:
     arch = choose_architecture(ours.config)  # swiglu + rmsnorm -> LlamaForCausalLM
     llama_cfg = hf_config(ours, arch)
     llama_cfg.use_cache = False
-    llama = AutoModelForCausalLM.from_config(llama_cfg, attn_implementation="sdpa")
+    with torch.device(ours.embed.weight.device):
+        llama = AutoModelForCausalLM.from_config(llama_cfg, attn_implementation="sdpa")
     llama.load_state_dict(convert_state_dict(ours, arch), strict=not ours.config.tie_embeddings)
     return llama
 
@@ -129,37 +137,47 @@ def max_logit_difference(ours: Transformer, llama: nn.Module, inputs: torch.Tens
 def make_train_step(
     model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
 ) -> Callable[[], torch.Tensor]:
-    """One full optimizer step on a fixed batch, identical for both models."""
+    """One full optimizer step on a fixed batch, identical for both models (on CUDA: bf16
+    autocast over fp32 weights, and the step ends synchronized so the clock reads its end)."""
+    device = inputs.device
     optimizer = build_optimizer(
-        model, OptimizerConfig(learning_rate=3e-4, weight_decay=0.1), 3e-4, inputs.device
+        model, OptimizerConfig(learning_rate=3e-4, weight_decay=0.1), 3e-4, device
     )
+    cuda = device.type == "cuda"
 
     def step() -> torch.Tensor:
-        logits = logits_of(model, inputs)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            logits = logits_of(model, inputs)
         # The same fp32 loss for both (lmstream's own forward computes exactly this).
         loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if cuda:
+            torch.cuda.synchronize(device)
         return loss.detach()
 
     return step
 
 
-def random_batch(shape: Shape, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+def random_batch(
+    shape: Shape, seed: int = 1, device: str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    tokens = torch.randint(0, shape.vocab, (shape.batch, shape.seq + 1), generator=g)
+    tokens = torch.randint(0, shape.vocab, (shape.batch, shape.seq + 1), generator=g).to(device)
     return tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
 
 
-def build_contenders(shape: Shape, compile_too: bool) -> dict[str, Callable[[], torch.Tensor]]:
+def build_contenders(
+    shape: Shape, compile_too: bool, device: str = "cpu"
+) -> dict[str, Callable[[], torch.Tensor]]:
     """name -> step function; each contender has its own model copy and optimizer."""
-    inputs, targets = random_batch(shape)
+    inputs, targets = random_batch(shape, device=device)
     contenders = {}
     modes = ("eager", "compile") if compile_too else ("eager",)
     for mode in modes:
-        ours = build_lmstream(shape)
+        ours = build_lmstream(shape, device=device)
         llama = build_llama_like(ours)
         if mode == "compile":
             apply_compile(ours.blocks)
@@ -169,13 +187,15 @@ def build_contenders(shape: Shape, compile_too: bool) -> dict[str, Callable[[], 
     return contenders
 
 
-def run(shape: Shape, reps: int, steps: int, compile_too: bool) -> dict:
+def run(shape: Shape, reps: int, steps: int, compile_too: bool, device: str = "cpu") -> dict:
     """Parity check, then alternating timed repetitions; returns the numbers."""
-    ours = build_lmstream(shape)
-    diff = max_logit_difference(ours, build_llama_like(ours), random_batch(shape)[0])
+    ours = build_lmstream(shape, device=device)
+    llama = build_llama_like(ours)
+    diff = max_logit_difference(ours, llama, random_batch(shape, device=device)[0])
+    del ours, llama
     if diff > 1e-3:
         raise SystemExit(f"bench_train_step: models disagree (max |logit diff| {diff:.2e})")
-    contenders = build_contenders(shape, compile_too)
+    contenders = build_contenders(shape, compile_too, device)
     per_rep: dict[str, list[float]] = {name: [] for name in contenders}
     per_rep_cpu: dict[str, list[float]] = {name: [] for name in contenders}
     for step in contenders.values():  # warm-up (and compilation) outside the clock
@@ -203,6 +223,7 @@ def run(shape: Shape, reps: int, steps: int, compile_too: bool) -> dict:
         "cpu_ratio_lmstream_over_llama": paired_ratios(per_rep_cpu),
         "reps": reps,
         "steps_per_rep": steps,
+        "device": device,
     }
 
 
@@ -239,16 +260,18 @@ def report(result: dict, command: str) -> str:
             ]
         )
     s = result["shape"]
+    cuda = result.get("device", "cpu") == "cuda"
     return "\n".join(
         [
-            "## Training step: lmstream vs transformers Llama (CPU, fp32)",
+            "## Training step: lmstream vs transformers Llama "
+            + ("(one GPU, bf16 autocast)" if cuda else "(CPU, fp32)"),
             "",
             f"- Command: `{command}`",
-            f"- Machine: {machine_description()}",
+            f"- Machine: {machine_description(torch.device('cuda', 0) if cuda else None)}",
             f"- Date: {today()}",
             f"- Shapes: hidden {s['hidden']}, {s['layers']} layers, {s['heads']} heads / {s['kv_heads']} kv, "
             f"intermediate {s['intermediate']}, vocab {s['vocab']}, seq {s['seq']}, batch {s['batch']}; "
-            "SwiGLU, RMSNorm, untied head; step = forward + fp32 CE + backward + clip + AdamW (foreach)",
+            "SwiGLU, RMSNorm, untied head; step = forward + fp32 CE + backward + clip + AdamW (build_optimizer: fused)",
             f"- Same function checked first: max |logit difference| {result['max_logit_diff']:.1e}",
             f"- Tokens/s: median (best) of {result['reps']} alternating repetitions x "
             f"{result['steps_per_rep']} steps, {result.get('threads', '?')} threads; ratios: median of the "
@@ -288,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--quick", action="store_true", help="tiny shapes, eager only (smoke run)")
+    p.add_argument("--gpu-1b", action="store_true", help="one CUDA GPU, bf16, Llama-1B shape")
     p.add_argument("--reps", type=int, default=5, help="alternating repetitions")
     p.add_argument("--steps", type=int, default=5, help="timed steps per repetition")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile contenders")
@@ -301,22 +325,27 @@ def main(argv: list[str] | None = None) -> int:
         help="print torch.profiler's operator table for two eager steps of this model and exit",
     )
     args = p.parse_args(argv)
-    shape = QUICK if args.quick else Shape()
+    shape = QUICK if args.quick else GPU_1B if args.gpu_1b else Shape()
+    device = "cuda" if args.gpu_1b else "cpu"
+    if args.gpu_1b and not torch.cuda.is_available():
+        print("bench_train_step: --gpu-1b needs a CUDA device; nothing measured", file=sys.stderr)
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.profile:
         print(profile_table(shape, args.profile))
         return 0
     reps, steps = (2, 2) if args.quick else (args.reps, args.steps)
-    result = run(shape, reps, steps, compile_too=not (args.quick or args.no_compile))
-    write_result("train_step", result)
+    result = run(shape, reps, steps, not (args.quick or args.no_compile), device)
+    name = "train_step_gpu_1b" if args.gpu_1b else "train_step"
+    write_result(name, result)
     command = "python bench/bench_train_step.py " + " ".join(
         argv if argv is not None else sys.argv[1:]
     )
     text = report(result, command.strip())
     print(text)
     if args.record and not args.quick:
-        update_benchmarks_md("train_step", text)
+        update_benchmarks_md(name, text)
     return 0
 
 
