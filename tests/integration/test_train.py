@@ -28,6 +28,7 @@ from tests.support.training import apply_overrides, write_kjv_corpus, write_run
 from lmstream.cli import main as cli_main
 from lmstream.corpus import kjv_documents
 from lmstream.tokenizer import save_tokenizer, train_bpe
+from lmstream.train import checkpoint as ck
 from lmstream.train.precision import cpu_has_fast_bf16
 
 pytestmark = pytest.mark.slow
@@ -152,6 +153,13 @@ def test_training_learns_and_writes_everything(reference):
     assert sorted(p.name for p in (reference / "best").iterdir()) == sorted(
         f"step-{s:08d}" for s in best
     )
+    # the final step was saved and evaluated (and, still learning, is among the best): its best
+    # copy is hard links to the regular checkpoint's files (written once), and both verify
+    assert TOTAL in best
+    name = f"step-{TOTAL:08d}/model.safetensors"
+    linked = (reference / "best" / name).stat()
+    assert linked.st_ino == (reference / "checkpoints" / name).stat().st_ino
+    ck.verify_checkpoint(reference / "best" / f"step-{TOTAL:08d}")
     # logs: jsonl fields and TensorBoard events read back with tensorboard's reader
     assert {"loss", "lr", "grad_norm", "tokens_per_s", "data_wait_s", "memory_gb"} <= set(
         records[0]

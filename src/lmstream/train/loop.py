@@ -255,6 +255,7 @@ class Trainer:
         want_save |= epoch_ended and self._due(st.epoch, ck.every_n_epochs)
         val = self._evaluate() if want_eval and not stopping else None
         cache: dict = {}
+        path = None
         if want_save:
             path = self._save(ck.directory, cache)
             if self.run.env.is_main:
@@ -267,10 +268,16 @@ class Trainer:
             main = self.run.env.is_main
             keep = main and ckpt.qualifies_as_best(best.directory, val, best.max_keep)
             if dist.broadcast_object(keep if main else None):
-                path = self._save(best.directory, cache, {"val_loss": val})
-                if self.run.env.is_main:
+                if path is not None:  # this step was just saved: link its files, no rewrite
+                    best_path = ckpt.checkpoint_name(st.step)
+                    if main:
+                        extra = {"val_loss": val}
+                        best_path = ckpt.link_checkpoint(path, best.directory, extra)
+                else:
+                    best_path = self._save(best.directory, cache, {"val_loss": val})
+                if main:
                     ckpt.prune_best(best.directory, best.max_keep)
-                self.logger.message(f"best checkpoint {path} (val_loss {val:.4f})")
+                self.logger.message(f"best checkpoint {best_path} (val_loss {val:.4f})")
         dist.barrier()
 
     def _save(self, directory, cache: dict, extra: dict | None = None):

@@ -88,6 +88,33 @@ def test_best_keeps_the_lowest_losses(tmp_path, small_config):
     assert len(ck.list_checkpoints(directory)) == 2
 
 
+def test_link_checkpoint_shares_files_and_outlives_its_source(tmp_path, small_config):
+    source = _save(tmp_path / "ckpts", 4, small_config, 3.0)
+    best = ck.link_checkpoint(source, tmp_path / "best", {"val_loss": 1.5})
+    assert best == tmp_path / "best" / "step-00000004"
+    for name in ck.read_manifest(source)["files"]:
+        assert (best / name).stat().st_ino == (source / name).stat().st_ino  # no second write
+    manifest = ck.verify_checkpoint(best)  # hashes re-checked against the shared bytes
+    assert manifest["val_loss"] == 1.5 and manifest["step"] == 4
+    assert "val_loss" not in ck.read_manifest(source)  # the source's manifest is untouched
+    assert [(loss, p.name) for loss, p in ck.best_checkpoints(tmp_path / "best")] == [
+        (1.5, "step-00000004")
+    ]
+    ck.rotate_checkpoints(tmp_path / "ckpts", 0)  # the regular checkpoint rotates away
+    assert not source.exists()
+    ck.verify_checkpoint(best)
+    state, _ = ck.load_model_state(best)
+    assert torch.equal(state["head.weight"], torch.full((4, 3), 3.0))
+
+
+def test_link_checkpoint_refuses_an_incomplete_source(tmp_path, small_config):
+    source = _save(tmp_path / "ckpts", 4, small_config)
+    (source / "manifest.json").unlink()
+    with pytest.raises(CheckpointError, match="incomplete"):
+        ck.link_checkpoint(source, tmp_path / "best")
+    assert not (tmp_path / "best").exists() or not any((tmp_path / "best").iterdir())
+
+
 def test_corrupted_newest_falls_back_with_warning(tmp_path, small_config, caplog):
     directory = tmp_path / "ckpts"
     _save(directory, 1, small_config)
