@@ -301,6 +301,12 @@ class CheckpointConfig(_Section):
     max_keep: int | None = Field(
         default=3, ge=1, description="Newest checkpoints kept; null = keep all."
     )
+    async_save: bool = Field(
+        default=True,
+        description="Write checkpoints in a background thread after a host copy of the state, "
+        "so training goes on during the write (needs host RAM for one checkpoint); FSDP "
+        "sharded checkpoints are always written synchronously.",
+    )
 
 
 class BestConfig(_Section):

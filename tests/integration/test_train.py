@@ -327,3 +327,45 @@ def test_total_epochs_sizes_the_schedule_and_checkpoints_per_epoch(tmp_path, cap
     saved = [p.name for p in (run_dir / "checkpoints").iterdir()]
     assert len(saved) == 2 and f"step-{total:08d}" in saved  # end of epoch 1 and the end
     assert sum("val_loss" in r for r in records) == 2
+
+
+def _nested_equal(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_nested_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(_nested_equal(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+def test_background_checkpoints_hold_the_state_of_their_step(corpus, tmp_path, monkeypatch):
+    """A checkpoint write that lags behind training (each job first sleeps while steps go on)
+    still saves its own step's weights, optimizer state, RNG and data position: the same bytes
+    as a synchronous save. It fails if the snapshot shares tensors with the live state."""
+    from lmstream.train import loop as loop_module
+    from lmstream.train.background import CheckpointWriter
+
+    class LaggingWriter(CheckpointWriter):
+        def submit(self, job):
+            def late() -> list[str]:
+                time.sleep(0.3)
+                return job()
+
+            return super().submit(late)
+
+    sync_dir, lag_dir = tmp_path / "sync", tmp_path / "lagging"
+    sync = tiny_config(corpus, **{"runtime.checkpoint.async_save": False})
+    assert train_in_process(write_run(sync_dir, sync)) == 0
+    monkeypatch.setattr(loop_module, "CheckpointWriter", LaggingWriter)
+    assert train_in_process(write_run(lag_dir, tiny_config(corpus))) == 0
+    for sub in ("checkpoints", "best"):
+        names = sorted(p.name for p in (sync_dir / sub).iterdir())
+        assert names and names == sorted(p.name for p in (lag_dir / sub).iterdir())
+        for name in names:
+            a, b = lag_dir / sub / name, sync_dir / sub / name
+            ck.verify_checkpoint(a)
+            assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
+            state_a = torch.load(a / "trainer_state.pt", weights_only=True)
+            state_b = torch.load(b / "trainer_state.pt", weights_only=True)
+            assert _nested_equal(state_a, state_b), f"{sub}/{name} differs"

@@ -173,7 +173,10 @@ def link_checkpoint(
                 os.link(source / name, target)
             except OSError:  # another filesystem, or links not supported: copy instead
                 shutil.copyfile(source / name, target)
-        return finish_checkpoint(tmp, final, step, extra_manifest, known_files=manifest["files"])
+        # The source's own keys (e.g. a sharded checkpoint's format and world_size) carry over.
+        extra = {k: v for k, v in manifest.items() if k not in ("step", "files")}
+        extra |= extra_manifest or {}
+        return finish_checkpoint(tmp, final, step, extra, known_files=manifest["files"])
     except Exception as exc:
         if not _is_write_failure(exc):
             raise

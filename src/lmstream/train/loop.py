@@ -22,6 +22,7 @@ from lmstream import distributed as dist
 from lmstream.errors import DataSourceError, LmstreamError
 from lmstream.train import checkpoint as ckpt
 from lmstream.train import faults
+from lmstream.train.background import CheckpointWriter, snapshot
 from lmstream.train.evaluate import evaluate
 from lmstream.train.metrics import Logger
 from lmstream.train.optim import set_lr
@@ -117,9 +118,18 @@ class Trainer:
         self.peak = peak_flops(self.device, self.cfg.runtime.peak_tflops)
         self._batches: Iterator | None = run.batches
         self._saved_step: int | None = None
+        # Sharded (FSDP) saves are collective and stay synchronous.
+        background = self.cfg.runtime.checkpoint.async_save and run.strategy != "fsdp"
+        self.writer = CheckpointWriter(background=background)
 
     # ---------------------------------------------------------------------------- the loop
     def fit(self) -> int:
+        try:
+            return self._fit()
+        finally:  # a checkpoint still being written lands before the run ends, however it ends
+            self._report(self.writer.close())
+
+    def _fit(self) -> int:
         run, rt, st = self.run, self.cfg.runtime, self.run.state
         accum = self.cfg.data.gradient_accumulation_steps
         total_epochs = self.cfg.scheduler.total_epochs
@@ -168,6 +178,7 @@ class Trainer:
                     clock = _Clock(time.perf_counter())
                 self.logger.advance(st.step)
                 self._after_step(last, epoch_ended, stopping=stopping)
+                self._report(self.writer.poll())  # a background write's result (or error)
                 if stopping:
                     self.logger.message(
                         f"stopped by {stop.name or 'a signal to another rank'} at step {st.step}; "
@@ -254,56 +265,93 @@ class Trainer:
         want_save = final or stopping or self._due(st.step, ck.every_n_steps)
         want_save |= epoch_ended and self._due(st.epoch, ck.every_n_epochs)
         val = self._evaluate() if want_eval and not stopping else None
-        cache: dict = {}
-        path = None
-        if want_save:
-            path = self._save(ck.directory, cache)
-            if self.run.env.is_main:
-                ckpt.rotate_checkpoints(ck.directory, ck.max_keep)
-            self.logger.message(f"saved checkpoint {path}")
-            self._saved_step = st.step
+        keep_best = False
         if val is not None and math.isfinite(val):
-            st.best_val_loss = val if st.best_val_loss is None else min(val, st.best_val_loss)
-            best = ev.best
+            self._report(self.writer.wait())  # earlier writes settled before best is judged
             main = self.run.env.is_main
-            keep = main and ckpt.qualifies_as_best(best.directory, val, best.max_keep)
-            if dist.broadcast_object(keep if main else None):
-                if path is not None:  # this step was just saved: link its files, no rewrite
-                    best_path = ckpt.checkpoint_name(st.step)
-                    if main:
-                        extra = {"val_loss": val}
-                        best_path = ckpt.link_checkpoint(path, best.directory, extra)
-                else:
-                    best_path = self._save(best.directory, cache, {"val_loss": val})
-                if main:
-                    ckpt.prune_best(best.directory, best.max_keep)
-                self.logger.message(f"best checkpoint {best_path} (val_loss {val:.4f})")
+            keep = main and ckpt.qualifies_as_best(ev.best.directory, val, ev.best.max_keep)
+            keep_best = bool(dist.broadcast_object(keep if main else None))
+        if want_save or keep_best:
+            if self.run.strategy == "fsdp":
+                self._save_sharded(want_save, keep_best, val)
+            else:
+                self._save_plain(want_save, keep_best, val)
+        if want_save:
+            self._saved_step = st.step
+        if val is not None and math.isfinite(val):  # after the snapshot, as the state was saved
+            st.best_val_loss = val if st.best_val_loss is None else min(val, st.best_val_loss)
         dist.barrier()
 
-    def _save(self, directory, cache: dict, extra: dict | None = None):
-        """Checkpoint into ``directory`` (collective: every rank calls it). FSDP: sharded, every
-        rank writing its part; otherwise the plain format, written by rank 0. ``cache`` keeps
-        the plain snapshot for a second save at the same step (the best-checkpoint keeper)."""
+    def _save_plain(self, want_save: bool, keep_best: bool, val: float | None) -> None:
+        """Single-file format: every rank joins the snapshot (RNG and data positions are
+        gathered), rank 0 writes it, in the background when runtime.checkpoint.async_save."""
         run, step = self.run, self.run.state.step
-        if run.strategy == "fsdp":
-            from lmstream.train.sharded import save_sharded_checkpoint
+        model_state = dist.full_model_state_dict(run.model)  # fresh host copies
+        trainer = self._trainer_state()
+        trainer["optimizer"] = optimizer_state(run.model, run.optimizer)
+        if not run.env.is_main:
+            return
+        if self.writer.background:  # the training thread goes on changing the live tensors
+            trainer = snapshot(trainer, clone_host_tensors=self.device.type == "cpu")
+        ck, best, cfg = self.cfg.runtime.checkpoint, self.cfg.runtime.evaluation.best, self.cfg
 
-            trainer = self._trainer_state()
+        def write() -> list[str]:
+            messages, path = [], None
+            if want_save:
+                path = ckpt.save_checkpoint(ck.directory, step, model_state, cfg, trainer)
+                ckpt.rotate_checkpoints(ck.directory, ck.max_keep)
+                messages.append(f"saved checkpoint {path}")
+            if keep_best:
+                extra = {"val_loss": val}
+                if path is not None:  # this step was just saved: link its files, no rewrite
+                    best_path = ckpt.link_checkpoint(path, best.directory, extra)
+                else:
+                    best_path = ckpt.save_checkpoint(
+                        best.directory, step, model_state, cfg, trainer, extra_manifest=extra
+                    )
+                ckpt.prune_best(best.directory, best.max_keep)
+                messages.append(f"best checkpoint {best_path} (val_loss {val:.4f})")
+            return messages
+
+        self._report(self.writer.submit(write))
+
+    def _save_sharded(self, want_save: bool, keep_best: bool, val: float | None) -> None:
+        """FSDP: every rank writes its shards (collective, synchronous)."""
+        from lmstream.train.sharded import save_sharded_checkpoint
+
+        run, step = self.run, self.run.state.step
+        ck, best, main = (
+            self.cfg.runtime.checkpoint,
+            self.cfg.runtime.evaluation.best,
+            run.env.is_main,
+        )
+
+        def save(directory, extra=None):
             return save_sharded_checkpoint(
-                directory, step, run.model, run.optimizer, self.cfg, trainer,
+                directory, step, run.model, run.optimizer, self.cfg, self._trainer_state(),
                 world_size=run.env.world_size, extra_manifest=extra,
             )  # fmt: skip
-        if "plain" not in cache:
-            model_state = dist.full_model_state_dict(run.model)
-            trainer = self._trainer_state()
-            trainer["optimizer"] = optimizer_state(run.model, run.optimizer)
-            cache["plain"] = (model_state, trainer)
-        if not run.env.is_main:
-            return ckpt.checkpoint_name(step)
-        model_state, trainer = cache["plain"]
-        return ckpt.save_checkpoint(
-            directory, step, model_state, self.cfg, trainer, extra_manifest=extra
-        )
+
+        path = None
+        if want_save:
+            path = save(ck.directory)
+            if main:
+                ckpt.rotate_checkpoints(ck.directory, ck.max_keep)
+            self.logger.message(f"saved checkpoint {path}")
+        if keep_best:
+            extra = {"val_loss": val}
+            if path is not None:  # this step was just saved: link its files, no rewrite
+                best_path = ckpt.link_checkpoint(path, best.directory, extra) if main else path
+                dist.barrier()
+            else:
+                best_path = save(best.directory, extra)
+            if main:
+                ckpt.prune_best(best.directory, best.max_keep)
+            self.logger.message(f"best checkpoint {best_path} (val_loss {val:.4f})")
+
+    def _report(self, messages: list[str]) -> None:
+        for text in messages:
+            self.logger.message(text)
 
     def _evaluate(self) -> float:
         if not self.run.val_batches:

@@ -107,6 +107,17 @@ def test_link_checkpoint_shares_files_and_outlives_its_source(tmp_path, small_co
     assert torch.equal(state["head.weight"], torch.full((4, 3), 3.0))
 
 
+def test_link_checkpoint_keeps_the_source_manifest_keys(tmp_path, small_config):
+    trainer = {"step": 3}
+    source = ck.save_checkpoint(
+        tmp_path / "ckpts", 3, _state(1.0), small_config, trainer,
+        extra_manifest={"format": "sharded", "world_size": 2},
+    )  # fmt: skip
+    manifest = ck.read_manifest(ck.link_checkpoint(source, tmp_path / "best", {"val_loss": 2.0}))
+    assert manifest["format"] == "sharded" and manifest["world_size"] == 2
+    assert manifest["val_loss"] == 2.0
+
+
 def test_link_checkpoint_refuses_an_incomplete_source(tmp_path, small_config):
     source = _save(tmp_path / "ckpts", 4, small_config)
     (source / "manifest.json").unlink()
