@@ -25,7 +25,7 @@ from tests.reliability.support import (
     train_in_process,
 )
 from tests.support.http_server import FAULT_KINDS, Faults, FileServer
-from tests.support.training import write_run
+from tests.support.training import apply_overrides, write_run
 
 from lmstream.data import sources
 from lmstream.train import checkpoint as ckpt
@@ -56,10 +56,7 @@ def streaming_run(run_dir: Path, corpus: Path, server: FileServer, **overrides) 
         corpus,
         **{"scheduler.total_steps": STEPS, "data.train_shards": []},
     )
-    for dotted, value in overrides.items():
-        section, key = dotted.split(".", 1)
-        cfg[section][key] = value
-    config = write_run(run_dir, cfg)
+    config = write_run(run_dir, apply_overrides(cfg, overrides))
     urls = [server.url(n) for n in names]
     (run_dir / "streaming_config.json").write_text(
         json.dumps({"dataset": urls[0], "data_files": urls, "split": "train"})
@@ -130,3 +127,43 @@ def test_source_down_beyond_retries_stops_cleanly_and_resumes(
         server.faults = Faults()  # the source is back
         assert train_in_process(config, "--resume") == 0
     assert_same_weights(run_dir, clean, STEPS)
+
+
+def test_source_down_mid_run_saves_the_progress_and_resumes_exactly(
+    corpus, served, tmp_path, fast_network, capsys
+):
+    """The source goes down for good when the stream rolls into its second epoch (its first
+    GET after the first pass), partway through an optimizer step's micro-batches. The run stops
+    with exit 3 but saves a checkpoint at its last step (not just the last periodic one), holding
+    the micro-batches the unfinished step already took; resuming once the source is back feeds
+    them first and ends exactly as the run that never failed."""
+    steps = 400  # the second epoch begins around step 310 (3 micro-batches per step)
+    overrides = {
+        "scheduler.total_steps": steps,
+        "data.gradient_accumulation_steps": 3,
+        "runtime.checkpoint.every_n_steps": 1000,  # no periodic checkpoint before the failure
+    }
+    with FileServer(served) as server:
+        clean_dir = tmp_path / "clean"
+        assert train_in_process(streaming_run(clean_dir, corpus, server, **overrides)) == 0
+        first_pass = 2 * FILES  # GETs of the validation scan and of the first training pass
+        assert sum(method == "GET" for method, *_ in server.requests) > first_pass
+    with FileServer(served) as server:
+        server.faults = Faults(kinds=("503",), on_requests=set(range(first_pass + 1, 10**6)))
+        run_dir = tmp_path / "run"
+        config = streaming_run(run_dir, corpus, server, **overrides)
+        capsys.readouterr()
+        assert train_in_process(config) == 3
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "read failed after 6 retries" in err[0], err
+        saved = ckpt.complete_checkpoints(run_dir / "checkpoints")
+        assert len(saved) == 1, saved
+        step = ckpt.read_manifest(saved[0])["step"]
+        assert 0 < step < steps and f"checkpoint saved at step {step}" in err[0]
+        assert losses(run_dir) == {s: v for s, v in losses(clean_dir).items() if s <= step}
+        pending = ckpt.load_trainer_state(saved[0])["pending"]
+        assert 0 < len(pending[0]) < 3  # taken mid-step: the case a plain resume would skip
+        server.faults = Faults()  # the source is back
+        assert train_in_process(config, "--resume") == 0
+    assert losses(run_dir) == losses(clean_dir)
+    assert_same_weights(run_dir, clean_dir, steps)

@@ -2,7 +2,9 @@
 checkpoints, and a graceful stop.
 
 The loop always ends with an evaluation and a checkpoint (nanochat's ``last_step`` pattern), and
-a SIGTERM/SIGINT checkpoints at the next step boundary. Checkpoints happen only at optimizer-step
+a SIGTERM/SIGINT checkpoints at the next step boundary, and a data source that fails beyond its
+retries checkpoints the steps done since the last save (with the micro-batches the unfinished
+step had already taken) before the run stops. Checkpoints happen only at optimizer-step
 boundaries, so no half-accumulated gradient has to be saved (DESIGN-NOTES section 3). The only
 host syncs per step are the one-bit non-finite check (the skip must be decided on the host);
 losses and norms cross to the host only at log steps.
@@ -118,6 +120,7 @@ class Trainer:
         self.peak = peak_flops(self.device, self.cfg.runtime.peak_tflops)
         self._batches: Iterator | None = run.batches
         self._saved_step: int | None = None
+        self._start = run.state.step  # 0, or the step resumed from (already on disk)
         # Sharded (FSDP) saves are collective and stay synchronous.
         background = self.cfg.runtime.checkpoint.async_save and run.strategy != "fsdp"
         self.writer = CheckpointWriter(background=background)
@@ -139,14 +142,18 @@ class Trainer:
         with StopRequest() as stop:
             while st.step < run.total_steps:
                 fetched = time.perf_counter()
-                micro = [self._next_batch() for _ in range(accum)]
+                micro, failure = self._fetch(accum)
                 clock.data_wait += time.perf_counter() - fetched
-                # Ranks agree on the epoch (their streams roll over at different batches) and on
-                # a stop signal (it reaches them at different moments): all then take the same
-                # branches below, so no rank waits in a collective that its peers skip.
-                epoch, stopping = dist.agree_max(
-                    [max(b.epoch for b in micro), stop.requested], self.device
+                # Ranks agree on the epoch (their streams roll over at different batches), on
+                # a stop signal (it reaches them at different moments) and on a failed source:
+                # all then take the same branches below, so no rank waits in a collective that
+                # its peers skip.
+                epoch, stopping, failed = dist.agree_max(
+                    [max((b.epoch for b in micro), default=0), stop.requested, failure is not None],
+                    self.device,
                 )
+                if failed:
+                    self._save_after_source_failure(micro, failure)
                 epoch, stopping = int(epoch), bool(stopping)
                 if total_epochs is not None and epoch >= total_epochs:
                     break  # the stream rolled into an epoch past the last one asked for
@@ -188,6 +195,39 @@ class Trainer:
                     return 0
         self._after_step(True, False)  # ended by epochs (or nothing to do): final eval and save
         return 0
+
+    def _fetch(self, accum: int) -> tuple[list, DataSourceError | None]:
+        """The step's micro-batches, or those fetched before the source failed and its error."""
+        micro: list = []
+        try:
+            for _ in range(accum):
+                micro.append(self._next_batch())
+        except DataSourceError as err:
+            return micro, err
+        return micro, None
+
+    def _save_after_source_failure(self, fetched: list, failure: DataSourceError | None) -> None:
+        """A source failed beyond its retries (on this rank or another): keep the steps done
+        since the last checkpoint, then stop. The micro-batches this step already took from the
+        loader go into the checkpoint (``pending``), so a resume feeds them first and continues
+        exactly as an uninterrupted run (the loader's saved position is after them)."""
+        st = self.run.state
+        progress = st.step > (self._saved_step if self._saved_step is not None else self._start)
+        if progress:
+            pending = [(b.inputs, b.targets, b.epoch) for b in fetched]
+            try:
+                self._save_plain_or_sharded(pending)
+                saved = f"; checkpoint saved at step {st.step}"
+            except LmstreamError as err:  # e.g. the disk is full too: say both
+                saved = f"; the checkpoint at step {st.step} failed too: {err}"
+        else:
+            saved = f"; no step since the checkpoint at step {st.step}"
+        if failure is not None:
+            raise type(failure)(f"{failure}{saved}") from None
+        raise DataSourceError(
+            f"another rank's data source failed (its message says which){saved}; fix the "
+            "source and continue with `lmstream train --config ... --resume`"
+        )
 
     def _next_batch(self):
         if self._batches is None:
@@ -276,18 +316,30 @@ class Trainer:
                 self._save_sharded(want_save, keep_best, val)
             else:
                 self._save_plain(want_save, keep_best, val)
+            self._report(self.writer.wait() if stopping else [])  # within the grace period
         if want_save:
             self._saved_step = st.step
         if val is not None and math.isfinite(val):  # after the snapshot, as the state was saved
             st.best_val_loss = val if st.best_val_loss is None else min(val, st.best_val_loss)
         dist.barrier()
 
-    def _save_plain(self, want_save: bool, keep_best: bool, val: float | None) -> None:
+    def _save_plain_or_sharded(self, pending: list) -> None:
+        """A checkpoint now (no best bookkeeping), written before returning."""
+        if self.run.strategy == "fsdp":
+            self._save_sharded(True, False, None, pending)
+        else:
+            self._save_plain(True, False, None, pending)
+        self._report(self.writer.wait())
+        self._saved_step = self.run.state.step
+
+    def _save_plain(
+        self, want_save: bool, keep_best: bool, val: float | None, pending: list | None = None
+    ) -> None:
         """Single-file format: every rank joins the snapshot (RNG and data positions are
         gathered), rank 0 writes it, in the background when runtime.checkpoint.async_save."""
         run, step = self.run, self.run.state.step
         model_state = dist.full_model_state_dict(run.model)  # fresh host copies
-        trainer = self._trainer_state()
+        trainer = self._trainer_state(pending)
         trainer["optimizer"] = optimizer_state(run.model, run.optimizer)
         if not run.env.is_main:
             return
@@ -315,7 +367,9 @@ class Trainer:
 
         self._report(self.writer.submit(write))
 
-    def _save_sharded(self, want_save: bool, keep_best: bool, val: float | None) -> None:
+    def _save_sharded(
+        self, want_save: bool, keep_best: bool, val: float | None, pending: list | None = None
+    ) -> None:
         """FSDP: every rank writes its shards (collective, synchronous)."""
         from lmstream.train.sharded import save_sharded_checkpoint
 
@@ -328,7 +382,7 @@ class Trainer:
 
         def save(directory, extra=None):
             return save_sharded_checkpoint(
-                directory, step, run.model, run.optimizer, self.cfg, self._trainer_state(),
+                directory, step, run.model, run.optimizer, self.cfg, self._trainer_state(pending),
                 world_size=run.env.world_size, extra_manifest=extra,
             )  # fmt: skip
 
@@ -362,11 +416,13 @@ class Trainer:
         self.logger.log(self.run.state.step, metrics)
         return metrics["val_loss"]
 
-    def _trainer_state(self) -> dict:
+    def _trainer_state(self, pending: list | None = None) -> dict:
         """Everything but the weights and optimizer; collective (each rank's RNG and data
-        position are gathered: one entry per rank), so every rank calls it."""
+        position are gathered: one entry per rank), so every rank calls it. ``pending``: this
+        rank's micro-batches taken from the loader for a step not yet done (a source failed)."""
         run = self.run
-        return {
+        extra = {"pending": dist.gather_objects(pending)} if pending is not None else {}
+        return extra | {
             "state": run.state.to_dict(),
             "scaler": run.precision.scaler.state_dict() if run.precision.scaler else None,
             "rng": dist.gather_objects(capture_rng()),

@@ -233,5 +233,11 @@ def _restore(run: Run, path: Path, trainer: dict) -> None:
     run.state = TrainState.from_dict(trainer["state"])
     run.loader.load_state_dict(trainer["data"][run.env.rank])
     run.batches = _primed(run.loader)
+    pending = trainer.get("pending")  # micro-batches taken before a source failed: first
+    if pending and pending[run.env.rank]:
+        from lmstream.data.packing import Batch
+
+        first = [Batch(x, y, int(epoch)) for x, y, epoch in pending[run.env.rank]]
+        run.batches = itertools.chain(first, run.batches)
     restore_rng(trainer["rng"][run.env.rank])  # last: nothing may draw from the RNG after this
     run.resumed_from = path
