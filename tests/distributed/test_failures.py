@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 from tests.distributed.support import metrics, run_job, start_job, tiny_config, wait_for_step
+from tests.support.http_server import Faults, FileServer
 from tests.support.training import write_run
 
+from lmstream.data import sources
 from lmstream.train import checkpoint as ckpt
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
@@ -131,3 +133,61 @@ def test_sigterm_checkpoints_the_same_step_on_every_rank(corpus, tmp_path, paral
     assert [d["rank"] for d in trainer["data"]] == [0, 1]
     manifest = json.loads((folder / ckpt.MANIFEST_FILE).read_text())
     assert manifest["step"] == last
+
+
+# FSDP's variant (sharded save with pending batches) adds ~1.5 min: with the heavy ones.
+@pytest.mark.parametrize("parallelism", ["ddp", pytest.param("fsdp", marks=pytest.mark.heavy)])
+def test_source_down_mid_run_checkpoints_every_rank_and_resumes_exactly(
+    corpus, tmp_path, monkeypatch, parallelism
+):
+    """The streaming source goes down for good once the first pass over its files is done:
+    whichever rank fails first, every rank learns it in the per-step flag all-reduce, they save
+    one checkpoint together at their last step (each rank's unfinished micro-batches included)
+    and the job ends; resumed once the source is back, the job ends as the one that never
+    failed, loss for loss and weight for weight."""
+    monkeypatch.setenv(sources.READ_TIMEOUT_ENV, "1")
+    monkeypatch.setenv(sources.RETRY_DELAY_ENV, "0.02")
+    monkeypatch.setenv(sources.MAX_RETRY_DELAY_ENV, "0.1")
+    monkeypatch.setenv(sources.MAX_RETRIES_ENV, "2")
+    lines = (corpus / "train.jsonl").read_bytes().splitlines(keepends=True)
+    files = {f"part-{k}.jsonl": b"".join(lines[k::4]) for k in range(4)}
+    steps = 300  # the second pass over the files begins around step 200
+
+    def streaming_job(run_dir: Path, server: FileServer) -> Path:
+        cfg = tiny_config(corpus, **{"scheduler.total_steps": steps, "data.train_shards": []})
+        cfg["runtime"].update(parallelism=parallelism, checkpoint={"every_n_steps": 1000})
+        cfg["runtime"]["evaluation"]["every_n_steps"] = None
+        config = write_run(run_dir, cfg)
+        urls = [server.url(name) for name in files]
+        streaming = {"dataset": urls[0], "data_files": urls, "split": "train"}
+        (run_dir / "streaming_config.json").write_text(json.dumps(streaming))
+        return config
+
+    with FileServer(files) as server:
+        clean = tmp_path / "clean"
+        assert run_job("train", "--config", str(streaming_job(clean, server))).returncode == 0
+    with FileServer(files) as server:
+        run_dir = tmp_path / "run"
+        config = streaming_job(run_dir, server)
+        proc = start_job("train", "--config", str(config))
+        wait_for_step(run_dir, proc, 10)  # the first pass is open: its files are being read
+        server.faults = Faults(kinds=("503",), rate=1.0)  # down from now on
+        out, _ = finish(proc, time.monotonic())
+        assert proc.returncode != 0, out
+        found = re.search(r"checkpoint saved at step (\d+)", out)
+        assert found and "read failed after 2 retries" in out, out
+        step = int(found.group(1))
+        assert 10 <= step < steps
+        folder = ckpt.resolve_checkpoint(run_dir / "checkpoints", check_hashes=True)
+        assert folder.name == ckpt.checkpoint_name(step)
+        trainer = ckpt.load_trainer_state(folder)
+        assert len(trainer["pending"]) == 2  # one list of taken micro-batches per rank
+        server.faults = Faults()  # the source is back
+        resumed = run_job("train", "--config", str(config), "--resume")
+        assert resumed.returncode == 0, resumed.stdout
+    assert metrics(run_dir) == metrics(clean)
+    last = ckpt.checkpoint_name(steps)
+    for name in ("model.safetensors",) if parallelism == "ddp" else ():
+        assert (run_dir / "checkpoints" / last / name).read_bytes() == (
+            clean / "checkpoints" / last / name
+        ).read_bytes()
