@@ -1,21 +1,26 @@
 """The whole `lmstream train` loop against the bare training step of the same model and batch.
 
     python bench/bench_loop_overhead.py [--quick] [--record] [--steps 100] [--reps 2]
+        [--num-workers 1] [--every 50]
 
 Loop: the real CLI (``python -m lmstream train --config ...``, a subprocess) on the KJV corpus
 (installed with lmstream, as JSON lines) with an 8,000-token BPE trained on it, the
 bench_train_step model shape (hidden 256, 4 layers, 8 heads / 4 kv, SwiGLU, RMSNorm), sequence
-256, batch 8, a DataLoader worker tokenizing in the background, stdout + JSONL + TensorBoard
-logging every 10 steps, evaluation and a checkpoint (model + AdamW state, atomic, rotated) every
-50 steps. Two runs that differ only in length (20 and 100 steps) are timed, by wall clock and by
-CPU time (user + system of the run and its worker); their difference is the cost of 80 steps
-with their share of logging, one evaluation and one checkpoint, without start-up.
+256, batch 8, a DataLoader worker tokenizing in the background (``--num-workers``; 0 tokenizes
+in the training process), stdout + JSONL + TensorBoard logging every 10 steps, evaluation and a
+checkpoint (model + AdamW state, atomic, rotated) every 50 steps (``--every``; 100 or more
+leaves only the final ones, which cancel). Two runs that differ only in length (20 and 100
+steps) are timed, by wall clock and by CPU time (user + system of the run and its worker);
+their difference is the cost of 80 steps with their share of logging, one evaluation and one
+checkpoint, without start-up.
 
 Bare step: the loop's own step functions (``train.loop.forward_backward`` and
 ``optimizer_step``) on one fixed batch held in memory, same model and optimizer config, timed in
 a fresh process before and after each pair of runs. Overhead = 1 - loop tokens/s / bare tokens/s
 (goal: < 5%), judged on CPU time because wall time on a shared machine mostly measures the
-neighbours.
+neighbours. Thread settings (``OMP_NUM_THREADS``, ``OMP_WAIT_POLICY``, ...) set in the environment
+reach both sides; the saved result also splits the CPU time into user and system and counts
+context switches, per run.
 """
 
 from __future__ import annotations
@@ -48,9 +53,9 @@ GOAL_OVERHEAD = 0.05
 # Two runs that differ only in length (``short`` and ``steps`` optimizer steps): the difference
 # cancels start-up (imports, tokenizer, validation set, DataLoader spin-up) and the final
 # evaluation and save, leaving the steps plus periodic logging, evaluation and checkpointing.
-FULL = {"steps": 100, "short": 20, "log": 10, "every": 50, "eval_batches": 2}
+FULL = {"steps": 100, "short": 20, "log": 10, "every": 50, "eval_batches": 2, "num_workers": 1}
 FULL |= {"vocab": 8000, "hidden": 256, "layers": 4, "docs": None}
-QUICK = {"steps": 8, "short": 4, "log": 2, "every": 4, "eval_batches": 2}
+QUICK = {"steps": 8, "short": 4, "log": 2, "every": 4, "eval_batches": 2, "num_workers": 1}
 QUICK |= {"vocab": 300, "hidden": 32, "layers": 1, "docs": 300}
 
 
@@ -90,7 +95,7 @@ def write_config(
             "train_shards": [str(root / "train.jsonl")],
             "batch_size": batch,
             "sequence_length": seq,
-            "num_workers": 1,
+            "num_workers": p["num_workers"],
             "shuffle_buffer_size": 256,
             "validation_documents": 100,
         },
@@ -135,6 +140,16 @@ def bare_step(cfg: TrainingConfig, vocab: int):
     return step
 
 
+def _usage(who: int) -> dict:
+    """CPU seconds (user, system) and context switches so far of ``who`` (a RUSAGE_* constant)."""
+    u = resource.getrusage(who)
+    return {"user_s": u.ru_utime, "sys_s": u.ru_stime, "vcsw": u.ru_nvcsw, "ivcsw": u.ru_nivcsw}
+
+
+def _usage_delta(before: dict, after: dict) -> dict:
+    return {k: after[k] - before[k] for k in before}
+
+
 def bare_child(config: Path, vocab: int, steps: int) -> dict:
     """In a fresh process: tokens/s (wall, median step) and tokens per CPU-second of the bare step."""
     from lmstream.commands.train import tune_malloc
@@ -146,11 +161,12 @@ def bare_child(config: Path, vocab: int, steps: int) -> dict:
     cfg = load_training_config(config)
     step, tokens = bare_step(cfg, vocab), cfg.data.batch_size * cfg.data.sequence_length
     time_steps(step, steps=0, warmup=2)
-    cpu = time.process_time()
+    cpu, usage = time.process_time(), _usage(resource.RUSAGE_SELF)
     wall = median(time_steps(step, steps=steps, warmup=0))
     return {
         "tokens_per_s": tokens / wall,
         "tokens_per_cpu_s": tokens * steps / (time.process_time() - cpu),
+        "usage": _usage_delta(usage, _usage(resource.RUSAGE_SELF)),
     }
 
 
@@ -161,7 +177,7 @@ def run_loop(config: Path) -> dict:
     metrics.unlink(missing_ok=True)
     for old in ("checkpoints", "best"):
         subprocess.run(["rm", "-rf", str(config.parent / old)], check=True)
-    cpu_before = _children_cpu_s()
+    cpu_before, usage = _children_cpu_s(), _usage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     out = subprocess.run(
         [sys.executable, "-m", "lmstream", "train", "--config", str(config)],
@@ -169,10 +185,11 @@ def run_loop(config: Path) -> dict:
     )  # fmt: skip
     wall = time.perf_counter() - start
     cpu = _children_cpu_s() - cpu_before
+    usage = _usage_delta(usage, _usage(resource.RUSAGE_CHILDREN))
     if out.returncode != 0:
         raise SystemExit(f"bench_loop_overhead: lmstream train failed:\n{out.stderr[-2000:]}")
     records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    return {"wall_s": wall, "cpu_s": cpu, **loop_throughput(records)}
+    return {"wall_s": wall, "cpu_s": cpu, "usage": usage, **loop_throughput(records)}
 
 
 def _children_cpu_s() -> float:
@@ -204,7 +221,7 @@ def run(params: dict, seq: int, batch: int, reps: int, bare_steps: int, workdir:
 
     vocab = load_tokenizer(tokenizer_json).get_vocab_size()
     tokens = batch * seq
-    bare, bare_cpu, loops = [], [], []
+    bare, bare_cpu, bare_usage, loops = [], [], [], []
 
     def measure_bare() -> None:
         # A fresh process, like the loop's: measured in this process (which trained the BPE
@@ -214,6 +231,7 @@ def run(params: dict, seq: int, batch: int, reps: int, bare_steps: int, workdir:
         child = json.loads(out.stdout.strip().splitlines()[-1])
         bare.append(child["tokens_per_s"])
         bare_cpu.append(child["tokens_per_cpu_s"])
+        bare_usage.append(child["usage"])
 
     for _ in range(reps):  # bare, short loop, long loop, bare, ...
         measure_bare()
@@ -232,14 +250,39 @@ def run(params: dict, seq: int, batch: int, reps: int, bare_steps: int, workdir:
         "overhead": 1.0 - loop_tps / median(bare),
         "bare_tokens_per_cpu_s": median(bare_cpu), "loop_tokens_per_cpu_s": loop_cpu,
         "overhead_cpu": 1.0 - loop_cpu / median(bare_cpu),
-        "bare_runs": bare, "bare_cpu_runs": bare_cpu, "loop_runs": loops,
+        "bare_runs": bare, "bare_cpu_runs": bare_cpu, "bare_usage": bare_usage,
+        "loop_runs": loops, "threads": thread_settings(),
     }  # fmt: skip
+
+
+def thread_settings() -> dict:
+    """The environment variables that set the threads of both sides (only those set)."""
+    names = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MKL_NUM_THREADS")
+    return {name: os.environ[name] for name in names if name in os.environ}
+
+
+def periodic_in_difference(p: dict) -> int:
+    """Evaluations (and checkpoints) the long run makes beyond the short one's: the periodic ones
+    at steps short..steps-1 (one at the final step is the final one, which both runs make)."""
+    return sum(1 for s in range(p["short"], p["steps"]) if s % p["every"] == 0)
+
+
+def workers_text(num_workers: int) -> str:
+    if num_workers == 0:
+        return "no DataLoader worker (tokenizing in the training process)"
+    return f"{num_workers} DataLoader worker{'s' if num_workers > 1 else ''}"
 
 
 def report(result: dict, command: str) -> str:
     p, loops = result["params"], result["loop_runs"]
     ok = "yes" if result["overhead_cpu"] < GOAL_OVERHEAD else "no"
-    diff = p["steps"] - p["short"]
+    diff, periodic = p["steps"] - p["short"], periodic_in_difference(p)
+    between = {
+        0: "no periodic evaluation or checkpoint",
+        1: "one periodic evaluation and checkpoint",
+    }
+    between = between.get(periodic, f"{periodic} periodic evaluations and checkpoints")
+    threads = ", ".join(f"{k}={v}" for k, v in result.get("threads", {}).items())
     return "\n".join(
         [
             "## Training loop overhead: `lmstream train` vs the bare step (CPU, fp32)",
@@ -250,11 +293,14 @@ def report(result: dict, command: str) -> str:
             f"- Model: hidden {p['hidden']}, {p['layers']} layers, SwiGLU/RMSNorm, vocabulary "
             f"{result['vocab']}; sequence {result['seq']}, batch {result['batch']}; logging every "
             f"{p['log']} steps (stdout, JSONL, TensorBoard), evaluation ({p['eval_batches']} batches) "
-            f"and checkpoint (model + AdamW, atomic, rotated) every {p['every']}, 1 DataLoader worker "
+            f"and checkpoint (model + AdamW, atomic, rotated) every {p['every']}, "
+            f"{workers_text(p['num_workers'])}"
+            + (f", {threads} (both sides)" if threads else "")
+            + " "
             "(the seed logs every 50, checkpoints every 1500, evaluates every 4500: these intervals "
             "are far more frequent, so the overhead is an upper bound)",
             f"- Loop: runs of {p['steps']} and {p['short']} steps through the real CLI; their "
-            f"difference ({diff} steps with one periodic evaluation and checkpoint) cancels start-up "
+            f"difference ({diff} steps with {between}) cancels start-up "
             f"and the final evaluation/save. {len(loops)} pair(s); bare step (the loop's own "
             "forward_backward + optimizer_step on a batch in memory) measured before and after each",
             "- Wall time is disturbed by other jobs on the shared cores; CPU time (user + system "
@@ -280,6 +326,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--reps", type=int, default=2, help="pairs of loop runs (bare step around each)"
     )
+    ap.add_argument(
+        "--num-workers",
+        type=int,
+        default=FULL["num_workers"],
+        help="data.num_workers of the loop (0: tokenize in the training process)",
+    )
+    ap.add_argument(
+        "--every",
+        type=int,
+        default=FULL["every"],
+        help="evaluation and checkpoint interval in steps (>= --steps: only the final ones)",
+    )
     ap.add_argument("--record", action="store_true", help="write the section in BENCHMARKS.md")
     ap.add_argument("--bare-child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -287,7 +345,10 @@ def main(argv: list[str] | None = None) -> int:
         config, vocab, steps = args.bare_child
         print(json.dumps(bare_child(Path(config), int(vocab), int(steps))))
         return 0
-    params = dict(QUICK) if args.quick else {**FULL, "steps": args.steps}
+    if args.num_workers < 0 or args.every < 1:
+        ap.error("--num-workers must be >= 0 and --every >= 1")
+    params = dict(QUICK) if args.quick else {**FULL, "steps": args.steps, "every": args.every}
+    params["num_workers"] = args.num_workers
     seq, batch = (32, 2) if args.quick else (256, 8)
     reps, bare_steps = (1, 2) if args.quick else (args.reps, 10)
     with tempfile.TemporaryDirectory(prefix="lmstream-bench-loop-") as tmp:

@@ -189,6 +189,37 @@ def test_loop_throughput_skips_the_warmup_interval():
     assert out["evaluations"] == 1
 
 
+def test_loop_overhead_workers_and_interval_options(tmp_path, monkeypatch):
+    lo = load("bench_loop_overhead")
+    assert lo.FULL["num_workers"] == 1 and lo.FULL["every"] == 50  # the recorded defaults
+    params = {**lo.FULL, "num_workers": 0, "every": 1000}
+    config = lo.write_config(tmp_path, tmp_path / "tok.json", params, seq=16, batch=2)
+    cfg = lo.yaml.safe_load(config.read_text())
+    assert cfg["data"]["num_workers"] == 0
+    assert cfg["runtime"]["checkpoint"]["every_n_steps"] == 1000
+    assert cfg["runtime"]["evaluation"]["every_n_steps"] == 1000
+    # the long run's extra evaluations: the one at 50 (100 is the final one both runs make)
+    assert lo.periodic_in_difference(lo.FULL) == 1 and lo.periodic_in_difference(params) == 0
+    assert lo.periodic_in_difference({**lo.FULL, "every": 20}) == 4  # 20, 40, 60, 80
+    assert lo.periodic_in_difference(lo.QUICK) == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    result = {
+        "params": params, "seq": 256, "batch": 8, "vocab": 8000, "loop_runs": [{}, {}],
+        "bare_tokens_per_cpu_s": 1000.0, "loop_tokens_per_cpu_s": 990.0, "overhead_cpu": 0.01,
+        "bare_tokens_per_s": 2000.0, "loop_tokens_per_s": 1900.0, "overhead": 0.05,
+        "threads": lo.thread_settings(),
+    }  # fmt: skip
+    text = lo.report(result, "python bench/bench_loop_overhead.py --num-workers 0")
+    assert "every 1000, no DataLoader worker" in text and "OMP_NUM_THREADS=1" in text
+    assert "no periodic evaluation or checkpoint" in text and "| 1.0% | yes |" in text
+    one = lo.report({**result, "params": lo.FULL, "threads": {}}, "cmd")
+    assert "every 50, 1 DataLoader worker (the seed" in one
+    assert "one periodic evaluation and checkpoint" in one
+    with pytest.raises(SystemExit):
+        lo.main(["--num-workers", "-1"])
+
+
 def test_train_step_profile_table_lists_matmuls():
     b = load("bench_train_step")
     tiny = b.Shape(
