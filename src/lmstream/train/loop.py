@@ -316,7 +316,8 @@ class Trainer:
                 self._save_sharded(want_save, keep_best, val)
             else:
                 self._save_plain(want_save, keep_best, val)
-            self._report(self.writer.wait() if stopping else [])  # within the grace period
+            if stopping:  # written within the grace period, reported before the stop message
+                self._report(self.writer.wait())
         if want_save:
             self._saved_step = st.step
         if val is not None and math.isfinite(val):  # after the snapshot, as the state was saved
@@ -345,27 +346,15 @@ class Trainer:
             return
         if self.writer.background:  # the training thread goes on changing the live tensors
             trainer = snapshot(trainer, clone_host_tensors=self.device.type == "cpu")
-        ck, best, cfg = self.cfg.runtime.checkpoint, self.cfg.runtime.evaluation.best, self.cfg
 
-        def write() -> list[str]:
-            messages, path = [], None
-            if want_save:
-                path = ckpt.save_checkpoint(ck.directory, step, model_state, cfg, trainer)
-                ckpt.rotate_checkpoints(ck.directory, ck.max_keep)
-                messages.append(f"saved checkpoint {path}")
-            if keep_best:
-                extra = {"val_loss": val}
-                if path is not None:  # this step was just saved: link its files, no rewrite
-                    best_path = ckpt.link_checkpoint(path, best.directory, extra)
-                else:
-                    best_path = ckpt.save_checkpoint(
-                        best.directory, step, model_state, cfg, trainer, extra_manifest=extra
-                    )
-                ckpt.prune_best(best.directory, best.max_keep)
-                messages.append(f"best checkpoint {best_path} (val_loss {val:.4f})")
-            return messages
+        def save(directory, extra=None):
+            return ckpt.save_checkpoint(
+                directory, step, model_state, self.cfg, trainer, extra_manifest=extra
+            )
 
-        self._report(self.writer.submit(write))
+        self._report(
+            self.writer.submit(lambda: self._save_and_keep(save, want_save, keep_best, val, True))
+        )
 
     def _save_sharded(
         self, want_save: bool, keep_best: bool, val: float | None, pending: list | None = None
@@ -374,11 +363,6 @@ class Trainer:
         from lmstream.train.sharded import save_sharded_checkpoint
 
         run, step = self.run, self.run.state.step
-        ck, best, main = (
-            self.cfg.runtime.checkpoint,
-            self.cfg.runtime.evaluation.best,
-            run.env.is_main,
-        )
 
         def save(directory, extra=None):
             return save_sharded_checkpoint(
@@ -386,22 +370,33 @@ class Trainer:
                 world_size=run.env.world_size, extra_manifest=extra,
             )  # fmt: skip
 
-        path = None
+        self._report(self._save_and_keep(save, want_save, keep_best, val, run.env.is_main))
+
+    def _save_and_keep(
+        self, save, want_save: bool, keep_best: bool, val: float | None, main: bool
+    ) -> list[str]:
+        """The checkpoint (then rotation) and the best copy (then pruning) of one step, through
+        ``save(directory, extra_manifest)``; the folder operations on the main rank only.
+        Returns the messages for the run's log."""
+        ck, best = self.cfg.runtime.checkpoint, self.cfg.runtime.evaluation.best
+        messages, path = [], None
         if want_save:
             path = save(ck.directory)
             if main:
                 ckpt.rotate_checkpoints(ck.directory, ck.max_keep)
-            self.logger.message(f"saved checkpoint {path}")
+            messages.append(f"saved checkpoint {path}")
         if keep_best:
             extra = {"val_loss": val}
-            if path is not None:  # this step was just saved: link its files, no rewrite
-                best_path = ckpt.link_checkpoint(path, best.directory, extra) if main else path
-                dist.barrier()
-            else:
+            if path is None:
                 best_path = save(best.directory, extra)
+            elif main:  # this step was just saved: link its files, no rewrite
+                best_path = ckpt.link_checkpoint(path, best.directory, extra)
+            else:
+                best_path = path
             if main:
                 ckpt.prune_best(best.directory, best.max_keep)
-            self.logger.message(f"best checkpoint {best_path} (val_loss {val:.4f})")
+            messages.append(f"best checkpoint {best_path} (val_loss {val:.4f})")
+        return messages
 
     def _report(self, messages: list[str]) -> None:
         for text in messages:
