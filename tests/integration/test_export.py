@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer
 
 from lmstream.cli import main
 from lmstream.config import ModelConfig, parse_training_config
@@ -15,6 +15,7 @@ from lmstream.errors import ConfigError
 from lmstream.export import TOLERANCE, choose_architecture, export_model, verify_export
 from lmstream.generate import generate_tokens
 from lmstream.model.transformer import Transformer
+from lmstream.tokenizer import train_bpe
 from lmstream.train.checkpoint import save_checkpoint
 
 transformers = pytest.importorskip("transformers")
@@ -23,18 +24,9 @@ VOCAB = 300
 
 
 def _tokenizer() -> Tokenizer:
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB,
-        special_tokens=["<|endoftext|>", "<|pad|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
     words = ["the", "word", "was", "in", "beginning", "light", "and", "darkness", "day"]
     sentences = [" ".join(p) + "." for p in itertools.permutations(words, 4)][:400]
-    tok.train_from_iterator(sentences, trainer)
-    return tok
+    return train_bpe(sentences, VOCAB, ["<|endoftext|>", "<|pad|>"])
 
 
 def _model(**overrides) -> Transformer:

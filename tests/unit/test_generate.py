@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer
 
 from lmstream.config import ModelConfig, parse_training_config
 from lmstream.errors import CheckpointError, ConfigError
@@ -20,6 +20,7 @@ from lmstream.generate import (
     stream_text,
 )
 from lmstream.model.transformer import Transformer
+from lmstream.tokenizer import train_bpe
 from lmstream.train.checkpoint import save_checkpoint
 
 SENTENCES = [
@@ -34,15 +35,7 @@ SENTENCES = [
 
 
 def _tokenizer() -> Tokenizer:
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=["<|endoftext|>", "<|pad|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(SENTENCES * 3, trainer)
+    tok = train_bpe(SENTENCES * 3, 300, ["<|endoftext|>", "<|pad|>"])
     return tok
 
 

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer
 
 from lmstream.config import StreamingConfig, dump_streaming_config, parse_training_config
 from lmstream.data.documents import TextSource
@@ -30,6 +30,7 @@ from lmstream.data.sources import SourceSpec
 from lmstream.data.token_shards import TokenShards, write_token_shards
 from lmstream.data.validation import load_validation_set
 from lmstream.errors import CheckpointError, ConfigError, DataSourceError, LmstreamError
+from lmstream.tokenizer import train_bpe
 
 WORDS = ["alpha", "beta", "gamma", "delta", "river", "stone", "light", "shadow", "north", "south"]
 
@@ -59,15 +60,7 @@ def _write_parquet(folder: Path, texts: list[str], files: int = 4) -> list[str]:
 
 @pytest.fixture(scope="module")
 def tokenizer() -> Tokenizer:
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=["<|endoftext|>", "<|pad|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(_corpus(300), trainer)
+    tok = train_bpe(_corpus(300), 400, ["<|endoftext|>", "<|pad|>"])
     return tok
 
 

@@ -12,27 +12,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer
 
 from lmstream.config import StreamingConfig, dump_streaming_config, parse_training_config
 from lmstream.data.documents import TextSource, resolve_plan
 from lmstream.data.loader import build_train_loader
+from lmstream.tokenizer import train_bpe
 
 TEXTS = [f"doc{i:04d} " + " ".join(["river", "stone", "light"][: 1 + i % 3]) for i in range(40)]
 
 
 @pytest.fixture(scope="module")
 def tokenizer() -> Tokenizer:
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=["<|endoftext|>", "<|pad|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(TEXTS, trainer)
-    return tok
+    return train_bpe(TEXTS, 300, ["<|endoftext|>", "<|pad|>"])
 
 
 def _run(tmp_path: Path, tokenizer: Tokenizer, **streaming):
