@@ -328,6 +328,39 @@ class EvaluationConfig(_Section):
         default=32, ge=1, description="Fixed validation batches per evaluation."
     )
     best: BestConfig = Field(default_factory=BestConfig)
+    tasks: list[str] = Field(
+        default_factory=list,
+        description="lm-evaluation-harness tasks run at each evaluation on rank 0 (the `eval` "
+        "extra), logged as eval/TASK/METRIC; [] = none.",
+    )
+    tasks_limit: int | None = Field(
+        default=None, ge=1, description="Examples per harness task at each evaluation; null = all."
+    )
+    tasks_include_path: ResolvedPath | None = Field(
+        default=None, description="Folder of local harness task YAMLs (--include-path)."
+    )
+
+
+class WandbConfig(_Section):
+    """Weights & Biases (the `wandb` extra)."""
+
+    project: str = Field(description="W&B project the run logs to.")
+    entity: str | None = Field(
+        default=None, description="W&B team or user; null = the API key's default entity."
+    )
+    name: str | None = Field(default=None, description="Run name; null = W&B picks one.")
+    mode: Literal["online", "offline"] = Field(
+        default="online",
+        description="online = stream to the W&B server; offline = files under WANDB_DIR to "
+        "upload later with `wandb sync`.",
+    )
+
+
+class TrackioConfig(_Section):
+    """Trackio, Hugging Face's local-first tracker (the `trackio` extra)."""
+
+    project: str = Field(description="Trackio project (a local database under TRACKIO_DIR).")
+    name: str | None = Field(default=None, description="Run name; null = Trackio picks one.")
 
 
 class LoggingConfig(_Section):
@@ -340,6 +373,12 @@ class LoggingConfig(_Section):
     )
     metrics_jsonl: ResolvedPath | None = Field(
         default=None, description="JSON-lines metrics file; null = RUN_DIR/metrics.jsonl."
+    )
+    wandb: WandbConfig | None = Field(
+        default=None, description="Log to Weights & Biases (rank 0); null = off."
+    )
+    trackio: TrackioConfig | None = Field(
+        default=None, description="Log to Trackio (rank 0); null = off."
     )
 
 

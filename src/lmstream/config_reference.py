@@ -60,9 +60,11 @@ def _rows(model: type[BaseModel], prefix: str) -> list[str]:
             rows.extend(_rows(nested, f"{prefix}{name}."))
             continue
         doc = (field.description or "").replace("|", "\\|")
-        rows.append(
-            f"| `{prefix}{name}` | {_type_name(field.annotation)} | {_default(field)} | {doc} |"
-        )
+        optional = [a for a in typing.get_args(field.annotation) if _nested_model(a)]
+        kind = "section \\| null" if optional else _type_name(field.annotation)
+        rows.append(f"| `{prefix}{name}` | {kind} | {_default(field)} | {doc} |")
+        if optional:  # an optional section (e.g. runtime.logging.wandb): list its fields too
+            rows.extend(_rows(optional[0], f"{prefix}{name}."))
     return rows
 
 

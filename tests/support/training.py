@@ -42,3 +42,37 @@ def write_run(run_dir: Path, cfg: dict) -> Path:
     path = run_dir / "training.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+def tiny_training_config(corpus: Path, total_steps: int, **overrides) -> dict:
+    """A config dict for a seconds-long CPU run on ``write_kjv_corpus``'s corpus: a 2-layer
+    64-wide model, batches of 4 x 32 tokens, evaluation and checkpoint at the end;
+    ``overrides`` are dotted keys (see apply_overrides)."""
+    cfg = {
+        "model": {
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_layers": 2,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 64,
+        },
+        "tokenizer": {"tokenizer_json": str(corpus / "tok" / "tokenizer.json")},
+        "data": {
+            "train_shards": [str(corpus / "train.jsonl")],
+            "batch_size": 4,
+            "sequence_length": 32,
+            "validation_documents": 10,
+            "shuffle_buffer_size": 32,
+            "num_workers": 0,
+        },
+        "optimizer": {"learning_rate": 3.0e-3},
+        "scheduler": {"warmup_steps": 1, "total_steps": total_steps},
+        "runtime": {
+            "seed": 7,
+            "device": "cpu",
+            "log_every_n_steps": 1,
+            "checkpoint": {"async_save": False},
+            "evaluation": {"max_batches": 2},
+        },
+    }
+    return apply_overrides(cfg, overrides)

@@ -210,6 +210,7 @@ def _train(cfg: TrainingConfig, run_dir: Path, resume: str | None, env) -> int:
             rank=env.rank,
             total_steps=run.total_steps,
             resume_step=run.state.step if resumed else None,
+            tracker_state=run.tracker_state,
         )
         logger.message(describe_parallelism(run))
         if notice:
@@ -245,6 +246,9 @@ def run(args: argparse.Namespace) -> int:
         print(dump_training_config(cfg), end="")
         print(describe_plan(cfg))
         return 0
+    from lmstream.trackers import require_extras
+
+    require_extras(cfg)  # a missing tracker package fails now, not after the data is ready
     if not cfg.tokenizer.tokenizer_json.is_file():
         raise LmstreamError(
             f"tokenizer.tokenizer_json: {cfg.tokenizer.tokenizer_json} not found; "

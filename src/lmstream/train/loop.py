@@ -424,4 +424,5 @@ class Trainer:
             "data": dist.gather_objects(run.loader.state_dict()),
             "world_size": run.env.world_size,
             "total_steps": run.total_steps,
+            "trackers": self.logger.state_dict(),  # rank 0's W&B run id, for --resume
         }

@@ -34,6 +34,10 @@ class Logger:
     def close(self) -> None:
         pass
 
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps so a resumed run continues the same tracker run (run ids)."""
+        return {}
+
 
 def format_metrics(step: int, total_steps: int | None, metrics: dict[str, float]) -> str:
     """One human-readable line, e.g. ``step 50/300 | loss 3.2101 | lr 1.80e-04 | ...``."""
@@ -190,6 +194,9 @@ class MultiLogger(Logger):
         for logger in self.loggers:
             logger.close()
 
+    def state_dict(self) -> dict:
+        return {k: v for logger in self.loggers for k, v in logger.state_dict().items()}
+
 
 def build_logger(
     cfg: TrainingConfig,
@@ -198,8 +205,10 @@ def build_logger(
     total_steps: int | None,
     resume_step: int | None = None,
     progress: bool | None = None,
+    tracker_state: dict | None = None,
 ) -> Logger:
-    """The writers that runtime.logging asks for; the no-op Logger on ranks other than 0."""
+    """The writers that runtime.logging asks for; the no-op Logger on ranks other than 0.
+    ``tracker_state``: the checkpoint's Logger.state_dict() when resuming."""
     if rank != 0:
         return Logger()
     logging_cfg = cfg.runtime.logging
@@ -219,4 +228,8 @@ def build_logger(
         )
     if logging_cfg.metrics_jsonl is not None:
         loggers.append(JsonlLogger(logging_cfg.metrics_jsonl, resume_step))
+    if logging_cfg.wandb is not None or logging_cfg.trackio is not None:
+        from lmstream.trackers import build_trackers
+
+        loggers.extend(build_trackers(cfg, tracker_state))
     return MultiLogger(loggers)

@@ -53,6 +53,7 @@ class Run:
     batches: Iterator | None = None  # iter(loader), made before the RNG is restored
     resumed_from: Path | None = None
     notes: list[str] = field(default_factory=list)
+    tracker_state: dict = field(default_factory=dict)  # the checkpoint's tracker run ids
     strategy: str = "ddp"  # "ddp" (plain checkpoints) or "fsdp" (sharded checkpoints)
 
 
@@ -231,6 +232,7 @@ def _restore(run: Run, path: Path, trainer: dict) -> None:
     if run.precision.scaler is not None and trainer.get("scaler"):
         run.precision.scaler.load_state_dict(trainer["scaler"])
     run.state = TrainState.from_dict(trainer["state"])
+    run.tracker_state = trainer.get("trackers") or {}
     run.loader.load_state_dict(trainer["data"][run.env.rank])
     run.batches = _primed(run.loader)
     pending = trainer.get("pending")  # micro-batches taken before a source failed: first
