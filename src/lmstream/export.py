@@ -283,11 +283,22 @@ def export_model(
 
 
 def export_checkpoint(
-    checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, force: bool = False
+    checkpoint: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    force: bool = False,
+    card_name: str | None = None,
+    license: str | None = None,
 ) -> ExportResult:
-    """Export a training checkpoint (step, checkpoints or run folder) with its tokenizer."""
+    """Export a training checkpoint (step, checkpoints or run folder) with its tokenizer and a
+    README.md model card (``card_name``: the name it shows, e.g. the Hub repo id)."""
     from lmstream.generate import load_checkpoint_model, load_checkpoint_tokenizer
+    from lmstream.model_card import write_model_card
 
     model, cfg, folder = load_checkpoint_model(checkpoint, "cpu")
     choose_architecture(model.config)  # refuse before loading the tokenizer
-    return export_model(model, load_checkpoint_tokenizer(folder, cfg), out_dir, force=force)
+    result = export_model(model, load_checkpoint_tokenizer(folder, cfg), out_dir, force=force)
+    write_model_card(
+        model, cfg, folder, result.directory, result.architecture, name=card_name, license=license
+    )
+    return result

@@ -1,0 +1,120 @@
+"""A loopback stand-in for the Hugging Face Hub's upload API, for `export --push-to-hub` tests.
+
+It answers what huggingface_hub's ``create_repo``, ``create_branch`` and ``upload_folder`` ask
+(huggingface_hub 0.2x-2.x, read from its hf_api.py and _commit_api.py):
+
+    POST /api/repos/create                              {name, organization, visibility|private}
+    POST /api/validate-yaml                             README.md metadata check
+    POST /api/models/OWNER/NAME/branch/REV              create a branch
+    POST /api/models/OWNER/NAME/preupload/REV           upload mode per file: "regular" here, so
+                                                        every file travels base64 in the commit
+    POST /api/models/OWNER/NAME/commit/REV              ndjson: a header line, one line per file
+
+Point a client at it with ``HF_ENDPOINT=server.url`` (and HF_HUB_OFFLINE unset). Received files
+land in ``server.repos[repo_id][revision][path] = bytes``; every request's headers are kept so a
+test can check the token was sent (and nowhere else). ``fail_commit_with`` answers the commit
+with that HTTP status instead.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote, urlparse
+
+
+class HubStandIn:
+    def __init__(self, fail_commit_with: int | None = None):
+        self.fail_commit_with = fail_commit_with
+        self.repos: dict[str, dict[str, dict[str, bytes]]] = {}
+        self.created: list[dict] = []  # create_repo payloads
+        self.requests: list[
+            tuple[str, str, dict[str, str], bytes]
+        ] = []  # method, path, headers, body
+        self._server: ThreadingHTTPServer | None = None
+
+    def __enter__(self) -> HubStandIn:
+        handler = type("Handler", (_Handler,), {"hub": self})
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.shutdown()
+        self._server.server_close()
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    hub: HubStandIn
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def _reply(self, status: int, payload: dict) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        self.hub.requests.append((self.command, self.path, dict(self.headers), b""))
+        self._reply(404, {"error": "not in the stand-in"})
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        path = unquote(urlparse(self.path).path)
+        self.hub.requests.append((self.command, path, dict(self.headers), body))
+        parts = path.strip("/").split("/")
+        if path == "/api/repos/create":
+            payload = json.loads(body)
+            self.hub.created.append(payload)
+            repo_id = f"{payload['organization']}/{payload['name']}"
+            self.hub.repos.setdefault(repo_id, {"main": {}})
+            return self._reply(200, {"url": f"{self.hub.url}/{repo_id}", "name": repo_id})
+        if path == "/api/validate-yaml":
+            return self._reply(200, {"errors": [], "warnings": []})
+        # api / models / OWNER / NAME / ACTION / REV...
+        if len(parts) < 6 or parts[:2] != ["api", "models"]:
+            return self._reply(404, {"error": f"unknown endpoint {path}"})
+        repo_id, action, revision = f"{parts[2]}/{parts[3]}", parts[4], "/".join(parts[5:])
+        repo = self.hub.repos.get(repo_id)
+        if repo is None:
+            return self._reply(404, {"error": "Repository not found"})
+        if action == "branch":
+            repo.setdefault(revision, dict(repo["main"]))
+            return self._reply(200, {})
+        if action == "preupload":
+            files = json.loads(body)["files"]
+            modes = [
+                {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": None}
+                for f in files
+            ]
+            return self._reply(200, {"files": modes})
+        if action == "commit":
+            if self.hub.fail_commit_with is not None:
+                return self._reply(self.hub.fail_commit_with, {"error": "stand-in refuses"})
+            if revision not in repo:
+                return self._reply(404, {"error": f"Invalid rev id: {revision}"})
+            for line in body.decode().splitlines():
+                item = json.loads(line)
+                if item["key"] == "file":
+                    value = item["value"]
+                    repo[revision][value["path"]] = base64.b64decode(value["content"])
+            oid = f"{len(self.hub.requests):040x}"
+            return self._reply(
+                200,
+                {"commitUrl": f"{self.hub.url}/{repo_id}/commit/{oid}", "commitOid": oid},
+            )
+        return self._reply(404, {"error": f"unknown action {action}"})
