@@ -1,4 +1,5 @@
-"""`lmstream eval --checkpoint PATH [--data FILE ...] [--max-batches N]`."""
+"""`lmstream eval --checkpoint PATH [--data FILE ...] [--max-batches N]`, or benchmarks with
+`--tasks hellaswag,arc_easy [--limit N] [--num-fewshot K] [--include-path DIR]`."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ EXAMPLES = """examples:
   lmstream eval --checkpoint workspace/runs/demo/checkpoints              # the run's held-out data
   lmstream eval --checkpoint workspace/runs/demo/best --max-batches 64
   lmstream eval --checkpoint workspace/runs/demo/checkpoints/step-00000200 --data held_out/*.jsonl
+  lmstream eval --checkpoint workspace/runs/demo/best --tasks hellaswag,arc_easy --limit 500
+  lmstream eval --checkpoint workspace/runs/demo/best --tasks my_task --include-path my_tasks/
 """
 
 
@@ -63,11 +66,50 @@ def register(sub: argparse._SubParsersAction, formatter: type) -> None:
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    harness = p.add_argument_group(
+        "benchmarks (lm-evaluation-harness, the `eval` extra); results also go to "
+        "eval_results.json beside the checkpoint"
+    )
+    harness.add_argument(
+        "--tasks", default=None, help="comma-separated harness tasks, e.g. hellaswag,arc_easy"
+    )
+    harness.add_argument("--limit", type=_positive, default=None, help="examples per task")
+    harness.add_argument("--num-fewshot", type=int, default=None, help="few-shot examples")
+    harness.add_argument(
+        "--include-path", default=None, help="a folder of your own task YAMLs (local benchmarks)"
+    )
     p.set_defaults(func=run)
+
+
+def run_tasks(args: argparse.Namespace) -> int:
+    """`--tasks`: the harness on the checkpoint's model, a table, eval_results.json beside it."""
+    from lmstream import harness
+    from lmstream.generate import load_checkpoint_model, load_checkpoint_tokenizer, pick_device
+
+    harness.require_harness("--tasks")
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    model, cfg, folder = load_checkpoint_model(args.checkpoint, pick_device(args.device))
+    results = harness.run_tasks(
+        model, load_checkpoint_tokenizer(folder, cfg), tasks, limit=args.limit,
+        num_fewshot=args.num_fewshot, include_path=args.include_path,
+        batch_size=args.batch_size or 16,
+    )  # fmt: skip
+    settings = {"checkpoint": str(folder), "limit": args.limit, "num_fewshot": args.num_fewshot}
+    path = harness.write_results(folder, results, settings)
+    if args.json:
+        print(json.dumps({"tasks": results, **settings}))
+    else:
+        print(f"checkpoint: {folder}")
+        print(harness.format_table(results))
+        print(f"wrote {path}")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
     from lmstream.checkpoint_eval import evaluate_checkpoint
+
+    if args.tasks is not None:
+        return run_tasks(args)
 
     result = evaluate_checkpoint(
         args.checkpoint, data=args.data, max_batches=args.max_batches, batch_size=args.batch_size,

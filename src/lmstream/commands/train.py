@@ -249,6 +249,10 @@ def run(args: argparse.Namespace) -> int:
     from lmstream.trackers import require_extras
 
     require_extras(cfg)  # a missing tracker package fails now, not after the data is ready
+    if cfg.runtime.evaluation.tasks:
+        from lmstream.harness import require_harness
+
+        require_harness("runtime.evaluation.tasks")
     if not cfg.tokenizer.tokenizer_json.is_file():
         raise LmstreamError(
             f"tokenizer.tokenizer_json: {cfg.tokenizer.tokenizer_json} not found; "

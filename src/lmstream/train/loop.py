@@ -408,6 +408,12 @@ class Trainer:
         metrics = evaluate(
             self.run.model, self.run.val_batches, self.device, self.run.precision.autocast
         )
+        if self.cfg.runtime.evaluation.tasks:  # lm-evaluation-harness benchmarks, rank 0
+            from lmstream.harness import evaluate_in_loop
+            from lmstream.tokenizer import load_tokenizer
+
+            tokenizer = load_tokenizer(self.cfg.tokenizer.tokenizer_json)
+            metrics.update(evaluate_in_loop(self.run, tokenizer))
         self.logger.log(self.run.state.step, metrics)
         return metrics["val_loss"]
 

@@ -127,6 +127,7 @@ class TensorBoardLogger(Logger):
             if value is None or not isinstance(value, int | float):
                 continue
             tag = f"val/{key[4:]}" if key.startswith("val_") else f"train/{key}"
+            tag = key if key.startswith("eval/") else tag  # harness results: eval/TASK/METRIC
             self._writer.add_scalar(tag, float(value), global_step=step)
         self._logged += 1
         if self._logged % self._flush_every == 0:

@@ -1,0 +1,174 @@
+"""lm-evaluation-harness benchmarks on a local multiple-choice task (a task YAML and a jsonl made
+here, loaded through --include-path: never the network): `lmstream eval --tasks` equals the
+same scoring done by hand with transformers on the exported folder; in-loop tasks are logged
+and leave training's RNG (so the losses) untouched; a missing lm-eval is one line."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tests.support.training import tiny_training_config, write_kjv_corpus, write_run
+
+from lmstream.cli import main as cli_main
+from lmstream.corpus import kjv_documents
+
+pytest.importorskip("lm_eval")
+transformers = pytest.importorskip("transformers")
+
+pytestmark = pytest.mark.slow
+TASK = "kjv_choice"
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    return write_kjv_corpus(tmp_path_factory.mktemp("corpus"), 120, 300)
+
+
+def _documents() -> list[dict]:
+    """Pick the true continuation of a KJV sentence among three (from other sentences)."""
+    docs = list(itertools.islice(kjv_documents(), 40))
+    pairs = []
+    for text in docs:
+        words = text.split()
+        if len(words) >= 12:
+            pairs.append((" ".join(words[:6]), " ".join(words[6:10])))
+    rows = []
+    for i, (question, answer) in enumerate(pairs[:12]):
+        others = [pairs[(i + k) % len(pairs)][1] for k in (3, 7)]
+        choices = [others[0], answer, others[1]] if i % 2 else [answer, *others]
+        rows.append({"question": question, "choices": choices, "answer": choices.index(answer)})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def task_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("tasks")
+    data = folder / "kjv_choice.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in _documents()))
+    (folder / "kjv_choice.yaml").write_text(
+        f"task: {TASK}\n"
+        "dataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {data}\n"
+        "test_split: test\n"
+        "output_type: multiple_choice\n"
+        'doc_to_text: "{{question}}"\n'
+        'doc_to_choice: "{{choices}}"\n'
+        'doc_to_target: "{{answer}}"\n'
+        "metric_list:\n  - metric: acc\n  - metric: acc_norm\n"
+    )
+    return folder
+
+
+def train(config: Path, *extra: str) -> int:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return cli_main(["train", "--config", str(config), *extra])
+    finally:
+        torch.set_num_threads(threads)
+
+
+def by_hand(hf_dir: Path) -> dict[str, float]:
+    """acc and acc_norm of the task computed with transformers alone: the continuation
+    " choice" scored after the question, as the harness defines a multiple-choice request."""
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(hf_dir)).float().eval()
+    tok = transformers.AutoTokenizer.from_pretrained(str(hf_dir))
+    hits = norm_hits = 0
+    rows = _documents()
+    for row in rows:
+        context = tok(row["question"])["input_ids"]
+        scores = []
+        for choice in row["choices"]:
+            whole = tok(row["question"] + " " + choice)["input_ids"]
+            cont = whole[len(context) :]
+            with torch.no_grad():
+                logits = model(torch.tensor([whole[:-1]])).logits[0].float()
+            logprobs = torch.log_softmax(logits, -1)[-len(cont) :]
+            scores.append(logprobs.gather(-1, torch.tensor(cont)[:, None]).sum().item())
+        hits += max(range(3), key=lambda i: scores[i]) == row["answer"]
+        normed = [s / len(c) for s, c in zip(scores, row["choices"], strict=True)]
+        norm_hits += max(range(3), key=lambda i: normed[i]) == row["answer"]
+    return {"acc": hits / len(rows), "acc_norm": norm_hits / len(rows)}
+
+
+def test_cli_tasks_equal_the_same_scoring_by_hand_on_the_export(
+    corpus: Path, task_dir: Path, tmp_path: Path, capsys
+) -> None:
+    run = tmp_path / "run"
+    assert train(write_run(run, tiny_training_config(corpus, 4))) == 0
+    checkpoint = run / "checkpoints" / "step-00000004"
+    args = ["eval", "--checkpoint", str(run), "--tasks", TASK, "--include-path", str(task_dir)]
+    assert cli_main([*args, "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    saved = json.loads((checkpoint / "eval_results.json").read_text())
+    ours = saved["tasks"][TASK]
+    table = [line.split() for line in printed.splitlines()]
+    assert [TASK, "acc", f"{ours['acc']:.4f}", "±", f"{ours['acc_stderr']:.4f}"] in table
+
+    assert cli_main(["export", "--checkpoint", str(run), "--out", str(tmp_path / "hf")]) == 0
+    expected = by_hand(tmp_path / "hf")
+    assert ours["acc"] == pytest.approx(expected["acc"], abs=1e-9)
+    assert ours["acc_norm"] == pytest.approx(expected["acc_norm"], abs=1e-9)
+    # the card of that export reports the benchmark found beside the checkpoint
+    assert f"| {TASK} | acc | {ours['acc']:.4f}" in (tmp_path / "hf" / "README.md").read_text()
+
+
+def test_an_unknown_task_is_one_line(corpus: Path, task_dir: Path, tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    assert train(write_run(run, tiny_training_config(corpus, 2))) == 0
+    args = ["eval", "--checkpoint", str(run), "--tasks", "no_such_task_xyz", "--device", "cpu"]
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown lm-eval task(s) no_such_task_xyz" in err[0]
+
+
+def test_in_loop_tasks_are_logged_and_leave_the_run_unchanged(
+    corpus: Path, task_dir: Path, tmp_path: Path
+) -> None:
+    # dropout draws from the RNG the harness re-seeds: the losses show whether it was restored
+    base = {"model.residual_dropout": 0.1, "runtime.evaluation.every_n_steps": 2}
+    tasks = {
+        "runtime.evaluation.tasks": [TASK],
+        "runtime.evaluation.tasks_limit": 6,
+        "runtime.evaluation.tasks_include_path": str(task_dir),
+        "runtime.logging.tensorboard": "tb",
+    }
+    plain, with_tasks = tmp_path / "plain", tmp_path / "tasks"
+    assert train(write_run(plain, tiny_training_config(corpus, 4, **base))) == 0
+    assert train(write_run(with_tasks, tiny_training_config(corpus, 4, **base, **tasks))) == 0
+
+    def records(run: Path) -> list[dict]:
+        return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+    logged = {r["step"]: r for r in records(with_tasks) if f"eval/{TASK}/acc" in r}
+    assert sorted(logged) == [2, 4]
+    assert all(0.0 <= r[f"eval/{TASK}/acc"] <= 1.0 for r in logged.values())
+    losses = [(r["step"], r.get("loss"), r.get("val_loss")) for r in records(plain)]
+    assert [(r["step"], r.get("loss"), r.get("val_loss")) for r in records(with_tasks)] == losses
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(with_tasks / "tb"))
+    events.Reload()
+    assert f"eval/{TASK}/acc" in events.Tags()["scalars"]
+
+
+def test_a_missing_harness_is_one_line(corpus: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setitem(sys.modules, "lm_eval", None)
+    cfg = tiny_training_config(corpus, 2, **{"runtime.evaluation.tasks": ["arc_easy"]})
+    assert train(write_run(tmp_path / "run", cfg)) == 2
+    assert capsys.readouterr().err.strip() == (
+        "lmstream train: error: runtime.evaluation.tasks: the lm-eval package is not "
+        "installed; pip install 'lmstream[eval]'"
+    )
+    args = ["eval", "--checkpoint", str(tmp_path), "--tasks", "arc_easy"]
+    assert cli_main(args) == 2
+    assert capsys.readouterr().err.strip() == (
+        "lmstream eval: error: --tasks: the lm-eval package is not installed; "
+        "pip install 'lmstream[eval]'"
+    )
