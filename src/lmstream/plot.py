@@ -57,8 +57,17 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     metrics = run_dir / "metrics.jsonl" if run_dir.is_dir() else run_dir
     records = read_metrics(metrics)
     out = Path(out) if out else metrics.parent / "curves.png"
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
-    for ax, (title, keys) in zip(axes.flat, PANELS, strict=True):
+    panels = list(PANELS)
+    # Harness results logged in the loop (eval/TASK/METRIC, stderr left out): one more panel.
+    bench = sorted({k for r in records for k in r if k.startswith("eval/")})
+    bench = [(k, k[len("eval/") :]) for k in bench if not k.endswith("_stderr")]
+    if bench:
+        panels.append(("Benchmarks (lm-evaluation-harness)", tuple(bench)))
+    rows = (len(panels) + 1) // 2
+    fig, axes = plt.subplots(rows, 2, figsize=(11, 3.5 * rows))
+    for ax in axes.flat[len(panels) :]:
+        ax.set_visible(False)
+    for ax, (title, keys) in zip(axes.flat, panels, strict=False):
         drawn = False
         for key, label in keys:
             steps, values = series(records, key)

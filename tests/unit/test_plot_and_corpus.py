@@ -49,3 +49,17 @@ def test_demo_corpus_from_installed_package(tmp_path: Path) -> None:
     lines = path.read_text(encoding="utf-8").splitlines()
     assert count == len(lines) == len(docs)
     assert json.loads(lines[1])["text"] == docs[1]
+
+
+def test_plot_adds_a_benchmark_panel_for_harness_results(tmp_path: Path) -> None:
+    import struct
+
+    _write_metrics(tmp_path / "metrics.jsonl")
+    assert main(["plot", str(tmp_path)]) == 0
+    plain_height = struct.unpack(">I", (tmp_path / "curves.png").read_bytes()[20:24])[0]
+    with open(tmp_path / "metrics.jsonl", "a") as f:  # what runtime.evaluation.tasks logs
+        f.write('\n{"step": 10, "val_loss": 4.1, "eval/arc_easy/acc": 0.31}\n')
+    assert main(["plot", str(tmp_path)]) == 0
+    png = (tmp_path / "curves.png").read_bytes()
+    height = struct.unpack(">I", png[20:24])[0]
+    assert png[:8] == PNG_MAGIC and height == plain_height * 3 // 2  # a third row of panels

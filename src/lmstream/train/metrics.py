@@ -91,6 +91,11 @@ class StdoutLogger(Logger):
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if self._metrics:
             self._write(format_metrics(step, self.total_steps, metrics))
+        if self._bar is not None and "loss" in metrics:  # the bar's tail: latest loss, speed
+            postfix = f"loss {metrics['loss']:.4f}"
+            if metrics.get("tokens_per_s") is not None:
+                postfix += f", {metrics['tokens_per_s']:,.0f} tok/s"
+            self._bar.set_postfix_str(postfix, refresh=False)
 
     def advance(self, step: int) -> None:
         if self._bar is not None:
