@@ -5,23 +5,21 @@ and leave training's RNG (so the losses) untouched; a missing lm-eval is one lin
 
 from __future__ import annotations
 
-import itertools
 import json
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from tests.support.harness_task import TASK, task_documents, write_task
 from tests.support.training import tiny_training_config, write_kjv_corpus, write_run
 
 from lmstream.cli import main as cli_main
-from lmstream.corpus import kjv_documents
 
 pytest.importorskip("lm_eval")
 transformers = pytest.importorskip("transformers")
 
 pytestmark = pytest.mark.slow
-TASK = "kjv_choice"
 
 
 @pytest.fixture(scope="module")
@@ -29,39 +27,9 @@ def corpus(tmp_path_factory) -> Path:
     return write_kjv_corpus(tmp_path_factory.mktemp("corpus"), 120, 300)
 
 
-def _documents() -> list[dict]:
-    """Pick the true continuation of a KJV sentence among three (from other sentences)."""
-    docs = list(itertools.islice(kjv_documents(), 40))
-    pairs = []
-    for text in docs:
-        words = text.split()
-        if len(words) >= 12:
-            pairs.append((" ".join(words[:6]), " ".join(words[6:10])))
-    rows = []
-    for i, (question, answer) in enumerate(pairs[:12]):
-        others = [pairs[(i + k) % len(pairs)][1] for k in (3, 7)]
-        choices = [others[0], answer, others[1]] if i % 2 else [answer, *others]
-        rows.append({"question": question, "choices": choices, "answer": choices.index(answer)})
-    return rows
-
-
 @pytest.fixture(scope="module")
 def task_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("tasks")
-    data = folder / "kjv_choice.jsonl"
-    data.write_text("".join(json.dumps(row) + "\n" for row in _documents()))
-    (folder / "kjv_choice.yaml").write_text(
-        f"task: {TASK}\n"
-        "dataset_path: json\n"
-        f"dataset_kwargs:\n  data_files:\n    test: {data}\n"
-        "test_split: test\n"
-        "output_type: multiple_choice\n"
-        'doc_to_text: "{{question}}"\n'
-        'doc_to_choice: "{{choices}}"\n'
-        'doc_to_target: "{{answer}}"\n'
-        "metric_list:\n  - metric: acc\n  - metric: acc_norm\n"
-    )
-    return folder
+    return write_task(tmp_path_factory.mktemp("tasks"))
 
 
 def train(config: Path, *extra: str) -> int:
@@ -79,7 +47,7 @@ def by_hand(hf_dir: Path) -> dict[str, float]:
     model = transformers.AutoModelForCausalLM.from_pretrained(str(hf_dir)).float().eval()
     tok = transformers.AutoTokenizer.from_pretrained(str(hf_dir))
     hits = norm_hits = 0
-    rows = _documents()
+    rows = task_documents()
     for row in rows:
         context = tok(row["question"])["input_ids"]
         scores = []

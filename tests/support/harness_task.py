@@ -1,0 +1,46 @@
+"""A local lm-evaluation-harness multiple-choice task (a task YAML and its jsonl, made from
+the KJV text shipped in a package), for --include-path: benchmark tests never touch the network."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+from lmstream.corpus import kjv_documents
+
+TASK = "kjv_choice"
+
+
+def task_documents() -> list[dict]:
+    """Pick the true continuation of a KJV sentence among three (from other sentences)."""
+    pairs = []
+    for text in itertools.islice(kjv_documents(), 40):
+        words = text.split()
+        if len(words) >= 12:
+            pairs.append((" ".join(words[:6]), " ".join(words[6:10])))
+    rows = []
+    for i, (question, answer) in enumerate(pairs[:12]):
+        others = [pairs[(i + k) % len(pairs)][1] for k in (3, 7)]
+        choices = [others[0], answer, others[1]] if i % 2 else [answer, *others]
+        rows.append({"question": question, "choices": choices, "answer": choices.index(answer)})
+    return rows
+
+
+def write_task(folder: Path) -> Path:
+    """folder/kjv_choice.yaml and its data; returns the folder (the --include-path)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    data = folder / f"{TASK}.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in task_documents()))
+    (folder / f"{TASK}.yaml").write_text(
+        f"task: {TASK}\n"
+        "dataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {data}\n"
+        "test_split: test\n"
+        "output_type: multiple_choice\n"
+        'doc_to_text: "{{question}}"\n'
+        'doc_to_choice: "{{choices}}"\n'
+        'doc_to_target: "{{answer}}"\n'
+        "metric_list:\n  - metric: acc\n  - metric: acc_norm\n"
+    )
+    return folder
