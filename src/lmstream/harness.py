@@ -14,6 +14,7 @@ as ``eval/<task>/<metric>``.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -79,13 +80,13 @@ def _lm_class():
             inputs = torch.zeros((len(rows), width), dtype=torch.long)
             for i, (ids, _) in enumerate(rows):
                 inputs[i, : len(ids) - 1] = torch.tensor(ids[:-1])  # right-padded: causal
-            logits, _ = self.model(inputs.to(self.device))
-            logprobs = F.log_softmax(logits.float(), dim=-1).cpu()  # (B, T, V)
+            logits, _ = self.model(inputs.to(self.device))  # (B, T, V), stays on the device
             out = []
             for i, (ids, n) in enumerate(rows):
                 end = len(ids) - 1
-                target = torch.tensor(ids[-n:])
-                window = logprobs[i, end - n : end]  # positions predicting the last n tokens
+                target = torch.tensor(ids[-n:], device=logits.device)
+                # positions predicting the last n tokens: (n, V)
+                window = F.log_softmax(logits[i, end - n : end].float(), dim=-1)
                 total = window.gather(-1, target[:, None]).sum().item()
                 out.append((total, bool((window.argmax(-1) == target).all())))
             return out
@@ -155,6 +156,34 @@ def _short_metrics(raw: dict) -> dict[str, float]:
     return out
 
 
+@functools.lru_cache(maxsize=4)
+def _task_manager(include_path: str | None, defaults: bool):
+    """The harness's task index, built once per process: indexing its thousands of bundled
+    task YAMLs takes 5-20 s, so the training loop must not redo it at every evaluation, and
+    tasks found in --include-path alone skip it (``defaults=False``)."""
+    from lm_eval.tasks import TaskManager
+
+    if include_path is None and not defaults:
+        return None
+    return TaskManager(include_path=include_path, include_defaults=defaults)
+
+
+def resolve_tasks(tasks: list[str], include_path: str | Path | None = None):
+    """The task manager that knows every one of ``tasks``; ConfigError naming the unknown."""
+    where = str(include_path) if include_path else None
+    manager = _task_manager(where, defaults=False)
+    if manager is None or not all(manager.match_tasks([t]) for t in tasks):
+        manager = _task_manager(where, defaults=True)
+    unknown = [t for t in tasks if not manager.match_tasks([t])]
+    if unknown:
+        looked = f" (looked in the harness and {include_path})" if include_path else ""
+        raise ConfigError(
+            f"--tasks: unknown lm-eval task(s) {', '.join(unknown)}{looked}; "
+            "`lm-eval ls tasks` lists them, --include-path adds a folder of task YAMLs"
+        )
+    return manager
+
+
 def run_tasks(
     model: nn.Module,
     tokenizer: Tokenizer,
@@ -171,16 +200,8 @@ def run_tasks(
     RNG state around this call (the training loop does).
     """
     import lm_eval
-    from lm_eval.tasks import TaskManager
 
-    manager = TaskManager(include_path=str(include_path) if include_path else None)
-    unknown = [t for t in tasks if not manager.match_tasks([t])]
-    if unknown:
-        where = f" (looked in the harness and {include_path})" if include_path else ""
-        raise ConfigError(
-            f"--tasks: unknown lm-eval task(s) {', '.join(unknown)}{where}; "
-            "`lm-eval ls tasks` lists them, --include-path adds a folder of task YAMLs"
-        )
+    manager = resolve_tasks(tasks, include_path)
     was_training = model.training
     model.eval()
     try:

@@ -88,6 +88,7 @@ def run_tasks(args: argparse.Namespace) -> int:
 
     harness.require_harness("--tasks")
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    harness.resolve_tasks(tasks, args.include_path)  # a typo fails before the model loads
     model, cfg, folder = load_checkpoint_model(args.checkpoint, pick_device(args.device))
     results = harness.run_tasks(
         model, load_checkpoint_tokenizer(folder, cfg), tasks, limit=args.limit,
