@@ -126,6 +126,25 @@ class WandbLogger(TrackerLogger):
         except Exception as exc:  # wandb raises its own error types and plain ones
             self._fail("start", exc)
 
+        if self._run is not None:
+            try:
+                # The training step is a logged value that W&B plots against (as transformers'
+                # Trainer does), not W&B's own step: a run resumed from a checkpoint older than
+                # the last step logged re-logs those steps, which W&B's step (monotonic) would
+                # drop.
+                self._run.define_metric("step")
+                self._run.define_metric("*", step_metric="step")
+            except Exception as exc:
+                self._fail("start", exc)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        if self._run is None:
+            return
+        try:
+            self._run.log({"step": step, **_scalars(metrics)})
+        except Exception as exc:
+            self._fail("logging", exc)
+
     def state_dict(self) -> dict:
         return {"wandb_run_id": self._run.id} if self._run is not None else {}
 

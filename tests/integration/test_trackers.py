@@ -109,9 +109,8 @@ def wandb_runs(wandb_dir: Path) -> list[tuple[str, dict[int, dict]]]:
                     item.key or "/".join(item.nested_key): json.loads(item.value_json)
                     for item in record.history.item
                 }
-                step = row.pop("_step")
                 row = {k: v for k, v in row.items() if not k.startswith("_")}
-                history.setdefault(step, {}).update(row)
+                history.setdefault(row.pop("step"), {}).update(row)
         out.append((run_id, history))
     return out
 
@@ -137,8 +136,18 @@ def test_wandb_and_trackio_get_the_jsonl_metrics_and_resume_continues_the_wandb_
         "runtime.evaluation.every_n_steps": 2,
     }
     run_dir = tmp_path / "run"
-    assert train(write_run(run_dir, tiny_training_config(corpus, 4, **trackers))) == 0
-    assert train(write_run(run_dir, tiny_training_config(corpus, 6, **trackers)), "--resume") == 0
+    first_cfg = tiny_training_config(
+        corpus, 4, **trackers, **{"runtime.checkpoint.every_n_steps": 2}
+    )
+    assert train(write_run(run_dir, first_cfg)) == 0
+    # Resumed from step 2, as after a crash past the last checkpoint: steps 3-4 are logged again.
+    resume_from = str(run_dir / "checkpoints" / "step-00000002")
+    assert (
+        train(
+            write_run(run_dir, tiny_training_config(corpus, 6, **trackers)), "--resume", resume_from
+        )
+        == 0
+    )
     assert "warning" not in capsys.readouterr().err
 
     expected = jsonl_by_step(run_dir)
@@ -148,8 +157,8 @@ def test_wandb_and_trackio_get_the_jsonl_metrics_and_resume_continues_the_wandb_
     runs = wandb_runs(wandb_env)
     assert len(runs) == 2 and runs[0][0] == runs[1][0]  # the resumed run is the same W&B run
     first, second = runs[0][1], runs[1][1]
-    assert sorted(first) == [1, 2, 3, 4] and sorted(second) == [5, 6]
-    assert {**first, **second} == expected
+    assert sorted(first) == [1, 2, 3, 4] and sorted(second) == [3, 4, 5, 6]
+    assert {**first, **second} == expected  # the resumed run's values win, as in metrics.jsonl
 
     assert trackio_by_step(project, "tiny") == expected
 
