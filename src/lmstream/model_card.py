@@ -75,9 +75,12 @@ def _trainer_counters(folder: Path) -> dict:
     file = folder / ckpt.TRAINER_STATE_FILE
     if not file.is_file():
         return {}
-    # mmap: only the small counters are read, not the optimizer moments beside them.
-    state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-    return dict(state.get("state") or {})
+    try:
+        # mmap: only the small counters are read, not the optimizer moments beside them.
+        state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # unreadable: the card leaves tokens seen out rather than fail the export
+        return {}
+    return dict(state.get("state") or {}) if isinstance(state, dict) else {}
 
 
 def _last_val_loss(cfg: TrainingConfig, step: int, manifest: dict) -> float | None:
