@@ -139,3 +139,22 @@ def test_a_missing_harness_is_one_line(corpus: Path, tmp_path: Path, monkeypatch
         "lmstream eval: error: --tasks: the lm-eval package is not installed; "
         "pip install 'lmstream[eval]'"
     )
+
+
+def test_in_loop_tasks_run_without_a_validation_set(
+    corpus: Path, task_dir: Path, tmp_path: Path
+) -> None:
+    cfg = tiny_training_config(
+        corpus,
+        2,
+        **{
+            "data.validation_documents": 0,
+            "runtime.evaluation.tasks": [TASK],
+            "runtime.evaluation.tasks_limit": 3,
+            "runtime.evaluation.tasks_include_path": str(task_dir),
+        },
+    )
+    assert train(write_run(tmp_path / "run", cfg)) == 0
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    final = [json.loads(line) for line in lines if f"eval/{TASK}/acc" in line]
+    assert [r["step"] for r in final] == [2] and "val_loss" not in final[0]

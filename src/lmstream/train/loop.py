@@ -403,19 +403,20 @@ class Trainer:
             self.logger.message(text)
 
     def _evaluate(self) -> float:
-        if not self.run.val_batches:
-            return float("nan")
-        metrics = evaluate(
-            self.run.model, self.run.val_batches, self.device, self.run.precision.autocast
-        )
+        metrics: dict[str, float] = {}
+        if self.run.val_batches:
+            metrics = evaluate(
+                self.run.model, self.run.val_batches, self.device, self.run.precision.autocast
+            )
         if self.cfg.runtime.evaluation.tasks:  # lm-evaluation-harness benchmarks, rank 0
             from lmstream.harness import evaluate_in_loop
             from lmstream.tokenizer import load_tokenizer
 
             tokenizer = load_tokenizer(self.cfg.tokenizer.tokenizer_json)
             metrics.update(evaluate_in_loop(self.run, tokenizer))
-        self.logger.log(self.run.state.step, metrics)
-        return metrics["val_loss"]
+        if metrics:
+            self.logger.log(self.run.state.step, metrics)
+        return metrics.get("val_loss", float("nan"))
 
     def _trainer_state(self, pending: list | None = None) -> dict:
         """Everything but the weights and optimizer; collective (each rank's RNG and data
