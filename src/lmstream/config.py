@@ -500,7 +500,12 @@ class StreamingConfig(_Section):
     max_samples: int | None = Field(
         default=None,
         ge=1,
-        description="Documents per pass; null = the whole (possibly endless) stream.",
+        description="Documents per pass: the first N clean documents of the source (bad and too-long records not counted), the N the tokenizer was trained on; the validation holdout comes from within them. null = the whole (possibly endless) stream.",
+    )
+    max_chars: int = Field(
+        default=1_000_000,
+        ge=1,
+        description="Documents longer than this (characters) are skipped, in orchestrate and in training alike.",
     )
     stream_batch_size: int = Field(
         default=1000, ge=1, description="Records fetched per batch from the source."

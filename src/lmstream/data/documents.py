@@ -15,11 +15,10 @@ import hashlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from itertools import islice
 from pathlib import Path
 
 from lmstream.config import TrainingConfig, load_streaming_config
-from lmstream.data.sources import SourceSpec, open_dataset, shard_for
+from lmstream.data.sources import SourceSpec, open_dataset
 from lmstream.data.stream import DocumentStream
 from lmstream.data.token_shards import is_token_shards
 from lmstream.errors import ConfigError
@@ -101,7 +100,22 @@ def _token_mode(paths: list[str], name: str) -> bool:
 
 
 class TextSource:
-    """One worker's part of a text source (a ``shuffle.DocumentSource``), minus held-out docs."""
+    """One worker's part of one pass over a text source (a ``shuffle.DocumentSource``).
+
+    The pass is the source's clean documents (bad records skipped by ``DocumentStream``'s rule,
+    the same one orchestrate applies) numbered 0, 1, 2... in source order, cut at
+    ``max_samples`` (a prefix: the first N clean documents, for any worker or rank count, the N
+    the tokenizer was trained on). The first ``skip_first`` of them are the validation holdout;
+    the rest are dealt round-robin: worker w of W takes documents ``skip_first + w``,
+    ``skip_first + w + W``, ... So every document of the pass belongs to exactly one worker and
+    the parts differ by at most one document, whatever the files' sizes (a split by whole
+    files would give a worker of a 10-document file and one of a 290-document file).
+
+    The price: each worker reads (not tokenizes) the whole source and keeps 1/W of it. Reading
+    is about 80x cheaper than tokenizing here; for very large or remote sources, pre-tokenize
+    to token shards (``token_shards.py``), whose workers seek straight to their documents.
+    Documents whose content hash is in ``exclude`` (copies of held-out documents) are dropped.
+    """
 
     def __init__(
         self,
@@ -111,26 +125,35 @@ class TextSource:
         worker: int = 0,
         workers: int = 1,
         max_samples: int | None = None,
+        skip_first: int = 0,
         exclude: frozenset[bytes] = frozenset(),
     ):
+        if not 0 <= worker < workers:
+            raise ValueError(f"worker {worker} is outside 0..{workers - 1}")
         self.spec, self.split = spec, split
         self.worker, self.workers = worker, workers
         self.max_samples = max_samples
+        self.skip_first = skip_first
         self.exclude = exclude
         self._stream: DocumentStream | None = None
         self._it: Iterator[str] | None = None
+        self._copies = 0
 
     @property
     def skipped(self) -> Counter:
-        return self._stream.skipped if self._stream is not None else Counter()
+        # Every worker reads every record; only worker 0 reports the bad ones, so that the
+        # loader's sum over workers counts each once.
+        if self._stream is None or self.worker != 0:
+            return Counter()
+        return self._stream.skipped + Counter(
+            {"validation_copy": self._copies} if self._copies else {}
+        )
 
     def open(self, epoch: int, state: dict | None) -> None:
         ds = open_dataset(self.spec, self.split)
-        if self.max_samples is not None:
-            # Before sharding, so that the limit is per pass over the whole source.
-            ds = ds.take(self.max_samples)
-        ds = shard_for(ds, self.worker, self.workers)
-        self._stream = DocumentStream(ds, self.spec.text_field, batch_size=self.spec.batch_size)
+        self._stream = DocumentStream(
+            ds, self.spec.text_field, max_chars=self.spec.max_chars, batch_size=self.spec.batch_size
+        )
         if state is not None:
             self._stream.load_state_dict(state)
         self._it = iter(self._stream)
@@ -140,11 +163,18 @@ class TextSource:
 
     def read(self, n: int) -> list[str]:
         out: list[str] = []
-        while len(out) < n:
-            got = list(islice(self._it, n - len(out)))
-            if not got:
+        stream, limit = self._stream, self.max_samples
+        while len(out) < n and (limit is None or stream.documents < limit):
+            text = next(self._it, None)
+            if text is None:
                 break
-            if self.exclude:
-                got = [t for t in got if document_hash(t) not in self.exclude]
-            out.extend(got)
+            index = (
+                stream.documents - 1 - self.skip_first
+            )  # this document's number after the holdout
+            if index < 0 or index % self.workers != self.worker:
+                continue
+            if self.exclude and document_hash(text) in self.exclude:
+                self._copies += 1
+                continue
+            out.append(text)
         return out

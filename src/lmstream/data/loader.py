@@ -1,23 +1,37 @@
-"""The training loader: rank/worker sharding, window shuffle, packing, exact resume.
+"""The training loader: worker parts, epochs, window shuffle, packing, exact resume.
 
 ``build_train_loader`` returns a :class:`TrainLoader`, an endless iterable of :class:`Batch`
-(``inputs``/``targets`` of shape (batch_size, sequence_length), ``epoch``). Each DataLoader
-worker of each rank is one *global worker* ``rank * num_workers + worker_id`` of
-``world_size * num_workers`` (DESIGN-NOTES section 2) and reads its own disjoint part of the
-source (``sources.shard_for``: whole shards when they divide evenly, else every k-th record),
-window-shuffles it (``shuffle.py``), tokenizes it with ``encode_batch`` and packs it
-(``packing.py``). A worker's whole state is a small position: the window's source state, the
-index in the window's order, and the offset into the document holding the next token.
-torchdata's ``StatefulDataLoader`` gathers the workers' states, with which worker comes next,
-so ``state_dict()``/``load_state_dict()`` resume the batch sequence token for token. A resume
-must use the same world size, ``data.num_workers``, ``data.shuffle_buffer_size`` and seed
-(refused otherwise: the stream is split by global worker); batch size and sequence length may
-change, since positions are in documents and tokens.
+(``inputs``/``targets`` of shape (batch_size, sequence_length), ``epoch``, ``weight``). Each
+DataLoader worker of each rank is one *global worker* ``rank * num_workers + worker_id`` of
+``world_size * num_workers`` and reads its own part of the source (``documents.TextSource``:
+clean documents dealt round-robin, so parts differ by at most one document whatever the file
+sizes; token shards likewise), window-shuffles it (``shuffle.py``), tokenizes it with
+``encode_batch`` and packs it (``packing.py``). A worker's whole state is a small position: the
+window's source state, the index in the window's order, the offset into the document holding
+the next token, and whether its part of the pass is used up. torchdata's ``StatefulDataLoader``
+gathers the workers' states, with which worker comes next, so ``state_dict()`` /
+``load_state_dict()`` resume the batch sequence token for token. A resume must use the same
+world size, ``data.num_workers``, ``data.shuffle_buffer_size`` and seed (refused otherwise: the
+stream is split by global worker); batch size and sequence length may change, since positions
+are in documents and tokens.
 
-A finite source (files, or ``max_samples``) is read again when a worker's part ends, as the
-next epoch with new window orders; ``Batch.epoch`` is the epoch of the batch's first token, per
-worker (workers reach the end of their parts at slightly different batches). The loader never
-ends; the training loop stops it.
+**An epoch is one pass over the whole source** (issue #20): every document of the pass once,
+for any worker and rank count. Parts end at different batches (documents differ in length),
+so nothing may start epoch e + 1 while any part of epoch e is unread:
+
+* a worker whose part ends emits its last tokens as a final batch (rows padded with
+  ``<|endoftext|>``, padded targets -100, which the loss ignores) and stops; the DataLoader
+  keeps taking batches from the other workers until all have stopped: the rank's pass is over;
+* with ``sync_passes`` (what training uses), the rank then yields *idle* batches (weight 0)
+  until :meth:`TrainLoader.end_pass` is called. The training loop calls it at the first step
+  in which every rank's micro-batches are idle, i.e. when the whole pass is consumed, so ranks
+  agree on the boundary and step together meanwhile (an idle rank's zero-weight step keeps the
+  gradient all-reduce in lockstep). Without ``sync_passes`` (one process reading batches) the
+  next pass starts at once.
+
+Each pass starts fresh DataLoader workers (their part's position is ``epoch``, window 0); the
+loader's torch generator is seeded from ``runtime.seed`` so that starting them draws nothing
+from the global RNG, which dropout uses.
 """
 
 from __future__ import annotations
@@ -31,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
@@ -39,8 +54,12 @@ from lmstream.data.documents import DataPlan, TextSource, resolve_plan
 from lmstream.data.packing import Batch, Packer, check_vocab, encode_documents, eot_id
 from lmstream.data.shuffle import Position, WindowedDocuments
 from lmstream.data.token_shards import TokenShards, TokenShardSource
-from lmstream.data.validation import build_validation_batches, load_validation_set
-from lmstream.errors import CheckpointError, LmstreamError
+from lmstream.data.validation import (
+    build_validation_batches,
+    check_training_documents,
+    load_validation_set,
+)
+from lmstream.errors import CheckpointError, DataSourceError, LmstreamError
 
 __all__ = [
     "Batch",
@@ -51,7 +70,7 @@ __all__ = [
     "worker_failure",
 ]
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: per-pass epochs (epoch, drained, worker "done")
 _CHUNK_CHARS = 64_000  # characters tokenized per encode_batch call
 _CHUNK_DOCS = 256
 
@@ -73,11 +92,13 @@ class StreamSettings:
 
 
 class PackedDataset(IterableDataset):
-    """Batches of packed rows, shape (batch_size, sequence_length + 1), from one global worker."""
+    """Batches of packed rows, shape (batch_size, sequence_length + 1), from one global worker's
+    part of pass ``epoch`` (set by :class:`TrainLoader` before each pass)."""
 
     def __init__(self, settings: StreamSettings, tokenizer: Any):
         self.settings = settings
         self.tokenizer = tokenizer
+        self.epoch = 0
 
     def __iter__(self) -> PackedIterator:
         info = get_worker_info()
@@ -87,12 +108,14 @@ class PackedDataset(IterableDataset):
 
 
 class PackedIterator:
-    """One global worker's batches; its ``state_dict`` is a position, taken between batches."""
+    """One global worker's batches of one pass; its ``state_dict`` is a position, taken between
+    batches. Each item is (rows, valid tokens, epoch, worker, skipped counts)."""
 
     def __init__(self, dataset: PackedDataset, worker: int, workers: int):
         self.settings, self.tokenizer = dataset.settings, dataset.tokenizer
         self.worker, self.workers = worker, workers
-        self._start, self._offset = Position(), 0
+        self._start, self._offset = Position(epoch=dataset.epoch), 0
+        self._done = False  # this worker's part of the pass is used up
         self._docs = None  # opened lazily at the first batch, after a possible load_state_dict
         self._packer = Packer(self.settings.sequence_length + 1, self.settings.eot_id)
 
@@ -102,6 +125,7 @@ class PackedIterator:
             "workers": self.workers,
             "position": self._start.to_dict(),
             "offset": self._offset,
+            "done": self._done,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -112,6 +136,7 @@ class PackedIterator:
             )
         self._start = Position.from_dict(state["position"])
         self._offset = int(state["offset"])
+        self._done = bool(state.get("done", False))
         self._docs = None
         self._packer = Packer(self.settings.sequence_length + 1, self.settings.eot_id)
 
@@ -124,38 +149,69 @@ class PackedIterator:
             )
         return TextSource(
             p.spec, p.split, worker=self.worker, workers=self.workers,
-            max_samples=p.max_samples, exclude=s.exclude,
+            max_samples=p.max_samples, skip_first=s.skip_first, exclude=s.exclude,
         )  # fmt: skip
 
     def __iter__(self) -> PackedIterator:
         return self
 
-    def __next__(self) -> tuple[torch.Tensor, int, int, dict]:
+    def __next__(self) -> tuple[torch.Tensor, int, int, int, dict]:
         s = self.settings
+        if self._done:
+            raise StopIteration
         if self._docs is None:
             self._windows = WindowedDocuments(
                 self._source(), window_size=s.window_size, seed=s.seed, worker=self.worker
             )
+            self._fresh = self._start == Position(epoch=self._start.epoch) and not self._offset
             self._docs = self._windows.iterate(self._start)
             self._first_start = self._offset
-        need = s.batch_size * (s.sequence_length + 1)
-        while len(self._packer) < need:
-            self._fill()
+        row = s.sequence_length + 1
+        need = s.batch_size * row
+        while len(self._packer) < need and self._fill():
+            pass
+        if len(self._packer) <= 1:
+            # The part is used up; a lone end-of-text token has no target to train on.
+            self._done = True
+            if self._fresh:
+                raise DataSourceError(
+                    f"data worker {self.worker} of {self.workers} got no documents in epoch "
+                    f"{self._start.epoch}: the source has fewer documents than there are data "
+                    "workers (ranks x data.num_workers); lower data.num_workers or "
+                    "data.validation_documents, or use more data"
+                )
+            raise StopIteration
+        self._fresh = False
         epoch = self._packer.position()[0].epoch
-        rows = self._packer.take(s.batch_size)
-        if not len(self._packer):
-            self._fill()  # so that the position below names a document already read
-        self._start, self._offset = self._packer.position()
-        return torch.from_numpy(rows), epoch, self.worker, dict(self._windows.skipped)
+        valid = min(len(self._packer), need)
+        if valid == need:
+            rows = self._packer.take(s.batch_size)
+            while not len(self._packer) and not self._done:  # so the position names a document
+                self._done = not self._fill()  # read already; done: the pass ended right here
+        else:  # the part's last tokens: one final batch, padded (targets of padding ignored)
+            rows = np.full((s.batch_size, row), s.eot_id, dtype=np.int64)
+            full = self._packer.rows_ready
+            rows[:full] = self._packer.take(full) if full else rows[:0]
+            rest = self._packer.carry()
+            rows[full, : len(rest)] = rest
+            self._packer = Packer(row, s.eot_id)
+            self._done = True
+        if len(self._packer):
+            self._start, self._offset = self._packer.position()
+        return torch.from_numpy(rows), valid, epoch, self.worker, dict(self._windows.skipped)
 
-    def _fill(self) -> None:
-        """Read, tokenize and pack the next chunk of documents."""
+    def _fill(self) -> bool:
+        """Read, tokenize and pack the next chunk of documents; False at the end of the pass."""
         positions, docs, chars = [], [], 0
         while not docs or (chars < _CHUNK_CHARS and len(docs) < _CHUNK_DOCS):
-            pos, doc = next(self._docs)
-            positions.append(pos)
-            docs.append(doc)
-            chars += len(doc) if isinstance(doc, str) else 4 * len(doc)
+            item = next(self._docs, None)
+            if item is None:
+                break
+            positions.append(item[0])
+            docs.append(item[1])
+            chars += len(item[1]) if isinstance(item[1], str) else 4 * len(item[1])
+        if not docs:
+            return False
         if isinstance(docs[0], str):
             docs = encode_documents(self.tokenizer, docs)
         for pos, tokens in zip(positions, docs, strict=True):
@@ -164,6 +220,19 @@ class PackedIterator:
                 continue
             start, self._first_start = self._first_start, 0
             self._packer.add(tokens, pos, start)
+        return True
+
+
+def _to_batch(rows: torch.Tensor, valid: int, epoch: int) -> Batch:
+    """The batch of ``rows``, whose first ``valid`` tokens (row-major) are real: the targets of
+    the padding after them are -100 (ignored by the loss)."""
+    batch = Batch.from_rows(rows, epoch)
+    n, row = rows.shape
+    if valid < n * row:
+        # Target (i, j) is token i * row + j + 1 of the rows.
+        index = torch.arange(n)[:, None] * row + torch.arange(1, row)[None, :]
+        batch.targets[index >= valid] = -100
+    return batch
 
 
 def _worker_init(_worker_id: int) -> None:
@@ -173,13 +242,27 @@ def _worker_init(_worker_id: int) -> None:
 
 
 class TrainLoader:
-    """Endless iterable of :class:`Batch` with exact ``state_dict``/``load_state_dict``."""
+    """Endless iterable of :class:`Batch`, pass after pass, with exact ``state_dict``.
 
-    def __init__(self, dataset: PackedDataset, *, num_workers: int, pin_memory: bool = False):
+    ``sync_passes``: after this rank's part of a pass, yield idle batches until
+    :meth:`end_pass` (the training loop's way to make all ranks change epoch together)."""
+
+    def __init__(
+        self,
+        dataset: PackedDataset,
+        *,
+        num_workers: int,
+        pin_memory: bool = False,
+        sync_passes: bool = False,
+    ):
         from torchdata.stateful_dataloader import StatefulDataLoader
 
         self.dataset = dataset
         self.num_workers = num_workers
+        self.sync_passes = sync_passes
+        self.epoch = 0  # the pass being read
+        self._drained = False  # this rank's part of the pass is used up
+        self._advance = False
         if num_workers:
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         with warnings.catch_warnings():
@@ -191,8 +274,10 @@ class TrainLoader:
                 num_workers=num_workers,
                 worker_init_fn=_worker_init if num_workers else None,
                 pin_memory=pin_memory,
+                generator=torch.Generator().manual_seed(dataset.settings.seed),
             )
         self._skipped: dict[int, dict] = {}
+        self.last_worker = -1  # global worker of the last batch (-1: idle), for traces
 
     @property
     def skipped(self) -> Counter:
@@ -202,21 +287,46 @@ class TrainLoader:
             total.update(counts)
         return total
 
+    def end_pass(self) -> None:
+        """Every rank has used up its part of the pass: start the next one."""
+        self._advance = True
+
     def __iter__(self):
+        while True:
+            if not self._drained:
+                self.dataset.epoch = self.epoch
+                yield from self._one_pass()
+                self._drained = True
+            if self.sync_passes and not self._advance:
+                idle, self.last_worker = self._idle_batch(), -1
+                while not self._advance:
+                    yield idle
+            self._advance, self._drained = False, False
+            self.epoch += 1
+
+    def _one_pass(self):
         it = iter(self._loader)
         try:
             while True:
                 try:
-                    rows, epoch, worker, skipped = next(it)
+                    rows, valid, epoch, worker, skipped = next(it)
+                except StopIteration:
+                    return
                 except (LmstreamError, RuntimeError, ConnectionError, EOFError) as err:
                     error = _loader_error(err, self.num_workers)
                     if error is None:
                         raise
                     raise error from (None if isinstance(err, LmstreamError) else err)
                 self._skipped[worker] = skipped
-                yield Batch.from_rows(rows, epoch)
+                self.last_worker = worker
+                yield _to_batch(rows, valid, epoch)
         finally:
             _stop_workers(it)
+
+    def _idle_batch(self) -> Batch:
+        s = self.dataset.settings
+        rows = torch.full((s.batch_size, s.sequence_length + 1), s.eot_id, dtype=torch.long)
+        return Batch(rows[:, :-1], rows[:, 1:], self.epoch, weight=0.0)
 
     def _meta(self) -> dict:
         s = self.dataset.settings
@@ -229,8 +339,15 @@ class TrainLoader:
         }
 
     def state_dict(self) -> dict:
-        return {**self._meta(), "rank": self.dataset.settings.rank, "skipped": self._skipped,
-                "loader": self._loader.state_dict()}  # fmt: skip
+        return {
+            **self._meta(),
+            "rank": self.dataset.settings.rank,
+            "skipped": self._skipped,
+            "epoch": self.epoch,
+            "drained": self._drained,
+            # A used-up pass needs no position: the next one starts fresh.
+            "loader": None if self._drained else self._loader.state_dict(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         saved = {k: state.get(k) for k in self._meta()}
@@ -244,7 +361,10 @@ class TrainLoader:
                 "runtime.seed"
             )
         self._skipped = {int(k): dict(v) for k, v in state.get("skipped", {}).items()}
-        self._loader.load_state_dict(state["loader"])
+        self.epoch, self._drained = int(state["epoch"]), bool(state["drained"])
+        self._advance = False
+        if state["loader"] is not None:
+            self._loader.load_state_dict(state["loader"])
 
 
 def _stop_workers(it: Any) -> None:
@@ -312,7 +432,13 @@ def _loader_error(err: Exception, num_workers: int) -> LmstreamError | None:
 
 
 def build_train_loader(
-    cfg: TrainingConfig, tokenizer: Any, run_dir: Path, *, rank: int = 0, world_size: int = 1
+    cfg: TrainingConfig,
+    tokenizer: Any,
+    run_dir: Path,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    sync_passes: bool = False,
 ) -> TrainLoader:
     """The rank's training loader (streaming mode when RUN_DIR/streaming_config.json exists)."""
     check_vocab(tokenizer, cfg.model.vocab_size)
@@ -321,6 +447,7 @@ def build_train_loader(
     if plan.kind == "tokens":
         TokenShards(plan.token_paths).check_tokenizer(tokenizer)
     d = cfg.data
+    check_training_documents(plan, held_out, world_size * max(d.num_workers, 1))
     settings = StreamSettings(
         plan=plan,
         batch_size=d.batch_size,
@@ -337,4 +464,5 @@ def build_train_loader(
         PackedDataset(settings, tokenizer),
         num_workers=d.num_workers,
         pin_memory=torch.cuda.is_available(),
+        sync_passes=sync_passes,
     )

@@ -29,11 +29,15 @@ EOT_TOKEN = "<|endoftext|>"
 
 @dataclass
 class Batch:
-    """One micro-batch: ``inputs`` and ``targets`` (next tokens), LongTensor (B, T) each."""
+    """One micro-batch: ``inputs`` and ``targets`` (next tokens), LongTensor (B, T) each.
+
+    ``weight`` 0 marks an idle batch: a rank whose part of the epoch is used up while its peers'
+    is not steps on it with zero weight, so every rank takes the same steps (see loader.py)."""
 
     inputs: torch.Tensor
     targets: torch.Tensor
     epoch: int = 0
+    weight: float = 1.0
 
     @classmethod
     def from_rows(cls, rows: torch.Tensor | np.ndarray, epoch: int = 0) -> Batch:
@@ -46,6 +50,7 @@ class Batch:
             self.inputs.to(device, non_blocking=non_blocking),
             self.targets.to(device, non_blocking=non_blocking),
             self.epoch,
+            self.weight,
         )
 
 

@@ -8,10 +8,11 @@ re-draw the same permutation and continue at the index. Nothing else needs savin
 shuffle buffer, which datasets does not save (datasets #7901) and which would make every
 checkpoint hold ``shuffle_buffer_size`` documents of text (DESIGN-NOTES section 1).
 
-Each pass over a finite source is one epoch; the next epoch reads the source again with new
-permutations, so the order within windows changes every epoch. Without shuffling the windows are
-read in source order (the permutation is the identity) and only bound how much is re-read on
-resume.
+``iterate`` covers one pass (one epoch) of the worker's part and then ends: the loader decides
+when the next pass starts (after every worker of every rank has finished this one, see
+``loader.py``), and the next pass re-reads the part with new permutations, so the order within
+windows changes every epoch. Without shuffling the windows are read in source order (the
+permutation is the identity) and only bound how much is re-read on resume.
 """
 
 from __future__ import annotations
@@ -22,8 +23,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
-
-from lmstream.errors import DataSourceError
 
 # Documents re-read on resume when shuffling is off (windows only mark positions then).
 UNSHUFFLED_WINDOW = 512
@@ -83,7 +82,7 @@ class WindowedDocuments:
         self.skipped: Counter = Counter()
 
     def iterate(self, start: Position) -> Iterator[tuple[Position, Any]]:
-        """Yield (position, document) from ``start`` on, through endless epochs."""
+        """Yield (position, document) from ``start`` to the end of ``start.epoch``'s pass."""
         epoch, window, index = start.epoch, start.window, start.index
         self.skipped = Counter(start.skipped)
         self.source.open(epoch, start.window_start)
@@ -95,14 +94,7 @@ class WindowedDocuments:
             if epoch == 0:  # later passes re-read the same bad records: count them once
                 self.skipped.update(Counter(self.source.skipped) - before)
             if not docs:
-                if window == 0:
-                    raise DataSourceError(
-                        f"data worker {self.worker} got no documents in epoch {epoch}: its part of "
-                        "the source is empty; use fewer ranks or data.num_workers, or more data"
-                    )
-                epoch, window, index = epoch + 1, 0, 0
-                self.source.open(epoch, None)
-                continue
+                return
             order = window_order(
                 len(docs),
                 seed=self.seed,

@@ -90,6 +90,9 @@ class SourceSpec:
     trust_remote_code: bool = False
     cache_dir: str | None = None
     batch_size: int = DEFAULT_BATCH_SIZE  # records per read from the source (stream_batch_size)
+    max_chars: int = (
+        DEFAULT_MAX_CHARS  # longer documents are skipped ("too_long"), as orchestrate did
+    )
     read_timeout: float = field(default_factory=lambda: env_number(READ_TIMEOUT_ENV, 60.0))
 
     @classmethod
@@ -103,6 +106,7 @@ class SourceSpec:
             trust_remote_code=cfg.trust_remote_code,
             cache_dir=str(cache_dir) if cache_dir else None,
             batch_size=cfg.stream_batch_size,
+            max_chars=cfg.max_chars,
         )
 
     @classmethod

@@ -6,11 +6,17 @@ Where it comes from (``documents.DataPlan.validation``):
   (``validation_split`` in streaming_config.json);
 * "files": the first ``data.validation_documents`` documents of ``data.validation_shards``;
 * "holdout" (no validation split, e.g. FineWeb): the first ``data.validation_documents``
-  documents of the training source, in source order. Training never sees them: text workers
-  skip every document whose content hash (``documents.document_hash``) is in the held-out set,
-  which also drops exact duplicates of them elsewhere in the stream (no leak through copies);
-  token-shard workers skip the first N documents. The set does not depend on world size or
+  clean documents of the training source, in source order, taken from within
+  ``max_samples`` when streaming_config.json sets it (so the holdout shrinks the pass instead
+  of reaching past it). Training never sees them: its workers deal out the documents after
+  the first N (``documents.TextSource``, token shards alike), and text workers also drop every
+  document whose content hash (``documents.document_hash``) is in the held-out set, so exact
+  copies of them elsewhere in the stream do not leak. The set does not depend on world size or
   worker count, so it stays the same when a run is resumed on more GPUs.
+
+``check_training_documents`` refuses, before any worker starts, a holdout that would leave
+fewer training documents than there are data workers, in one line naming
+``data.validation_documents`` and the source's size.
 
 The tokens are cached as ``CACHE/validation/validation-KEY.npz`` (CACHE = ``data.cache_dir``,
 else the run folder; KEY hashes the source, the count and the tokenizer), so every evaluation
@@ -43,7 +49,7 @@ class ValidationSet:
 
     tokens: np.ndarray
     hashes: frozenset[bytes] = frozenset()  # text holdout: content hashes training skips
-    skip_first: int = 0  # token-shard holdout: documents training skips
+    skip_first: int = 0  # holdout: the first documents of the source, which training skips
 
 
 def _cache_path(cfg: TrainingConfig, run_dir: Path, plan: DataPlan, tokenizer: Any) -> Path:
@@ -99,14 +105,44 @@ def _read_documents(plan: DataPlan, n: int) -> tuple[list, set[bytes], int]:
         count = min(n, len(shards))
         return [shards.document(i) for i in range(count)], set(), count if holdout else 0
     if holdout:
-        source = TextSource(plan.spec, plan.split)
+        source = TextSource(plan.spec, plan.split, max_samples=plan.max_samples)
     else:
         source = TextSource(plan.validation_spec, plan.validation_split)
     source.open(0, None)
     texts = source.read(n)
     if not texts:
         raise DataSourceError("the validation source holds no documents")
-    return texts, {document_hash(t) for t in texts} if holdout else set(), 0
+    if not holdout:
+        return texts, set(), 0
+    return texts, {document_hash(t) for t in texts}, len(texts)
+
+
+def check_training_documents(plan: DataPlan, held_out: ValidationSet, workers: int) -> None:
+    """ConfigError, before training starts, when fewer documents than ``workers`` (ranks x
+    data.num_workers) are left to train on once the holdout is taken: a worker would get none."""
+    skip = held_out.skip_first
+    if plan.kind == "tokens":
+        size = len(TokenShards(plan.token_paths))
+        left = size - skip
+    else:  # read at most skip + workers documents, only as far as the answer needs
+        source = TextSource(plan.spec, plan.split, max_samples=plan.max_samples)
+        source.open(0, None)
+        size = len(source.read(skip + workers))
+        left = size - skip
+    if left >= workers:
+        return
+    where = f" (max_samples {plan.max_samples})" if plan.max_samples else ""
+    if skip:
+        raise ConfigError(
+            f"data.validation_documents: holding out {skip} of the source's {size} documents"
+            f"{where} leaves {max(left, 0)} to train on, fewer than the {workers} data workers "
+            "(ranks x data.num_workers); lower data.validation_documents (orchestrate sizes it "
+            "from --max-samples) or data.num_workers, or use more data"
+        )
+    raise ConfigError(
+        f"data.num_workers: the source has {size} documents{where}, fewer than the {workers} "
+        "data workers (ranks x data.num_workers); lower data.num_workers or use more data"
+    )
 
 
 def build_validation_batches(

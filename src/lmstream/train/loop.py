@@ -57,6 +57,7 @@ def forward_backward(
         with dist.gradient_sync(model, enabled=i == n - 1):
             with precision.autocast():
                 _, loss = model(inputs, targets)
+            loss = loss * batch.weight  # 0 for an idle batch (lmstream.data.loader)
             scaled = loss / n
             if precision.scaler is not None:
                 scaled = precision.scaler.scale(scaled)
@@ -148,13 +149,23 @@ class Trainer:
                 # a stop signal (it reaches them at different moments) and on a failed source:
                 # all then take the same branches below, so no rank waits in a collective that
                 # its peers skip.
-                epoch, stopping, failed = dist.agree_max(
-                    [max((b.epoch for b in micro), default=0), stop.requested, failure is not None],
+                epoch, stopping, failed, busy = dist.agree_max(
+                    [
+                        max((b.epoch for b in micro), default=0),
+                        stop.requested,
+                        failure is not None,
+                        any(b.weight > 0 for b in micro),
+                    ],
                     self.device,
                 )
                 if failed:
                     self._save_after_source_failure(micro, failure)
                 epoch, stopping = int(epoch), bool(stopping)
+                if not busy:  # every rank has used up its part of the pass
+                    run.loader.end_pass()
+                    if total_epochs is not None and epoch + 1 >= total_epochs:
+                        break
+                    continue
                 if total_epochs is not None and epoch >= total_epochs:
                     break  # the stream rolled into an epoch past the last one asked for
                 loss = forward_backward(run.model, micro, run.precision, self.device)
@@ -214,7 +225,7 @@ class Trainer:
         st = self.run.state
         progress = st.step > (self._saved_step if self._saved_step is not None else self._start)
         if progress:
-            pending = [(b.inputs, b.targets, b.epoch) for b in fetched]
+            pending = [(b.inputs, b.targets, b.epoch) for b in fetched if b.weight > 0]
             try:
                 self._save_plain_or_sharded(pending)
                 saved = f"; checkpoint saved at step {st.step}"

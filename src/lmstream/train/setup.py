@@ -91,10 +91,12 @@ def _measure_steps_per_epoch(cfg: TrainingConfig, tokenizer, run_dir: Path, env)
         if batch.epoch > 0:
             break
         micro += 1
-    # Ranks' parts of the stream differ in length: all use the shortest, so they agree on the
-    # schedule and take the same number of steps.
-    micro = int(-dist.agree_max([-micro], env.device)[0])
-    steps = micro // cfg.data.gradient_accumulation_steps
+    # Ranks' parts of the stream differ in length: an epoch lasts as long as the longest (the
+    # others step on idle batches meanwhile, see lmstream.data.loader), its last step maybe
+    # partly idle.
+    micro = int(dist.agree_max([micro], env.device)[0])
+    accum = cfg.data.gradient_accumulation_steps
+    steps = -(-micro // accum) if micro >= accum else 0
     if steps == 0:
         raise ConfigError(
             "scheduler.total_epochs: one epoch holds fewer batches than one optimizer step "
@@ -139,7 +141,9 @@ def build_run(
         param_dtype=precision.param_dtype,
     )
     optimizer = build_optimizer(model, cfg.optimizer, cfg.peak_lr, env.device)
-    loader = build_train_loader(cfg, tokenizer, run_dir, rank=env.rank, world_size=env.world_size)
+    loader = build_train_loader(
+        cfg, tokenizer, run_dir, rank=env.rank, world_size=env.world_size, sync_passes=True
+    )
     val_batches = build_validation_batches(
         cfg, tokenizer, run_dir, rank=env.rank, world_size=env.world_size
     )

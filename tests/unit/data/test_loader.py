@@ -13,6 +13,7 @@ import multiprocessing
 import os
 import signal
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from tests.support.doc_trace import drive, trained_ids
 from tokenizers import Tokenizer
 
 from lmstream.config import StreamingConfig, dump_streaming_config, parse_training_config
@@ -114,14 +116,8 @@ def _doc_ids(tokens: np.ndarray, tokenizer: Tokenizer) -> list[int]:
 
 
 def _first_pass(source: TextSource, worker: int, window: int = 8) -> list[str]:
-    docs = []
-    for pos, doc in WindowedDocuments(source, window_size=window, seed=1, worker=worker).iterate(
-        Position()
-    ):
-        if pos.epoch:
-            return docs
-        docs.append(doc)
-    raise AssertionError("unreachable: the stream is endless")
+    windows = WindowedDocuments(source, window_size=window, seed=1, worker=worker)
+    return [doc for _, doc in windows.iterate(Position())]  # one pass, then it ends
 
 
 def test_sharding_covers_every_document_once(tmp_path: Path) -> None:
@@ -138,29 +134,6 @@ def test_sharding_covers_every_document_once(tmp_path: Path) -> None:
             assert sorted(seen) == sorted(texts), f"world {world} x {workers} workers"
 
 
-def _worker_streams(loader, workers: int, cap: int = 2000) -> list[np.ndarray]:
-    """Each worker's token stream, read until every worker is into its second epoch."""
-    streams: list[list[np.ndarray]] = [[] for _ in range(workers)]
-    done = [False] * workers
-    for i, batch in enumerate(loader):
-        w = i % workers  # StatefulDataLoader serves workers round-robin, in order
-        streams[w].append(_rows([batch]).reshape(-1))
-        done[w] = done[w] or batch.epoch >= 1
-        if all(done) or i >= cap:
-            break
-    assert all(done), "a worker never finished its first pass"
-    return [np.concatenate(s) for s in streams]
-
-
-def _first_pass_ids(ids: list[int]) -> list[int]:
-    seen: list[int] = []
-    for i in ids:
-        if i in seen:
-            break
-        seen.append(i)
-    return seen
-
-
 @pytest.mark.parametrize(("world", "workers"), [(2, 2), (3, 0)])
 def test_loader_sharding_and_holdout_end_to_end(tmp_path, tokenizer, world, workers) -> None:
     texts = _corpus(120)
@@ -171,14 +144,28 @@ def test_loader_sharding_and_holdout_end_to_end(tmp_path, tokenizer, world, work
     )  # fmt: skip
     held_out = _doc_ids(load_validation_set(cfg, tokenizer, tmp_path / "run").tokens, tokenizer)
     assert held_out == list(range(10))  # the first N documents of the source
-    passes = []
-    for rank in range(world):
-        loader = build_train_loader(cfg, tokenizer, tmp_path / "run", rank=rank, world_size=world)
-        for stream in _worker_streams(loader, max(workers, 1)):
-            passes.append(_first_pass_ids(_doc_ids(stream, tokenizer)))
-    flat = [i for p in passes for i in p]
-    assert len(flat) == len(set(flat)), "a document was read by two workers"
-    assert sorted(flat) == list(range(10, 120)), "training must read every other document once"
+    loaders = [
+        build_train_loader(cfg, tokenizer, tmp_path / "run", rank=r, world_size=world,
+                           sync_passes=True)
+        for r in range(world)
+    ]  # fmt: skip
+    records, _ = drive(loaders, epochs=1)
+    trained = trained_ids(records, _TraceTokenizer(tokenizer))[0]
+    assert trained == Counter(range(10, 120)), "training must read every other document once"
+
+
+class _TraceTokenizer:
+    """This module's ``docNNNN`` ids read as doc_trace's ``doc-NNNNN`` ones."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+
+    def token_to_id(self, token: str) -> int:
+        return self.tokenizer.token_to_id(token)
+
+    def decode(self, ids: list[int]) -> str:
+        text = self.tokenizer.decode(ids)
+        return f"doc-{int(text[3:7]):05d} {text[8:]}"
 
 
 # ---------------------------------------------------------------------------- validation
@@ -205,7 +192,7 @@ def test_validation_split_fixed_and_cached(tmp_path: Path, tokenizer) -> None:
     ids = set(_doc_ids(load_validation_set(cfg, tokenizer, run).tokens, tokenizer))
     assert ids == set(range(100, 190))  # from the validation split, not the training split
     # With a validation split, training holds nothing out.
-    stream = _rows(_take(build_train_loader(cfg, tokenizer, run), 12)).reshape(-1)
+    stream = _rows(_take(build_train_loader(cfg, tokenizer, run), 3)).reshape(-1)
     assert _doc_ids(stream, tokenizer)[:3] == [0, 1, 2]
 
 
@@ -284,11 +271,7 @@ def test_epochs_change_order_only_when_shuffling(tmp_path: Path) -> None:
     spec = SourceSpec.from_files([str(_write_jsonl(tmp_path / "t.jsonl", texts))])
     for window, should_change in [(64, True), (0, False)]:
         docs = WindowedDocuments(TextSource(spec, "train"), window_size=window, seed=5, worker=0)
-        by_epoch: dict[int, list[str]] = {0: [], 1: []}
-        for pos, doc in docs.iterate(Position()):
-            if pos.epoch == 2:
-                break
-            by_epoch[pos.epoch].append(doc)
+        by_epoch = {e: [d for _, d in docs.iterate(Position(epoch=e))] for e in (0, 1)}
         assert sorted(by_epoch[0]) == sorted(by_epoch[1]) == sorted(texts)
         assert (by_epoch[0] != by_epoch[1]) == should_change
 
@@ -302,12 +285,13 @@ def test_bad_records_are_skipped_never_empty_rows(tmp_path: Path, tokenizer) -> 
     lines[3:3] = ['{"text": ""}', '{"text": 5}', "{not json", '{"other": "x"}', '{"text": "  "}']
     (tmp_path / "t.jsonl").write_text("\n".join(lines) + "\n")
     cfg = _config(tmp_path / "run", tokenizer, train_shards=[str(tmp_path / "t.jsonl")])
-    loader = build_train_loader(cfg, tokenizer, tmp_path / "run")
-    stream = _rows(_take(loader, 15)).reshape(-1)
+    loader = build_train_loader(cfg, tokenizer, tmp_path / "run", sync_passes=True)
+    records, _ = drive([loader], epochs=1)
+    stream = np.concatenate([r[3] for r in records])
     eot = tokenizer.token_to_id("<|endoftext|>")
     assert not np.any((stream[1:] == eot) & (stream[:-1] == eot)), "an empty document was packed"
     assert loader.skipped == {"empty": 2, "not_string": 1, "invalid_json": 1, "missing_field": 1}
-    assert sorted(set(_doc_ids(stream, tokenizer))) == list(range(4, 30))
+    assert sorted(_doc_ids(stream, tokenizer)) == list(range(4, 30))
 
 
 def test_worker_error_reaches_the_main_process_as_one_line(tmp_path: Path, tokenizer) -> None:
