@@ -26,6 +26,7 @@ from lmstream.config import (
     load_training_config,
 )
 from lmstream.data.sources import DocumentStream, SourceSpec, open_dataset
+from lmstream.data.validation import holdout_size
 from lmstream.errors import ConfigError, DataSourceError
 from lmstream.model.presets import PRESETS
 from lmstream.tokenizer import (
@@ -122,6 +123,7 @@ def _source(opts: OrchestrateOptions, paths: ExperimentPaths) -> tuple[SourceSpe
         revision=opts.revision,
         trust_remote_code=opts.trust_remote_code,
         max_samples=opts.max_samples,
+        max_chars=opts.max_chars,
         stream_batch_size=opts.batch_size,
         seed=opts.seed,
         tokenizer_dir=os.path.relpath(paths.tokenizer_dir, paths.run_dir),
@@ -296,6 +298,7 @@ def training_yaml_dict(
             "num_workers": 8,
             "cache_dir": rel(paths.cache_dir),
             "sequence_length": seq_len,
+            "validation_documents": holdout_size(opts.max_samples),
         },
         "optimizer": {
             "algorithm": "adam_w",

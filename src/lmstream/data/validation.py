@@ -41,6 +41,19 @@ from lmstream.data.token_shards import TokenShards, tokenizer_fingerprint
 from lmstream.errors import ConfigError, DataSourceError
 
 _ENCODE_BATCH = 1000
+HOLDOUT_FRACTION = 0.05  # of --max-samples, for the holdout orchestrate writes into training.yaml
+HOLDOUT_MAX = 1000  # data.validation_documents' default: plenty for a stable validation loss
+HOLDOUT_MIN = 8
+
+
+def holdout_size(max_samples: int | None) -> int:
+    """``data.validation_documents`` for a source of ``max_samples`` documents (None: endless):
+    5% of them, at least a few and at most 1,000, always leaving most of them to train on (a
+    fixed 1,000 would swallow a small first run's 800 documents, issue #18)."""
+    if max_samples is None:
+        return HOLDOUT_MAX
+    size = max(HOLDOUT_MIN, round(HOLDOUT_FRACTION * max_samples))
+    return min(size, HOLDOUT_MAX, max_samples // 4)
 
 
 @dataclass(frozen=True)
