@@ -447,7 +447,9 @@ def build_train_loader(
     if plan.kind == "tokens":
         TokenShards(plan.token_paths).check_tokenizer(tokenizer)
     d = cfg.data
-    check_training_documents(plan, held_out, world_size * max(d.num_workers, 1))
+    check_training_documents(
+        plan, held_out, world_size * max(d.num_workers, 1), d.validation_documents
+    )
     settings = StreamSettings(
         plan=plan,
         batch_size=d.batch_size,

@@ -130,7 +130,9 @@ def _read_documents(plan: DataPlan, n: int) -> tuple[list, set[bytes], int]:
     return texts, {document_hash(t) for t in texts}, len(texts)
 
 
-def check_training_documents(plan: DataPlan, held_out: ValidationSet, workers: int) -> None:
+def check_training_documents(
+    plan: DataPlan, held_out: ValidationSet, workers: int, asked: int
+) -> None:
     """ConfigError, before training starts, when fewer documents than ``workers`` (ranks x
     data.num_workers) are left to train on once the holdout is taken: a worker would get none."""
     skip = held_out.skip_first
@@ -147,7 +149,7 @@ def check_training_documents(plan: DataPlan, held_out: ValidationSet, workers: i
     where = f" (max_samples {plan.max_samples})" if plan.max_samples else ""
     if skip:
         raise ConfigError(
-            f"data.validation_documents: holding out {skip} of the source's {size} documents"
+            f"data.validation_documents: {asked} holds out {skip} of the source's {size} documents"
             f"{where} leaves {max(left, 0)} to train on, fewer than the {workers} data workers "
             "(ranks x data.num_workers); lower data.validation_documents (orchestrate sizes it "
             "from --max-samples) or data.num_workers, or use more data"

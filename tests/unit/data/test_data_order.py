@@ -93,7 +93,7 @@ def test_a_source_too_small_for_the_workers_is_refused(tmp_path, tokenizer) -> N
     cfg = _config(run, tokenizer, train_shards=[data], num_workers=2, validation_documents=5)
     with pytest.raises(ConfigError) as err:
         build_train_loader(cfg, tokenizer, run)
-    assert str(err.value).startswith("data.validation_documents: holding out 5 of the source's 6")
+    assert str(err.value).startswith("data.validation_documents: 5 holds out 5 of the source's 6")
     assert len(str(err.value).splitlines()) == 1
 
 
