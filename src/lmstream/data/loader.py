@@ -339,13 +339,17 @@ class TrainLoader:
         }
 
     def state_dict(self) -> dict:
+        # A used-up pass needs no position: the next one starts fresh (and once end_pass was
+        # called, the state is that of the next pass, not yet begun).
+        drained, epoch = self._drained, self.epoch
+        if drained and self._advance:
+            drained, epoch = False, epoch + 1
         return {
             **self._meta(),
             "rank": self.dataset.settings.rank,
             "skipped": self._skipped,
-            "epoch": self.epoch,
-            "drained": self._drained,
-            # A used-up pass needs no position: the next one starts fresh.
+            "epoch": epoch,
+            "drained": drained,
             "loader": None if self._drained else self._loader.state_dict(),
         }
 

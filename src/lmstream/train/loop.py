@@ -161,10 +161,12 @@ class Trainer:
                 if failed:
                     self._save_after_source_failure(micro, failure)
                 epoch, stopping = int(epoch), bool(stopping)
-                if not busy:  # every rank has used up its part of the pass
+                if not busy:  # every rank has used up its part: the epoch is complete
                     run.loader.end_pass()
-                    if total_epochs is not None and epoch + 1 >= total_epochs:
+                    st.epoch = epoch + 1
+                    if total_epochs is not None and st.epoch >= total_epochs:
                         break
+                    self._after_step(False, True)  # every_n_epochs: at the epoch's end
                     continue
                 if total_epochs is not None and epoch >= total_epochs:
                     break  # the stream rolled into an epoch past the last one asked for
