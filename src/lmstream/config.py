@@ -202,7 +202,9 @@ class DataConfig(_Section):
         default=1, ge=1, description="Micro-batches per optimizer step."
     )
     shuffle_buffer_size: int = Field(
-        default=0, ge=0, description="Documents per shuffle window; 0 = no shuffling."
+        default=0,
+        ge=0,
+        description="A window shuffle, not a buffer: each data worker emits every window of this many of its documents in a seeded random order (new each epoch); 0 = no shuffling.",
     )
     num_workers: int = Field(
         default=0,
@@ -217,7 +219,7 @@ class DataConfig(_Section):
     validation_documents: int = Field(
         default=1000,
         ge=0,
-        description="Documents held out from the stream for validation when the source has no validation split.",
+        description="Documents held out for validation when the source has no validation split: the first N clean documents (within streaming_config.json's max_samples); orchestrate sizes it from --max-samples (5%, at most 1,000).",
     )
 
 
