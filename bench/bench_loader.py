@@ -232,7 +232,7 @@ def record(data: dict, args) -> None:
     body = (
         "## Data loader: tokens/s vs the same encode call run bare, and resume at depth\n\n"
         f"`python bench/bench_loader.py --record` on {data['date']}, {data['machine']}; "
-        f"1-minute load average {data['load']:.1f} at the start (other jobs on the cores).\n"
+        f"{data['load']:.1f} at the start (other jobs share the cores).\n"
         f"Corpus: {t['documents']:,} documents of ~2 KB ({t['corpus_mb']:.1f} MB, "
         f"{t['corpus_tokens']:,} tokens) of KJV + ASV verses in {FILES} parquet files, "
         f"byte-level BPE (16k vocabulary), one full pass per run, {args.repeats} alternating "
