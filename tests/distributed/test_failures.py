@@ -140,7 +140,7 @@ def test_sigterm_checkpoints_the_same_step_on_every_rank(corpus, tmp_path, paral
 def test_source_down_mid_run_checkpoints_every_rank_and_resumes_exactly(
     corpus, tmp_path, monkeypatch, parallelism
 ):
-    """The streaming source goes down for good once the first pass over its files is done:
+    """The streaming source goes down for good while the first pass is under way:
     whichever rank fails first, every rank learns it in the per-step flag all-reduce, they save
     one checkpoint together at their last step (each rank's unfinished micro-batches included)
     and the job ends; resumed once the source is back, the job ends as the one that never
@@ -159,7 +159,10 @@ def test_source_down_mid_run_checkpoints_every_rank_and_resumes_exactly(
         cfg["runtime"]["evaluation"]["every_n_steps"] = None
         config = write_run(run_dir, cfg)
         urls = [server.url(name) for name in files]
-        streaming = {"dataset": urls[0], "data_files": urls, "split": "train"}
+        # Small source reads, so each rank (reading every file, one after another) opens the
+        # later files mid-pass, after the source went down.
+        streaming = {"dataset": urls[0], "data_files": urls, "split": "train",
+                     "stream_batch_size": 20}  # fmt: skip
         (run_dir / "streaming_config.json").write_text(json.dumps(streaming))
         return config
 

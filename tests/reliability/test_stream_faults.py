@@ -50,7 +50,9 @@ def served(corpus) -> dict[str, bytes]:
     return {f"part-{k}.jsonl": b"".join(lines[k::FILES]) for k in range(FILES)}
 
 
-def streaming_run(run_dir: Path, corpus: Path, server: FileServer, **overrides) -> Path:
+def streaming_run(
+    run_dir: Path, corpus: Path, server: FileServer, stream_batch_size: int = 1000, **overrides
+) -> Path:
     names = [f"part-{k}.jsonl" for k in range(FILES)]
     cfg = tiny_config(
         corpus,
@@ -59,7 +61,14 @@ def streaming_run(run_dir: Path, corpus: Path, server: FileServer, **overrides) 
     config = write_run(run_dir, apply_overrides(cfg, overrides))
     urls = [server.url(n) for n in names]
     (run_dir / "streaming_config.json").write_text(
-        json.dumps({"dataset": urls[0], "data_files": urls, "split": "train"})
+        json.dumps(
+            {
+                "dataset": urls[0],
+                "data_files": urls,
+                "split": "train",
+                "stream_batch_size": stream_batch_size,
+            }
+        )
     )
     return config
 
@@ -132,13 +141,14 @@ def test_source_down_beyond_retries_stops_cleanly_and_resumes(
 def test_source_down_mid_run_saves_the_progress_and_resumes_exactly(
     corpus, served, tmp_path, fast_network, capsys
 ):
-    """The source goes down for good when the stream rolls into its second epoch (its first
-    GET after the first pass), partway through an optimizer step's micro-batches. The run stops
+    """The source goes down for good when the reader opens its second file (read in batches of
+    20 records, so mid-pass), partway through an optimizer step's micro-batches. The run stops
     with exit 3 but saves a checkpoint at its last step (not just the last periodic one), holding
     the micro-batches the unfinished step already took; resuming once the source is back feeds
     them first and ends exactly as the run that never failed."""
-    steps = 400  # the second epoch begins around step 310 (3 micro-batches per step)
+    steps = 400
     overrides = {
+        "stream_batch_size": 20,
         "scheduler.total_steps": steps,
         "data.gradient_accumulation_steps": 3,
         "runtime.checkpoint.every_n_steps": 1000,  # no periodic checkpoint before the failure
@@ -146,10 +156,12 @@ def test_source_down_mid_run_saves_the_progress_and_resumes_exactly(
     with FileServer(served) as server:
         clean_dir = tmp_path / "clean"
         assert train_in_process(streaming_run(clean_dir, corpus, server, **overrides)) == 0
-        first_pass = 2 * FILES  # GETs of the validation scan and of the first training pass
-        assert sum(method == "GET" for method, *_ in server.requests) > first_pass
+        gets = [path for method, path, _ in server.requests if method == "GET"]
+        # The first GET of the second file: the training pass reaching it (the validation scans
+        # read the first few documents of the first file only).
+        second_file = 1 + next(i for i, path in enumerate(gets) if path.endswith("part-1.jsonl"))
     with FileServer(served) as server:
-        server.faults = Faults(kinds=("503",), on_requests=set(range(first_pass + 1, 10**6)))
+        server.faults = Faults(kinds=("503",), on_requests=set(range(second_file, 10**6)))
         run_dir = tmp_path / "run"
         config = streaming_run(run_dir, corpus, server, **overrides)
         capsys.readouterr()
