@@ -130,9 +130,9 @@ def child_resume(paths: list[str], tokenizer_json: str, workdir: str, depths: li
     from tokenizers import Tokenizer
 
     from lmstream.data.documents import TextSource, resolve_plan
-    from lmstream.data.loader import PackedDataset, PackedIterator, StreamSettings
     from lmstream.data.packing import eot_id
     from lmstream.data.shuffle import Position
+    from lmstream.data.worker import PackedDataset, PackedIterator, StreamSettings
 
     tok = Tokenizer.from_file(tokenizer_json)
     cfg = loader_config(Path(workdir), tokenizer_json, paths, num_workers=0,
