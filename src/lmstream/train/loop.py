@@ -308,15 +308,18 @@ class Trainer:
 
     def _after_step(self, final: bool, epoch_ended: bool, stopping: bool = False) -> None:
         """Evaluate, checkpoint and keep the best when due; ``final`` forces both, ``stopping``
-        (a signal) forces the checkpoint only, to stay within a pod's grace period."""
+        (a signal) forces the checkpoint only, to stay within a pod's grace period. An epoch's
+        end comes after its last step (``epoch_ended``): only the per-epoch settings apply."""
         rt, st = self.cfg.runtime, self.run.state
         ev, ck = rt.evaluation, rt.checkpoint
         if final and self._saved_step == st.step:
             return  # the last step was already evaluated and saved
-        want_eval = final or self._due(st.step, ev.every_n_steps)
+        steps = not epoch_ended  # the per-step settings were applied at this step already
+        want_eval = final or (steps and self._due(st.step, ev.every_n_steps))
         want_eval |= epoch_ended and self._due(st.epoch, ev.every_n_epochs)
-        want_save = final or stopping or self._due(st.step, ck.every_n_steps)
+        want_save = final or stopping or (steps and self._due(st.step, ck.every_n_steps))
         want_save |= epoch_ended and self._due(st.epoch, ck.every_n_epochs)
+        want_save &= not (epoch_ended and self._saved_step == st.step)  # saved at this step
         val = self._evaluate() if want_eval and not stopping else None
         keep_best = False
         if val is not None and math.isfinite(val):
