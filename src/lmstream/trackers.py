@@ -109,6 +109,9 @@ class WandbLogger(TrackerLogger):
 
     def __init__(self, cfg: WandbConfig, run_config: dict, run_id: str | None = None):
         super().__init__()
+        # Kept even when W&B fails: the checkpoints of a resume made while W&B is down must
+        # still name the run, so the next resume (W&B back) continues it.
+        self._run_id = run_id
         try:
             import wandb
 
@@ -127,6 +130,7 @@ class WandbLogger(TrackerLogger):
             self._fail("start", exc)
 
         if self._run is not None:
+            self._run_id = self._run.id
             try:
                 # The training step is a logged value that W&B plots against (as transformers'
                 # Trainer does), not W&B's own step: a run resumed from a checkpoint older than
@@ -146,7 +150,7 @@ class WandbLogger(TrackerLogger):
             self._fail("logging", exc)
 
     def state_dict(self) -> dict:
-        return {"wandb_run_id": self._run.id} if self._run is not None else {}
+        return {"wandb_run_id": self._run_id} if self._run_id is not None else {}
 
 
 class TrackioLogger(TrackerLogger):
@@ -156,6 +160,7 @@ class TrackioLogger(TrackerLogger):
 
     def __init__(self, cfg: TrackioConfig, run_config: dict, run_name: str | None = None):
         super().__init__()
+        self._run_name = run_name  # kept when Trackio fails, as W&B's run id is
         try:
             import trackio
 
@@ -166,11 +171,12 @@ class TrackioLogger(TrackerLogger):
                 config=run_config,
                 resume="allow" if run_name else "never",
             )
+            self._run_name = self._run.name
         except Exception as exc:
             self._fail("start", exc)
 
     def state_dict(self) -> dict:
-        return {"trackio_run_name": self._run.name} if self._run is not None else {}
+        return {"trackio_run_name": self._run_name} if self._run_name is not None else {}
 
 
 def build_trackers(cfg: TrainingConfig, saved: dict | None = None) -> list[Logger]:

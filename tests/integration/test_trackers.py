@@ -46,6 +46,9 @@ def wandb_env(tmp_path: Path, monkeypatch) -> Path:
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     (tmp_path / "wandb-dir").mkdir()
+    # wandb reads WANDB_DIR and the mode once per process (its setup singleton): start each
+    # test from a fresh one, or its runs land in the previous test's folder.
+    wandb.teardown()
     return tmp_path / "wandb-dir"
 
 
@@ -209,3 +212,30 @@ def test_a_missing_tracker_package_is_one_line_naming_field_and_extra(
         f"installed; pip install 'lmstream[{field}]'"
     ]
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_resume_while_wandb_is_down_keeps_the_run_id_for_the_next_resume(
+    corpus: Path, tmp_path: Path, wandb_env: Path, monkeypatch, capsys
+) -> None:
+    """W&B failing on one resume (no network, key expired) must not lose the run id from the
+    checkpoints that resume writes: the next resume, with W&B back, continues the same W&B run
+    instead of starting a new one."""
+    wandb_cfg = {"runtime.logging.wandb": {"project": "p", "name": "tiny", "mode": "offline"}}
+    every = {"runtime.checkpoint.every_n_steps": 2}
+    run_dir = tmp_path / "run"
+    assert train(write_run(run_dir, tiny_training_config(corpus, 2, **wandb_cfg, **every))) == 0
+
+    monkeypatch.setenv("WANDB_MODE", "online")  # W&B down: init refuses (no key, no server)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
+    down = {"runtime.logging.wandb": {"project": "p", "name": "tiny", "mode": "online"}}
+    config = write_run(run_dir, tiny_training_config(corpus, 4, **down, **every))
+    assert train(config, "--resume", str(run_dir / "checkpoints" / "step-00000002")) == 0
+    assert "W&B start failed" in capsys.readouterr().err
+
+    monkeypatch.setenv("WANDB_MODE", "offline")  # W&B back
+    config = write_run(run_dir, tiny_training_config(corpus, 5, **wandb_cfg, **every))
+    assert train(config, "--resume", str(run_dir / "checkpoints" / "step-00000004")) == 0
+
+    runs = wandb_runs(wandb_env)
+    assert len(runs) == 2 and runs[0][0] == runs[1][0]
+    assert sorted(runs[1][1]) == [5]
