@@ -168,8 +168,18 @@ def _task_manager(include_path: str | None, defaults: bool):
     return TaskManager(include_path=include_path, include_defaults=defaults)
 
 
-def resolve_tasks(tasks: list[str], include_path: str | Path | None = None):
-    """The task manager that knows every one of ``tasks``; ConfigError naming the unknown."""
+def resolve_tasks(
+    tasks: list[str],
+    include_path: str | Path | None = None,
+    *,
+    field: str = "--tasks",
+    include_field: str = "--include-path",
+):
+    """The task manager that knows every one of ``tasks``; ConfigError naming the unknown (as
+    ``field``) or a missing ``include_path`` (as ``include_field``): the harness itself skips
+    a folder that is not there and then reports its tasks as unknown."""
+    if include_path and not Path(include_path).is_dir():
+        raise ConfigError(f"{include_field}: {include_path} is not a folder")
     where = str(include_path) if include_path else None
     manager = _task_manager(where, defaults=False)
     if manager is None or not all(manager.match_tasks([t]) for t in tasks):
@@ -178,7 +188,7 @@ def resolve_tasks(tasks: list[str], include_path: str | Path | None = None):
     if unknown:
         looked = f" (looked in the harness and {include_path})" if include_path else ""
         raise ConfigError(
-            f"--tasks: unknown lm-eval task(s) {', '.join(unknown)}{looked}; "
+            f"{field}: unknown lm-eval task(s) {', '.join(unknown)}{looked}; "
             "`lm-eval ls tasks` lists them, --include-path adds a folder of task YAMLs"
         )
     return manager

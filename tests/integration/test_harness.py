@@ -158,3 +158,38 @@ def test_in_loop_tasks_run_without_a_validation_set(
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     final = [json.loads(line) for line in lines if f"eval/{TASK}/acc" in line]
     assert [r["step"] for r in final] == [2] and "val_loss" not in final[0]
+
+
+def test_in_loop_task_typo_or_missing_folder_fails_before_training(
+    corpus: Path, task_dir: Path, tmp_path: Path, capsys
+) -> None:
+    """A typo in runtime.evaluation.tasks (or a tasks_include_path that is not there) is one
+    line naming the field at start, not a crash at the first evaluation hours later."""
+    typo = {
+        "runtime.evaluation.tasks": [TASK + "_typo"],
+        "runtime.evaluation.tasks_include_path": str(task_dir),
+    }
+    assert train(write_run(tmp_path / "typo", tiny_training_config(corpus, 2, **typo))) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        f"lmstream train: error: runtime.evaluation.tasks: unknown lm-eval task(s) {TASK}_typo"
+    )
+    assert not (tmp_path / "typo" / "checkpoints").exists()
+
+    gone = {
+        "runtime.evaluation.tasks": [TASK],
+        "runtime.evaluation.tasks_include_path": str(tmp_path / "no-such-folder"),
+    }
+    assert train(write_run(tmp_path / "gone", tiny_training_config(corpus, 2, **gone))) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "lmstream train: error: runtime.evaluation.tasks_include_path: "
+        f"{tmp_path / 'no-such-folder'} is not a folder"
+    ]
+    assert not (tmp_path / "gone" / "checkpoints").exists()
+
+    args = ["eval", "--checkpoint", str(tmp_path), "--tasks", TASK, "--include-path"]
+    assert cli_main([*args, str(tmp_path / "no-such-folder")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"lmstream eval: error: --include-path: {tmp_path / 'no-such-folder'} is not a folder"
+    )

@@ -250,9 +250,14 @@ def run(args: argparse.Namespace) -> int:
 
     require_extras(cfg)  # a missing tracker package fails now, not after the data is ready
     if cfg.runtime.evaluation.tasks:
-        from lmstream.harness import require_harness
+        from lmstream.harness import require_harness, resolve_tasks
 
         require_harness("runtime.evaluation.tasks")
+        ev = cfg.runtime.evaluation  # a typo fails now, not at the first evaluation
+        resolve_tasks(
+            ev.tasks, ev.tasks_include_path, field="runtime.evaluation.tasks",
+            include_field="runtime.evaluation.tasks_include_path",
+        )  # fmt: skip
     if not cfg.tokenizer.tokenizer_json.is_file():
         raise LmstreamError(
             f"tokenizer.tokenizer_json: {cfg.tokenizer.tokenizer_json} not found; "
