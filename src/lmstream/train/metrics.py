@@ -204,6 +204,13 @@ class MultiLogger(Logger):
         return {k: v for logger in self.loggers for k, v in logger.state_dict().items()}
 
 
+def on_terminal() -> bool:
+    """Whether to draw a progress bar: stdout is a terminal (metric lines go there) and so is
+    stderr (tqdm draws the bar there; `2> train.log` would fill the log with bar frames), and
+    the terminal can redraw a line (TERM=dumb, e.g. an editor's shell buffer, cannot)."""
+    return sys.stdout.isatty() and sys.stderr.isatty() and os.environ.get("TERM", "") != "dumb"
+
+
 def build_logger(
     cfg: TrainingConfig,
     *,
@@ -218,7 +225,7 @@ def build_logger(
     if rank != 0:
         return Logger()
     logging_cfg = cfg.runtime.logging
-    show_bar = sys.stdout.isatty() if progress is None else progress
+    show_bar = on_terminal() if progress is None else progress
     stdout = StdoutLogger(
         total_steps,
         resume_step or 0,
