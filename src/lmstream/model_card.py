@@ -61,7 +61,10 @@ def _sources(cfg: TrainingConfig, run_dir: Path | None) -> tuple[list[str], list
         except ValueError:
             stream = None
         if stream is not None:
-            parts = [stream.dataset]
+            # A local path is shown by its name: the card is written to be published, and the
+            # user's absolute paths (home folder, mounts) are theirs, not the reader's.
+            local = "://" not in stream.dataset and not _is_hub_id(stream.dataset)
+            parts = [Path(stream.dataset).name if local else stream.dataset]
             if stream.subset:
                 parts.append(f"subset {stream.subset}")
             parts.append(f"split {stream.split}")
@@ -93,8 +96,11 @@ def _last_val_loss(cfg: TrainingConfig, step: int, manifest: dict) -> float | No
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            value = record.get("val_loss") if isinstance(record, dict) else None
-            if isinstance(value, int | float) and int(record.get("step", 0)) <= step:
+            if not isinstance(record, dict):
+                continue
+            value, at = record.get("val_loss"), record.get("step")
+            # a damaged line (no step, a string) is skipped, as an unparsable one is
+            if isinstance(value, int | float) and isinstance(at, int) and at <= step:
                 found = float(value)
     if found is None and isinstance(manifest.get("val_loss"), int | float):
         found = float(manifest["val_loss"])
@@ -111,9 +117,15 @@ def read_benchmarks(folder: Path) -> dict[str, dict[str, float]]:
     except (OSError, ValueError):
         return {}
     tasks = data.get("tasks") if isinstance(data, dict) else None
+    if not isinstance(tasks, dict):  # malformed: the card leaves benchmarks out
+        return {}
     return {
-        task: {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
-        for task, metrics in (tasks or {}).items()
+        str(task): {
+            str(k): float(v)
+            for k, v in metrics.items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        }
+        for task, metrics in tasks.items()
         if isinstance(metrics, dict)
     }
 

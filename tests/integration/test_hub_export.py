@@ -140,3 +140,39 @@ def test_push_flags_are_checked_before_exporting(run_dir: Path, tmp_path: Path, 
     assert cli_main(args) == 2
     assert "--push-to-hub: expected OWNER/NAME" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_the_card_survives_damaged_run_files_and_names_no_local_path(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    """A malformed eval_results.json, a metrics.jsonl line with no step, and a stream read from
+    a local folder: the export still writes a card (these files only add to it), and the card,
+    written to be published, shows the local dataset by its name, not the user's absolute path
+    (nor lists it as a Hub dataset)."""
+    corpus = run_dir.parent  # write_kjv_corpus's folder: train.jsonl and tok/
+    run = tmp_path / "run"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        config = write_run(run, tiny_training_config(corpus, 2))
+        assert cli_main(["train", "--config", str(config)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    local_data = tmp_path / "private-data" / "my_corpus"
+    local_data.mkdir(parents=True)
+    stream = {"dataset": str(local_data), "split": "train"}
+    (run / "streaming_config.json").write_text(json.dumps(stream))
+    step_dir = run / "checkpoints" / "step-00000002"
+    (step_dir / "eval_results.json").write_text(json.dumps({"tasks": ["arc_easy"]}))
+    val_loss = _last_val_loss(run)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": None, "val_loss": 9.0}) + "\n")
+
+    out = tmp_path / "hf"
+    assert cli_main(["export", "--checkpoint", str(run), "--out", str(out)]) == 0
+    text = (out / "README.md").read_text()
+    card = huggingface_hub.ModelCard(text)
+    assert card.data.datasets is None
+    assert str(tmp_path) not in text
+    assert "- my_corpus, split train" in text
+    assert f"| validation loss | {val_loss:.4f} " in text
