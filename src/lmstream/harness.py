@@ -126,12 +126,21 @@ def _lm_class():
             out = []
             for request in requests:
                 context, gen_kwargs = request.args
-                until = gen_kwargs.get("until") or [self.tok_decode([self._eot])]
+                until = gen_kwargs.get("until") or []
                 until = [until] if isinstance(until, str) else list(until)
                 budget = int(gen_kwargs.get("max_gen_toks", 256))
-                prompt = self.tok_encode(context)[-(self.max_length - 1) :] or [self._eot]
+                # As the HF class: the prompt keeps its last max_length - max_gen_toks tokens,
+                # leaving the answer room (at least one token of prompt), and <|endoftext|>
+                # always ends the answer.
+                keep = max(1, self.max_length - budget)
+                prompt = self.tok_encode(context)[-keep:] or [self._eot]
                 text, ids = "", []
-                for token in generate_tokens(self.model, prompt, budget, temperature=0):
+                tokens = generate_tokens(
+                    self.model, prompt, budget, temperature=0, stop_ids=[self._eot]
+                )
+                for token in tokens:
+                    if token == self._eot:
+                        break
                     ids.append(token)
                     text = self.tok_decode(ids)
                     if any(stop in text for stop in until):

@@ -193,3 +193,52 @@ def test_in_loop_task_typo_or_missing_folder_fails_before_training(
     assert capsys.readouterr().err.strip() == (
         f"lmstream eval: error: --include-path: {tmp_path / 'no-such-folder'} is not a folder"
     )
+
+
+def test_generation_keeps_room_for_the_answer_when_the_prompt_fills_the_window(
+    corpus: Path,
+) -> None:
+    """As the harness's HF class: a generate_until prompt longer than the context is cut to
+    ``max_length - max_gen_toks`` tokens so the answer has room, and generation stops at
+    <|endoftext|>. Before, the prompt kept ``max_length - 1`` tokens (one token of answer) and
+    an answer whose ``until`` left <|endoftext|> out ran on past it."""
+    from lm_eval.api.instance import Instance
+
+    from lmstream.config import ModelConfig
+    from lmstream.generate import generate_tokens
+    from lmstream.harness import _lm_class
+    from lmstream.model.transformer import Transformer
+    from lmstream.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(corpus / "tok" / "tokenizer.json")
+    torch.manual_seed(0)
+    window = 64
+    model = Transformer(
+        ModelConfig(hidden_size=64, intermediate_size=128, num_layers=2,
+                    num_attention_heads=4, max_position_embeddings=window),
+        tok.get_vocab_size(),
+    ).eval()  # fmt: skip
+    lm = _lm_class()(model, tok)
+    context = " ".join(row["question"] for row in task_documents())  # well over 64 tokens
+    ids = lm.tok_encode(context)
+    assert len(ids) > 2 * window
+    request = Instance(
+        request_type="generate_until", doc={}, idx=0,
+        arguments=(context, {"until": ["@@never@@"], "max_gen_toks": 8}),
+    )  # fmt: skip
+    [answer] = lm.generate_until([request])
+
+    eot = tok.token_to_id("<|endoftext|>")
+    by_hand = list(generate_tokens(model, ids[-(window - 8) :], 8, temperature=0, stop_ids=[eot]))
+    by_hand = by_hand[:-1] if by_hand[-1] == eot else by_hand
+    assert len(by_hand) > 1
+    assert answer == lm.tok_decode(by_hand)
+
+    with torch.no_grad():  # a model whose every greedy token is <|endoftext|> (id 0, ties go low)
+        model.embed.weight.zero_()
+    assert eot == 0 and list(generate_tokens(model, ids[:4], 3, temperature=0)) == [eot] * 3
+    blank_line = Instance(
+        request_type="generate_until", doc={}, idx=0,
+        arguments=(context, {"until": ["\n\n"], "max_gen_toks": 8}),
+    )  # fmt: skip
+    assert lm.generate_until([blank_line]) == [""]  # not "<|endoftext|>" eight times
