@@ -14,6 +14,7 @@ as ``eval/<task>/<metric>``.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import json
 import math
@@ -263,6 +264,22 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
 
 
+# How long the other ranks wait for rank 0's benchmarks. Not the process group's timeout
+# (LMSTREAM_DIST_TIMEOUT_S, minutes, so that a lost peer ends the job soon): a full benchmark
+# on a large model can take longer, and a waiting rank that times out ends the whole job.
+HARNESS_WAIT = datetime.timedelta(hours=6)
+
+
+@functools.cache
+def _wait_group():
+    """A gloo group with HARNESS_WAIT as its timeout, made once by every rank (a collective);
+    gloo so the wait is a CPU barrier whatever the main backend (NCCL's watchdog would apply
+    its own timeout)."""
+    import torch.distributed as tdist
+
+    return tdist.new_group(backend="gloo", timeout=HARNESS_WAIT)
+
+
 def evaluate_in_loop(run, tokenizer: Tokenizer) -> dict[str, float]:
     """runtime.evaluation.tasks at an evaluation: ``{"eval/<task>/<metric>": value}`` on rank 0,
     ``{}`` on the others. Collective when distributed (the full weights are gathered so rank 0
@@ -274,6 +291,7 @@ def evaluate_in_loop(run, tokenizer: Tokenizer) -> dict[str, float]:
 
     ev = run.cfg.runtime.evaluation
     model = dist.unwrap(run.model)
+    wait_group = _wait_group() if run.env.world_size > 1 else None  # before rank 0 goes off
     if run.env.world_size > 1:
         state = dist.full_model_state_dict(run.model)  # every rank joins
         if run.env.is_main:
@@ -293,5 +311,8 @@ def evaluate_in_loop(run, tokenizer: Tokenizer) -> dict[str, float]:
                 )  # fmt: skip
         finally:
             restore_rng(rng)
-    dist.barrier()
+    if wait_group is not None:
+        import torch.distributed as tdist
+
+        tdist.barrier(group=wait_group)
     return {f"eval/{t}/{m}": v for t, metrics in results.items() for m, v in metrics.items()}

@@ -59,3 +59,36 @@ def test_fsdp_job_with_harness_tasks_and_wandb(corpus: Path, tmp_path: Path, cap
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["tasks"][TASK]["acc"] == acc[TOTAL]
     assert os.path.isfile(checkpoint / "eval_results.json")
+
+
+def test_ranks_wait_out_in_loop_tasks_longer_than_the_process_group_timeout(
+    corpus: Path, tmp_path: Path
+) -> None:
+    """Rank 0 runs the harness alone while the others wait: a benchmark longer than the process
+    group's timeout (LMSTREAM_DIST_TIMEOUT_S, 600 s by default; a full MMLU on a big model
+    takes longer) must not time the waiting ranks out and end the job. Here the timeout is 4 s
+    and the harness's generation task takes well over it (about 15 s on two busy cores)."""
+    from tests.distributed.support import tiny_config
+    from tests.support.harness_task import write_generation_task
+
+    tasks = tmp_path / "tasks"
+    task = write_generation_task(tasks, repeats=40)
+    cfg = tiny_config(
+        corpus,
+        **{
+            "scheduler.total_steps": 4,
+            "scheduler.warmup_steps": 1,
+            "runtime.checkpoint.every_n_steps": 4,
+            "runtime.evaluation.every_n_steps": 4,
+            "runtime.evaluation.tasks": [task],
+            "runtime.evaluation.tasks_include_path": str(tasks),
+        },
+    )
+    run_dir = tmp_path / "run"
+    done = subprocess.run(
+        torchrun_args("train", "--config", str(write_run(run_dir, cfg))),
+        env=job_env() | {"LMSTREAM_DIST_TIMEOUT_S": "4"}, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, timeout=JOB_TIMEOUT_S,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert sorted(metrics(run_dir, f"eval/{task}/exact_match")) == [4]

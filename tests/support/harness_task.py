@@ -44,3 +44,24 @@ def write_task(folder: Path) -> Path:
         "metric_list:\n  - metric: acc\n  - metric: acc_norm\n"
     )
     return folder
+
+
+def write_generation_task(folder: Path, repeats: int, max_gen_toks: int = 24) -> str:
+    """folder/kjv_generate.yaml: greedy generation after each question of task_documents(),
+    each asked ``repeats`` times (the harness's own ``repeats``), so its length is chosen by
+    the caller; exact match against the answer. Returns the task name."""
+    name = "kjv_generate"
+    write_task(folder)  # the data file
+    (folder / f"{name}.yaml").write_text(
+        f"task: {name}\n"
+        "dataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {folder / f'{TASK}.jsonl'}\n"
+        "test_split: test\n"
+        "output_type: generate_until\n"
+        'doc_to_text: "{{question}}"\n'
+        'doc_to_target: "{{choices[answer]}}"\n'
+        f"repeats: {repeats}\n"
+        f"generation_kwargs:\n  until: ['@@']\n  max_gen_toks: {max_gen_toks}\n"
+        "metric_list:\n  - metric: exact_match\n"
+    )
+    return name
