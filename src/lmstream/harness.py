@@ -85,7 +85,7 @@ def _lm_class():
             out = []
             for i, (ids, n) in enumerate(rows):
                 end = len(ids) - 1
-                target = torch.tensor(ids[-n:], device=logits.device)
+                target = torch.tensor(ids[end + 1 - n :], device=logits.device)  # n may be 0
                 # positions predicting the last n tokens: (n, V)
                 window = F.log_softmax(logits[i, end - n : end].float(), dim=-1)
                 total = window.gather(-1, target[:, None]).sum().item()

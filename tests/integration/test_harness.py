@@ -242,3 +242,30 @@ def test_generation_keeps_room_for_the_answer_when_the_prompt_fills_the_window(
         arguments=(context, {"until": ["\n\n"], "max_gen_toks": 8}),
     )  # fmt: skip
     assert lm.generate_until([blank_line]) == [""]  # not "<|endoftext|>" eight times
+
+
+def test_an_empty_continuation_scores_zero_as_in_the_hf_class(corpus: Path) -> None:
+    """A multiple-choice option that encodes to no tokens (an empty choice) has log-prob 0 and
+    counts as greedy, as in the harness's HF class; it crashed (ids[-0:] is the whole list)."""
+    from lm_eval.api.instance import Instance
+
+    from lmstream.config import ModelConfig
+    from lmstream.harness import _lm_class
+    from lmstream.model.transformer import Transformer
+    from lmstream.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(corpus / "tok" / "tokenizer.json")
+    torch.manual_seed(0)
+    model = Transformer(
+        ModelConfig(hidden_size=64, intermediate_size=128, num_layers=2,
+                    num_attention_heads=4, max_position_embeddings=64),
+        tok.get_vocab_size(),
+    ).eval()  # fmt: skip
+    lm = _lm_class()(model, tok)
+    requests = [
+        Instance(request_type="loglikelihood", doc={}, idx=i, arguments=("In the beginning", c))
+        for i, c in enumerate(["", " God"])
+    ]
+    empty, word = lm.loglikelihood(requests)
+    assert empty == (0.0, True)
+    assert word[0] < 0.0
