@@ -50,6 +50,14 @@ def push_folder(folder: Path, repo_id: str, *, private: bool, revision: str | No
     api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None)
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
+        # create_repo leaves an existing repo's visibility as it is: --private on a public
+        # repo would publish what the user asked to keep private.
+        if private and not api.repo_info(repo_id).private:
+            raise HubUploadError(
+                f"--private: {repo_id} already exists and is public; nothing was uploaded "
+                f"(make it private on the Hub, or drop --private); the local export is kept "
+                f"in {folder}"
+            )
         if revision is not None:
             api.create_branch(repo_id, branch=revision, exist_ok=True)
         info = api.upload_folder(
@@ -58,6 +66,8 @@ def push_folder(folder: Path, repo_id: str, *, private: bool, revision: str | No
             revision=revision,
             commit_message="Upload model exported by lmstream",
         )
+    except HubUploadError:
+        raise
     except Exception as exc:  # HTTP, offline mode, auth: all one line, the export kept
         reason = _scrub(str(exc)) or type(exc).__name__
         raise HubUploadError(

@@ -176,3 +176,26 @@ def test_the_card_survives_damaged_run_files_and_names_no_local_path(
     assert str(tmp_path) not in text
     assert "- my_corpus, split train" in text
     assert f"| validation loss | {val_loss:.4f} " in text
+
+
+def test_private_never_uploads_into_an_existing_public_repo(run_dir: Path, tmp_path: Path) -> None:
+    """--private with a repo that already exists and is public: create_repo(exist_ok) leaves it
+    public, so the upload would publish what the user asked to keep private. Nothing is sent."""
+    out = tmp_path / "hf"
+    with HubStandIn() as hub:
+        hub.repos["me/public-one"] = {"main": {}}
+        hub.private["me/public-one"] = False
+        proc = subprocess.run(
+            [sys.executable, "-m", "lmstream", "export", "--checkpoint", str(run_dir),
+             "--out", str(out), "--push-to-hub", "me/public-one", "--private"],
+            env=_hub_env(tmp_path, hub.url), capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    assert proc.returncode == 6, proc.stderr
+    assert hub.repos["me/public-one"] == {"main": {}}  # no commit
+    err = proc.stderr.strip().splitlines()
+    assert err == [
+        "lmstream export: error: --private: me/public-one already exists and is public; "
+        f"nothing was uploaded (make it private on the Hub, or drop --private); the local "
+        f"export is kept in {out}"
+    ]
+    assert (out / "model.safetensors").is_file()

@@ -4,6 +4,8 @@ It answers what huggingface_hub's ``create_repo``, ``create_branch`` and ``uploa
 (huggingface_hub 0.2x-2.x, read from its hf_api.py and _commit_api.py):
 
     POST /api/repos/create                              {name, organization, visibility|private}
+                                                        (409 when the repo exists, as the Hub)
+    GET  /api/models/OWNER/NAME[/revision/REV]          repo info: id, private, sha
     POST /api/validate-yaml                             README.md metadata check
     POST /api/models/OWNER/NAME/branch/REV              create a branch
     POST /api/models/OWNER/NAME/preupload/REV           upload mode per file: "regular" here, so
@@ -30,6 +32,7 @@ class HubStandIn:
         self.fail_commit_with = fail_commit_with
         self.repos: dict[str, dict[str, dict[str, bytes]]] = {}
         self.created: list[dict] = []  # create_repo payloads
+        self.private: dict[str, bool] = {}  # visibility per repo (a test may add a repo)
         self.requests: list[
             tuple[str, str, dict[str, str], bytes]
         ] = []  # method, path, headers, body
@@ -70,6 +73,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.hub.requests.append((self.command, self.path, dict(self.headers), b""))
+        parts = unquote(urlparse(self.path).path).strip("/").split("/")
+        if parts[:2] == ["api", "models"] and len(parts) >= 4:
+            repo_id = f"{parts[2]}/{parts[3]}"
+            if repo_id in self.hub.repos:
+                info = {"id": repo_id, "private": self.hub.private.get(repo_id, False)}
+                return self._reply(200, info | {"sha": "0" * 40})
         self._reply(404, {"error": "not in the stand-in"})
 
     def do_POST(self) -> None:
@@ -81,7 +90,12 @@ class _Handler(BaseHTTPRequestHandler):
             payload = json.loads(body)
             self.hub.created.append(payload)
             repo_id = f"{payload['organization']}/{payload['name']}"
-            self.hub.repos.setdefault(repo_id, {"main": {}})
+            if repo_id in self.hub.repos:
+                error = {"error": "You already created this model repo"}
+                return self._reply(409, error | {"url": f"{self.hub.url}/{repo_id}"})
+            self.hub.repos[repo_id] = {"main": {}}
+            private = payload.get("private") is True or payload.get("visibility") == "private"
+            self.hub.private[repo_id] = private
             return self._reply(200, {"url": f"{self.hub.url}/{repo_id}", "name": repo_id})
         if path == "/api/validate-yaml":
             return self._reply(200, {"errors": [], "warnings": []})
