@@ -98,7 +98,11 @@ def test_in_loop_tasks_are_logged_and_leave_the_run_unchanged(
     corpus: Path, task_dir: Path, tmp_path: Path
 ) -> None:
     # dropout draws from the RNG the harness re-seeds: the losses show whether it was restored
-    base = {"model.residual_dropout": 0.1, "runtime.evaluation.every_n_steps": 2}
+    base = {
+        "model.residual_dropout": 0.1,
+        "runtime.evaluation.every_n_steps": 2,
+        "runtime.checkpoint.every_n_steps": 2,
+    }
     tasks = {
         "runtime.evaluation.tasks": [TASK],
         "runtime.evaluation.tasks_limit": 6,
@@ -117,6 +121,17 @@ def test_in_loop_tasks_are_logged_and_leave_the_run_unchanged(
     assert all(0.0 <= r[f"eval/{TASK}/acc"] <= 1.0 for r in logged.values())
     losses = [(r["step"], r.get("loss"), r.get("val_loss")) for r in records(plain)]
     assert [(r["step"], r.get("loss"), r.get("val_loss")) for r in records(with_tasks)] == losses
+
+    # Resumed from step 2 (after that step's tasks ran): the same losses and scores again.
+    def exact(run: Path) -> list[tuple]:
+        keys = ("step", "loss", "val_loss", f"eval/{TASK}/acc", f"eval/{TASK}/acc_norm")
+        return [tuple(r.get(k) for k in keys) for r in records(run)]
+
+    first = exact(with_tasks)
+    step2 = str(with_tasks / "checkpoints" / "step-00000002")
+    assert train(write_run(with_tasks, tiny_training_config(corpus, 4, **base, **tasks)),
+                 "--resume", step2) == 0  # fmt: skip
+    assert exact(with_tasks) == first
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
