@@ -55,6 +55,7 @@ def evaluate_checkpoint(
     documents: int | None = None,
     run_dir: str | Path | None = None,
     device: str = "auto",
+    verify: bool = True,
 ) -> dict:
     """Load a checkpoint and return ``{"val_loss", "val_ppl", "tokens", "batches", "checkpoint"}``."""
     import tempfile
@@ -64,7 +65,7 @@ def evaluate_checkpoint(
     from lmstream.train.evaluate import evaluate
 
     dev = pick_device(device)
-    model, cfg, folder = load_checkpoint_model(checkpoint, dev)
+    model, cfg, folder = load_checkpoint_model(checkpoint, dev, verify=verify)
     tokenizer = load_checkpoint_tokenizer(folder, cfg)
     cfg = eval_config(cfg, data, max_batches, batch_size, documents)
     with tempfile.TemporaryDirectory(prefix="lmstream-eval-") as scratch:

@@ -453,6 +453,12 @@ class TrainingConfig(_Section):
                 rt.evaluation.best.directory = base / "best"
             if rt.logging.metrics_jsonl is None:
                 rt.logging.metrics_jsonl = base / "metrics.jsonl"
+        ck, best = self.runtime.checkpoint.directory, self.runtime.evaluation.best.directory
+        if ck is not None and best is not None and Path(ck).absolute() == Path(best).absolute():
+            raise ValueError(  # rotation would delete best copies and pruning regular ones
+                f"runtime.evaluation.best.directory: {best} is also runtime.checkpoint.directory;"
+                " give the best checkpoints their own folder (e.g. RUN/best)"
+            )
         return self
 
     @property

@@ -289,13 +289,14 @@ def export_checkpoint(
     force: bool = False,
     card_name: str | None = None,
     license: str | None = None,
+    verify: bool = True,
 ) -> ExportResult:
     """Export a training checkpoint (step, checkpoints or run folder) with its tokenizer and a
     README.md model card (``card_name``: the name it shows, e.g. the Hub repo id)."""
     from lmstream.generate import load_checkpoint_model, load_checkpoint_tokenizer
     from lmstream.model_card import write_model_card
 
-    model, cfg, folder = load_checkpoint_model(checkpoint, "cpu")
+    model, cfg, folder = load_checkpoint_model(checkpoint, "cpu", verify=verify)
     choose_architecture(model.config)  # refuse before loading the tokenizer
     result = export_model(model, load_checkpoint_tokenizer(folder, cfg), out_dir, force=force)
     write_model_card(

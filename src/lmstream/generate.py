@@ -36,10 +36,12 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def load_checkpoint_model(
-    path: str | os.PathLike, device: torch.device | str = "cpu"
+    path: str | os.PathLike, device: torch.device | str = "cpu", *, verify: bool = True
 ) -> tuple[Transformer, TrainingConfig, Path]:
-    """The model of a checkpoint (any path resolve_checkpoint accepts), in eval mode, fp32."""
-    folder = resolve_checkpoint(path)
+    """The model of a checkpoint (any path resolve_checkpoint accepts), in eval mode, fp32.
+    ``verify`` checks every file's sha256 against the manifest first (what resume does), so a
+    damaged file is refused instead of silently evaluated, sampled or exported."""
+    folder = resolve_checkpoint(path, check_hashes=verify)
     state, cfg = load_model_state(folder)
     if "embed.weight" not in state:
         raise CheckpointError(

@@ -146,16 +146,24 @@ def _absolute(path: str) -> str:
     return str(Path(path).expanduser().absolute())
 
 
-def _prepare_folders(paths: ExperimentPaths, overwrite: bool) -> None:
+def _prepare_folders(paths: ExperimentPaths, overwrite: bool, check_only: bool = False) -> None:
+    """Refuse an existing experiment without ``overwrite``; with it, move the previous files
+    (checkpoints and metrics of a trained run included) into RUN/abandoned/<time>/, saying so:
+    never deleted. ``check_only``: refuse now, move nothing yet (before the long streaming)."""
+    from lmstream.train.run_folder import abandon_experiment, check_unlocked
+
     existing = [p for p in (paths.tokenizer_dir, paths.run_dir) if p.exists() and any(p.iterdir())]
     if existing and not overwrite:
         raise ConfigError(
             f"experiment {paths.experiment!r} already exists ({existing[0]}); pass --overwrite "
-            "to replace it or choose another --experiment name"
+            "to replace it (its files move into RUN/abandoned/) or choose another --experiment"
         )
-    if overwrite:  # the experiment's own folders only; checkpoints of a finished run go too
-        for p in existing:
-            shutil.rmtree(p)
+    if existing and check_only:
+        check_unlocked(paths.run_dir)  # a training run holds it: refuse before streaming
+    elif existing:
+        moved = abandon_experiment(paths.run_dir, paths.tokenizer_dir)
+        if moved:
+            print(moved, flush=True)
     paths.ensure()
 
 
@@ -166,7 +174,7 @@ def orchestrate(opts: OrchestrateOptions) -> OrchestrateResult:
     specials = check_special_tokens(opts.special_tokens)
     spec, stream_cfg = _source(opts, paths)
     if paths.run_dir.exists() or paths.tokenizer_dir.exists():
-        _prepare_folders(paths, opts.overwrite)  # fail before the (long) streaming
+        _prepare_folders(paths, opts.overwrite, check_only=True)  # fail before streaming
     start = time.perf_counter()
     dataset = open_dataset(spec, opts.split)
     if opts.validation_split:

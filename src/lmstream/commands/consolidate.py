@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from lmstream.commands import add_no_verify, verify_notice
+
 EXAMPLES = """examples:
   lmstream consolidate --checkpoint workspace/runs/my-exp/checkpoints/step-00001500
   lmstream consolidate --checkpoint workspace/runs/my-exp --out workspace/runs/my-exp/consolidated
@@ -39,6 +41,7 @@ def register(sub: argparse._SubParsersAction, formatter: type) -> None:
         help="folder to write step-NNNNNNNN into (default: 'consolidated' beside the "
         "checkpoint's folder, e.g. RUN/consolidated)",
     )
+    add_no_verify(p)
     p.set_defaults(func=run)
 
 
@@ -46,11 +49,12 @@ def run(args: argparse.Namespace) -> int:
     from lmstream.train import checkpoint as ckpt
     from lmstream.train.sharded import consolidate
 
-    source = ckpt.resolve_checkpoint(args.checkpoint)
+    verify_notice(args)
+    source = ckpt.resolve_checkpoint(args.checkpoint, check_hashes=args.verify)
     if not ckpt.is_sharded(source):
         print(f"{source} is already in the plain format (model.safetensors); nothing to do")
         return 0
     out = args.out if args.out is not None else source.parent.parent / "consolidated"
-    final = consolidate(source, out)
+    final = consolidate(source, out, verify=False)  # just verified (or --no-verify)
     print(f"wrote {final}")
     return 0

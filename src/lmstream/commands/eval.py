@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from lmstream.commands import add_no_verify, verify_notice
+
 EXAMPLES = """examples:
   lmstream eval --checkpoint workspace/runs/demo/checkpoints              # the run's held-out data
   lmstream eval --checkpoint workspace/runs/demo/best --max-batches 64
@@ -78,6 +80,7 @@ def register(sub: argparse._SubParsersAction, formatter: type) -> None:
     harness.add_argument(
         "--include-path", default=None, help="a folder of your own task YAMLs (local benchmarks)"
     )
+    add_no_verify(p)
     p.set_defaults(func=run)
 
 
@@ -89,7 +92,9 @@ def run_tasks(args: argparse.Namespace) -> int:
     harness.require_harness("--tasks")
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     harness.resolve_tasks(tasks, args.include_path)  # a typo fails before the model loads
-    model, cfg, folder = load_checkpoint_model(args.checkpoint, pick_device(args.device))
+    model, cfg, folder = load_checkpoint_model(
+        args.checkpoint, pick_device(args.device), verify=args.verify
+    )
     results = harness.run_tasks(
         model, load_checkpoint_tokenizer(folder, cfg), tasks, limit=args.limit,
         num_fewshot=args.num_fewshot, include_path=args.include_path,
@@ -109,12 +114,13 @@ def run_tasks(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     from lmstream.checkpoint_eval import evaluate_checkpoint
 
+    verify_notice(args)
     if args.tasks is not None:
         return run_tasks(args)
 
     result = evaluate_checkpoint(
         args.checkpoint, data=args.data, max_batches=args.max_batches, batch_size=args.batch_size,
-        documents=args.documents, run_dir=args.run_dir, device=args.device,
+        documents=args.documents, run_dir=args.run_dir, device=args.device, verify=args.verify,
     )  # fmt: skip
     if args.json:
         print(json.dumps(result))

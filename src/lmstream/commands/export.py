@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from lmstream.commands import add_no_verify, verify_notice
+
 EXAMPLES = """examples:
   lmstream export --checkpoint workspace/runs/demo --out exported/demo
   lmstream export --checkpoint workspace/runs/my-exp/best --out hf/my-exp --force
@@ -49,6 +51,7 @@ def register(sub: argparse._SubParsersAction, formatter: type) -> None:
     p.add_argument(
         "--revision", default=None, help="with --push-to-hub: the branch to commit to (created)"
     )
+    add_no_verify(p)
     p.set_defaults(func=run)
 
 
@@ -68,9 +71,10 @@ def run(args: argparse.Namespace) -> int:
         check_repo_id(args.push_to_hub)  # before minutes of export
     elif args.private or args.revision is not None:
         raise ConfigError("--private and --revision go with --push-to-hub OWNER/NAME")
+    verify_notice(args)
     result = export_checkpoint(
         args.checkpoint, args.out, force=args.force, card_name=args.push_to_hub,
-        license=args.license,
+        license=args.license, verify=args.verify,
     )  # fmt: skip
     print(
         f"wrote {result.directory} as {result.architecture}; logits match within "

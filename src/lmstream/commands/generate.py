@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from lmstream.commands import add_no_verify, verify_notice
+
 EXAMPLES = """examples:
   lmstream generate --checkpoint workspace/runs/demo --prompt "In the beginning"
   lmstream generate --checkpoint workspace/runs/my-exp/checkpoints/step-00001500 \\
@@ -39,6 +41,7 @@ def register(sub: argparse._SubParsersAction, formatter: type) -> None:
     )
     p.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add_no_verify(p)
     p.set_defaults(func=run)
 
 
@@ -74,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
 
     _check(args)
     device = pick_device(args.device)
-    model, cfg, folder = load_checkpoint_model(args.checkpoint, device)
+    verify_notice(args)
+    model, cfg, folder = load_checkpoint_model(args.checkpoint, device, verify=args.verify)
     tokenizer = load_checkpoint_tokenizer(folder, cfg)
     print(f"# {folder} on {device}", file=sys.stderr)
     # Every training document follows an <|endoftext|>: starting the context with one tells the

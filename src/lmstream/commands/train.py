@@ -61,6 +61,18 @@ def register(sub: argparse._SubParsersAction, formatter: type) -> None:
         "from PATH (a step-NNNNNNNN folder, a checkpoints folder or a run folder)",
     )
     p.add_argument(
+        "--rollback",
+        action="store_true",
+        help="with --resume PATH of an older checkpoint: continue from it, moving the newer "
+        "checkpoints, their best copies and later metrics into RUN/abandoned/<time>/",
+    )
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="start at step 0 in a run folder that holds checkpoints, moving them, best, "
+        "metrics and TensorBoard logs into RUN/abandoned/<time>/ (nothing is deleted)",
+    )
+    p.add_argument(
         "--dry-run",
         action="store_true",
         help="validate the config and print the plan (model size, FLOPs, schedule) without training",
@@ -156,16 +168,26 @@ def tune_malloc() -> bool:
     return applied
 
 
-def train(cfg: TrainingConfig, run_dir: Path, resume: str | None) -> int:
-    """Build, train, close: the logger and the process group are released even on error."""
+def train(
+    cfg: TrainingConfig,
+    run_dir: Path,
+    resume: str | None,
+    *,
+    restart: bool = False,
+    rollback: bool = False,
+) -> int:
+    """Build, train, close: the logger, the run folder's lock and the process group are
+    released even on error."""
     from lmstream import distributed as dist
+    from lmstream.train.run_folder import lock_run_folder
 
     tune_malloc()
 
     env = dist.init_distributed(cfg.runtime.device)
-    clean = False
+    clean, lock = False, None
     try:
-        result = _train(cfg, run_dir, resume, env)
+        lock = lock_run_folder(run_dir, env)  # before anything is written
+        result = _train(cfg, run_dir, resume, env, restart=restart, rollback=rollback)
         clean = True
         return result
     except LmstreamError as err:
@@ -182,13 +204,18 @@ def train(cfg: TrainingConfig, run_dir: Path, resume: str | None) -> int:
             raise dist.on_rank(dist.peer_failure_error(err), env) from None
         raise
     finally:
+        if lock is not None:
+            lock.release()
         dist.teardown(clean=clean)
 
 
-def _train(cfg: TrainingConfig, run_dir: Path, resume: str | None, env) -> int:
+def _train(
+    cfg: TrainingConfig, run_dir: Path, resume: str | None, env, *, restart: bool, rollback: bool
+) -> int:
     from lmstream.train import checkpoint as ckpt
     from lmstream.train.loop import Trainer
     from lmstream.train.metrics import Logger, build_logger
+    from lmstream.train.run_folder import start_fresh
     from lmstream.train.setup import build_run
 
     logger = Logger()
@@ -203,7 +230,9 @@ def _train(cfg: TrainingConfig, run_dir: Path, resume: str | None, env) -> int:
                     None,
                     f"--resume: no checkpoint in {directory} yet; starting at step 0",
                 )
-        run = build_run(cfg, run_dir, env, resume)
+        history = start_fresh(cfg, run_dir, env, restart) if resume is None else []
+        run = build_run(cfg, run_dir, env, resume, rollback=rollback)
+        history += run.history
         resumed = run.resumed_from is not None
         logger = build_logger(
             run.cfg,
@@ -213,8 +242,9 @@ def _train(cfg: TrainingConfig, run_dir: Path, resume: str | None, env) -> int:
             tracker_state=run.tracker_state,
         )
         logger.message(describe_parallelism(run))
-        if notice:
-            logger.message(notice)
+        for line in [notice, *history]:
+            if line:
+                logger.message(line)
         if resumed:
             logger.message(f"resumed from {run.resumed_from} at step {run.state.step}")
             for change in run.notes:
@@ -267,4 +297,9 @@ def run(args: argparse.Namespace) -> int:
         from lmstream.config import load_special_tokens
 
         load_special_tokens(cfg.tokenizer.special_tokens)
-    return train(cfg, Path(args.config).expanduser().absolute().parent, args.resume)
+    if args.restart and args.resume is not None:
+        raise LmstreamError("--restart starts at step 0: it cannot be combined with --resume")
+    if args.rollback and args.resume is None:
+        raise LmstreamError("--rollback goes with --resume PATH (the checkpoint to continue from)")
+    run_dir = Path(args.config).expanduser().absolute().parent
+    return train(cfg, run_dir, args.resume, restart=args.restart, rollback=args.rollback)

@@ -25,6 +25,7 @@ and every resume uses identical batches and the source is read once.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -71,9 +72,27 @@ def _cache_path(cfg: TrainingConfig, run_dir: Path, plan: DataPlan, tokenizer: A
         "validation": plan.validation,
         "documents": cfg.data.validation_documents,
         "tokenizer": tokenizer_fingerprint(tokenizer),
+        "content": _local_files(plan),
     }
     key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
     return Path(cfg.data.cache_dir or run_dir) / "validation" / f"validation-{key}.npz"
+
+
+def _local_files(plan: DataPlan) -> list:
+    """(path, size, mtime) of the local files behind the plan: a file edited in place (same
+    path) gets a new cache entry instead of the stale tokens (issue #19)."""
+    patterns = [*plan.token_paths, *plan.validation_token_paths]
+    for spec in (plan.spec, plan.validation_spec):
+        if spec is not None:
+            patterns += list(spec.data_files or [spec.path])
+    found = set()
+    for pattern in (p for p in patterns if "://" not in p):
+        for match in glob.glob(str(Path(pattern).expanduser()), recursive=True):
+            files = [Path(match)] if Path(match).is_file() else Path(match).rglob("*")
+            for f in (f for f in files if f.is_file()):
+                st = f.stat()
+                found.add((str(f), st.st_size, st.st_mtime_ns))
+    return sorted(found)
 
 
 def load_validation_set(

@@ -14,6 +14,7 @@ Loading never runs code from a file: weights come from safetensors and the train
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -226,10 +227,12 @@ def finish_checkpoint(
     _fsync_dir(tmp)
     directory = final.parent
     if final.exists():  # the same step saved again (e.g. a resumed run's final save): replace it
+        # A kill between these two renames leaves the complete old folder as .tmp-old-*:
+        # _recover_replaced puts it back.
         old = directory / f"{_TMP_PREFIX}old-{final.name}-{os.getpid()}"
         os.rename(final, old)
         os.rename(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
+        remove_folder(old)
     else:
         os.rename(tmp, final)
     _fsync_dir(directory)
@@ -237,11 +240,61 @@ def finish_checkpoint(
     return final
 
 
+def remove_folder(path: Path) -> None:
+    """Delete a checkpoint folder; a symlinked one (moved to another disk and linked back) is
+    unlinked, its target left in place (rmtree refuses symlinks with a raw OSError)."""
+    if path.is_symlink():
+        log.warning("%s is a symbolic link: removed the link, its target %s is kept", path,
+                    os.readlink(path))  # fmt: skip
+        path.unlink()
+    else:
+        shutil.rmtree(path)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _writer_gone(path: Path) -> bool:
+    """Whether the process that named a temporary folder (its ``-PID`` suffix) is this one
+    or no longer runs here: only then may its folder be touched."""
+    tag = path.name.rsplit("-", 1)[-1]
+    return tag.isdigit() and (int(tag) == os.getpid() or not _pid_alive(int(tag)))
+
+
+def _recover_replaced(directory: Path) -> None:
+    """Put back a complete checkpoint that a kill between the two renames of a re-save left
+    only as ``.tmp-old-step-N-PID`` (resume would not see it, the next save would delete it)."""
+    for old in directory.glob(f"{_TMP_PREFIX}old-step-*"):
+        name = old.name[len(f"{_TMP_PREFIX}old-") :].rsplit("-", 1)[0]
+        final = directory / name
+        if (
+            _STEP_RE.match(name)
+            and not final.exists()
+            and _writer_gone(old)
+            and _is_complete(old, check_hashes=False)
+        ):
+            with contextlib.suppress(OSError):  # e.g. a read-only folder: leave it
+                os.rename(old, final)
+                log.warning("recovered %s from an interrupted re-save (%s)", final, old.name)
+
+
 def _remove_stale_temporaries(directory: Path) -> None:
-    """Temporary folders left by a crash mid-write are never complete: delete them."""
+    """Temporary folders left by a crash mid-write are never complete: delete those of this
+    process and of processes that no longer run (a live one may be another writer's)."""
+    _recover_replaced(directory)
     for path in directory.glob(f"{_TMP_PREFIX}*"):
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
+        if path.is_dir() and _writer_gone(path):
+            if path.is_symlink():
+                path.unlink()
+            else:
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def read_manifest(path: Path) -> dict:
@@ -283,6 +336,7 @@ def list_checkpoints(directory: str | os.PathLike) -> list[Path]:
     directory = Path(directory)
     if not directory.is_dir():
         return []
+    _recover_replaced(directory)
     found = [
         (int(m.group(1)), p)
         for p in directory.iterdir()
@@ -311,7 +365,10 @@ def resolve_checkpoint(path: str | os.PathLike, *, check_hashes: bool = False) -
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint, checkpoints folder or run folder")
     if (path / MANIFEST_FILE).exists() or _STEP_RE.match(path.name):
-        verify_checkpoint(path, check_hashes=check_hashes)
+        try:
+            verify_checkpoint(path, check_hashes=check_hashes)
+        except CheckpointError as err:  # named explicitly: refused, with what to use instead
+            raise CheckpointError(f"{err}; {_newest_intact(path, check_hashes)}") from None
         return path
     candidates = list_checkpoints(path)
     if not candidates and (path / "checkpoints").is_dir():
@@ -329,15 +386,53 @@ def resolve_checkpoint(path: str | os.PathLike, *, check_hashes: bool = False) -
     )
 
 
-def rotate_checkpoints(directory: str | os.PathLike, max_keep: int | None) -> list[Path]:
+def lineage(newest: Path) -> list[Path]:
+    """``newest`` and the checkpoints it continued from, newest first, following each
+    manifest's ``parent`` within its folder. A manifest without the key (written before it
+    existed) continues from the next lower complete step; ``parent`` null or elsewhere ends it."""
+    chain, path = [], Path(newest)
+    while path is not None and path not in chain:
+        chain.append(path)
+        try:
+            manifest = read_manifest(path)
+        except CheckpointError:
+            break
+        if "parent" not in manifest:
+            older = [p for p in complete_checkpoints(path.parent) if p.name < path.name]
+            path = older[-1] if older else None
+        elif isinstance(manifest["parent"], str) and "/" not in manifest["parent"]:
+            parent = path.parent / manifest["parent"]
+            path = parent if _is_complete(parent, check_hashes=False) else None
+        else:
+            path = None
+    return chain
+
+
+def _newest_intact(damaged: Path, check_hashes: bool) -> str:
+    """Where to go instead of a damaged checkpoint: the newest one beside it that verifies."""
+    for candidate in reversed(list_checkpoints(damaged.parent)):
+        if candidate.name != damaged.name and _is_complete(candidate, check_hashes):
+            return f"the newest intact checkpoint there is {candidate}"
+    return f"there is no intact checkpoint in {damaged.parent}"
+
+
+def rotate_checkpoints(
+    directory: str | os.PathLike, max_keep: int | None, newest: Path | None = None
+) -> list[Path]:
     """Delete the oldest complete checkpoints beyond ``max_keep``; returns what was deleted.
-    Incomplete folders are left for the user to inspect (resume ignores them)."""
+    With ``newest`` (the checkpoint just written) only its lineage counts: it and its
+    ``max_keep - 1`` newest ancestors stay, and checkpoints of another lineage are not touched
+    (a rolled-back run must not rotate its own new checkpoints away for the old branch's higher
+    step numbers). Incomplete folders are left for the user to inspect (resume ignores them)."""
     if max_keep is None:
         return []
-    complete = complete_checkpoints(directory)
-    doomed = complete[: max(0, len(complete) - max_keep)]
+    if newest is not None:
+        doomed = lineage(newest)[max_keep:]
+    else:
+        complete = complete_checkpoints(directory)
+        doomed = complete[: max(0, len(complete) - max_keep)]
     for path in doomed:
-        shutil.rmtree(path)
+        remove_folder(path)
     return doomed
 
 
@@ -359,14 +454,16 @@ def save_best(
     saved = save_checkpoint(
         directory, step, model_state, config, trainer_state, extra_manifest={"val_loss": val_loss}
     )
-    prune_best(directory, max_keep)
+    prune_best(directory, max_keep, keep=saved)
     return saved
 
 
-def prune_best(directory: str | os.PathLike, max_keep: int) -> None:
-    """Delete best checkpoints beyond the ``max_keep`` lowest validation losses."""
+def prune_best(directory: str | os.PathLike, max_keep: int, keep: Path | None = None) -> None:
+    """Delete best checkpoints beyond the ``max_keep`` lowest validation losses, never ``keep``
+    (the one just written)."""
     for _, path in best_checkpoints(directory)[max_keep:]:
-        shutil.rmtree(path)
+        if keep is None or path.name != Path(keep).name:
+            remove_folder(path)
 
 
 def qualifies_as_best(directory: str | os.PathLike, val_loss: float, max_keep: int) -> bool:

@@ -121,6 +121,7 @@ class Trainer:
         self.peak = peak_flops(self.device, self.cfg.runtime.peak_tflops)
         self._batches: Iterator | None = run.batches
         self._saved_step: int | None = None
+        self._parent = run.lineage_parent  # the checkpoint the next one continues from
         self._start = run.state.step  # 0, or the step resumed from (already on disk)
         # Sharded (FSDP) saves are collective and stay synchronous.
         background = self.cfg.runtime.checkpoint.async_save and run.strategy != "fsdp"
@@ -128,6 +129,12 @@ class Trainer:
 
     # ---------------------------------------------------------------------------- the loop
     def fit(self) -> int:
+        if self.run.resumed_from is not None and self._start >= self.run.total_steps:
+            self.logger.message(
+                f"nothing to do: the run is finished (step {self._start} of {self.run.total_steps}"
+                "); raise scheduler.total_steps to train further"
+            )
+            return 0
         try:
             return self._fit()
         finally:  # a checkpoint still being written lands before the run ends, however it ends
@@ -397,9 +404,10 @@ class Trainer:
         ck, best = self.cfg.runtime.checkpoint, self.cfg.runtime.evaluation.best
         messages, path = [], None
         if want_save:
-            path = save(ck.directory)
+            path = save(ck.directory, {"parent": self._parent})
+            self._parent = path.name
             if main:
-                ckpt.rotate_checkpoints(ck.directory, ck.max_keep)
+                ckpt.rotate_checkpoints(ck.directory, ck.max_keep, newest=path)
             messages.append(f"saved checkpoint {path}")
         if keep_best:
             extra = {"val_loss": val}
@@ -410,7 +418,7 @@ class Trainer:
             else:
                 best_path = path
             if main:
-                ckpt.prune_best(best.directory, best.max_keep)
+                ckpt.prune_best(best.directory, best.max_keep, keep=best_path)
             messages.append(f"best checkpoint {best_path} (val_loss {val:.4f})")
         return messages
 
@@ -448,4 +456,5 @@ class Trainer:
             "world_size": run.env.world_size,
             "total_steps": run.total_steps,
             "trackers": self.logger.state_dict(),  # rank 0's W&B run id, for --resume
+            "data_source": run.data_source,
         }

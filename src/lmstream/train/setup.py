@@ -22,11 +22,13 @@ from lmstream import distributed as dist
 from lmstream.config import TrainingConfig
 from lmstream.errors import CheckpointError, ConfigError
 from lmstream.train import checkpoint as ckpt
+from lmstream.train import run_folder
 from lmstream.train.optim import build_optimizer, make_schedule
 from lmstream.train.precision import Precision, build_precision
 from lmstream.train.state import (
     TrainState,
     check_resume_config,
+    check_resume_data_source,
     load_optimizer_state,
     restore_rng,
     seed_everything,
@@ -54,6 +56,9 @@ class Run:
     resumed_from: Path | None = None
     notes: list[str] = field(default_factory=list)
     tracker_state: dict = field(default_factory=dict)  # the checkpoint's tracker run ids
+    history: list[str] = field(default_factory=list)  # run-folder changes (rollback), to report
+    lineage_parent: str | None = None  # what the next checkpoint continues from (its manifest)
+    data_source: dict | None = None  # streaming_config.json as trained on (saved, compared)
     strategy: str = "ddp"  # "ddp" (plain checkpoints) or "fsdp" (sharded checkpoints)
 
 
@@ -111,9 +116,13 @@ def build_run(
     run_dir: Path,
     env: dist.DistEnv,
     resume: str | os.PathLike | None = None,
+    *,
+    rollback: bool = False,
 ) -> Run:
     """Everything for the loop; with ``resume`` (a checkpoint, checkpoints or run folder) the
-    state of the newest complete checkpoint is restored after a compatibility check."""
+    state of the newest complete checkpoint is restored after a compatibility check. Resuming
+    an older checkpoint while newer ones exist needs ``rollback``; they are then moved into
+    RUN/abandoned/ (once every check has passed)."""
     from lmstream.data.loader import build_train_loader, build_validation_batches
     from lmstream.tokenizer import load_tokenizer
 
@@ -121,9 +130,11 @@ def build_run(
     cfg = cfg.model_copy(deep=True)
     cfg.model.vocab_size = resolve_vocab_size(cfg, tokenizer)
     # Refuse an incompatible checkpoint before spending minutes building a large model.
-    opened = _open_resume(resume, env) if resume is not None else None
+    opened = _open_resume(resume, env, cfg, rollback) if resume is not None else None
+    source = data_source(run_dir)
     if opened is not None:  # before the loader writes its validation cache
         _check_tokenizer(opened[0], cfg.tokenizer.tokenizer_json)
+        notes = check_resume_data_source(opened[1].get("data_source"), source)
     seed_everything(cfg.runtime.seed)
 
     model = build_model(cfg, cfg.model.vocab_size, env.device)
@@ -149,8 +160,15 @@ def build_run(
     )
     run = Run(cfg, env, model, optimizer, precision, loader, val_batches, lambda s: 0.0, 0, flops)
     run.strategy = strategy
+    run.data_source = source
     if opened is not None:
         _restore(run, *opened)
+        run.notes += notes
+        run.lineage_parent = _parent_ref(opened[0], cfg)
+        if env.is_main:  # every check passed: now the newer branch may move aside
+            moved = run_folder.roll_back(cfg, run_dir, run.state.step)
+            run.history = [moved] if moved else []
+        dist.barrier()
     else:
         run.batches = _primed(loader)
     total = cfg.scheduler.total_steps
@@ -175,20 +193,46 @@ def _primed(loader) -> Iterator:
     return itertools.chain([first], batches)
 
 
-def _open_resume(resume: str | os.PathLike, env: dist.DistEnv) -> tuple[Path, dict]:
+def data_source(run_dir: Path) -> dict:
+    """What the run reads, as recorded in each checkpoint: streaming_config.json's fields
+    (streaming mode) or just the mode (files mode: training.yaml's data.* fields say the rest)."""
+    from lmstream.config import load_streaming_config
+    from lmstream.data.documents import STREAMING_CONFIG
+
+    path = Path(run_dir) / STREAMING_CONFIG
+    if not path.is_file():
+        return {"mode": "files"}
+    sc = load_streaming_config(path)
+    return {"mode": "streaming", **sc.model_dump(mode="json", exclude={"experiment"})}
+
+
+def _parent_ref(path: Path, cfg: TrainingConfig) -> str:
+    """How a checkpoint names the one it continued from: the folder name within the same
+    checkpoints folder (so a copied run folder keeps its lineage), else the full path."""
+    same = Path(path).parent.resolve() == Path(cfg.runtime.checkpoint.directory).resolve()
+    return Path(path).name if same else str(path)
+
+
+def _open_resume(
+    resume: str | os.PathLike, env: dist.DistEnv, cfg: TrainingConfig, rollback: bool
+) -> tuple[Path, dict]:
     """(checkpoint folder, trainer state), refusing a checkpoint written by another number of
-    ranks: each rank's data position belongs to its rank of that world size."""
+    ranks (each rank's data position belongs to its rank of that world size) and an older
+    checkpoint while newer ones exist without ``rollback``."""
     # Rank 0 picks (and hash-checks) the checkpoint; every rank then loads that same one, or
     # raises the same error (none is left waiting in a collective).
-    found: tuple[bool, str] | None = None
+    found: tuple[bool, str, int] | None = None
     if env.is_main:
         try:
-            found = (True, str(ckpt.resolve_checkpoint(resume, check_hashes=True)))
-        except CheckpointError as err:
-            found = (False, str(err))
-    ok, text = dist.broadcast_object(found)
+            path = ckpt.resolve_checkpoint(resume, check_hashes=True)
+            run_folder.check_rollback(cfg, path, rollback)
+            found = (True, str(path), 0)
+        except (CheckpointError, run_folder.RunFolderError) as err:
+            found = (False, str(err), err.exit_code)
+    ok, text, code = dist.broadcast_object(found)
     if not ok:
-        raise CheckpointError(text)
+        raise (CheckpointError(text) if code == CheckpointError.exit_code
+               else run_folder.RunFolderError(text))  # fmt: skip
     path = Path(text)
     trainer = ckpt.load_trainer_state(path)
     world = trainer.get("world_size", 1)
@@ -199,6 +243,18 @@ def _open_resume(resume: str | os.PathLike, env: dist.DistEnv) -> tuple[Path, di
             f"match. Resume with {world} ranks (torchrun --nproc_per_node x --nnodes = {world})"
         )
     return path, trainer
+
+
+# Every part of tokenizer.json that changes the ids of a text (or the text of ids); a change
+# in any of them (a Lowercase normalizer, say) changes what the model was trained on.
+TOKENIZER_PARTS = (
+    "normalizer",
+    "pre_tokenizer",
+    "model",
+    "added_tokens",
+    "post_processor",
+    "decoder",
+)
 
 
 def _check_tokenizer(path: Path, tokenizer_json: Path) -> None:
@@ -215,11 +271,11 @@ def _check_tokenizer(path: Path, tokenizer_json: Path) -> None:
         )
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"cannot compare tokenizers ({exc})") from None
-    keys = ("model", "added_tokens")
-    if [old.get(k) for k in keys] != [new.get(k) for k in keys]:
+    differ = [k for k in TOKENIZER_PARTS if old.get(k) != new.get(k)]
+    if differ:
         raise CheckpointError(
             f"cannot resume: {tokenizer_json} is not the tokenizer {path} was trained with "
-            f"(vocabulary or merges differ); point tokenizer.tokenizer_json at {saved}"
+            f"({', '.join(differ)} differ); point tokenizer.tokenizer_json at {saved}"
         )
 
 
@@ -238,6 +294,10 @@ def _restore(run: Run, path: Path, trainer: dict) -> None:
     run.state = TrainState.from_dict(trainer["state"])
     run.tracker_state = trainer.get("trackers") or {}
     run.loader.load_state_dict(trainer["data"][run.env.rank])
+    run.resumed_from = path
+    if _finished(run):  # nothing to train: no batch taken (the loader stays where it was)
+        restore_rng(trainer["rng"][run.env.rank])
+        return
     run.batches = _primed(run.loader)
     pending = trainer.get("pending")  # micro-batches taken before a source failed: first
     if pending and pending[run.env.rank]:
@@ -246,4 +306,13 @@ def _restore(run: Run, path: Path, trainer: dict) -> None:
         first = [Batch(x, y, int(epoch)) for x, y, epoch in pending[run.env.rank]]
         run.batches = itertools.chain(first, run.batches)
     restore_rng(trainer["rng"][run.env.rank])  # last: nothing may draw from the RNG after this
-    run.resumed_from = path
+
+
+def _finished(run: Run) -> bool:
+    """Whether the restored run is already at its last step (total_steps, or total_epochs
+    times the steps per epoch it measured)."""
+    s = run.cfg.scheduler
+    total = s.total_steps
+    if total is None and run.state.steps_per_epoch is not None:
+        total = run.state.steps_per_epoch * s.total_epochs
+    return total is not None and run.state.step >= total

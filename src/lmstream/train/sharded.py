@@ -117,12 +117,12 @@ def load_consolidated_model(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return {k: v.float() for k, v in model.items()}
 
 
-def consolidate(path: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+def consolidate(path: str | os.PathLike, out_dir: str | os.PathLike, verify: bool = True) -> Path:
     """Write ``out_dir/step-NNNNNNNN``: a weights-only checkpoint in the plain format
     (model.safetensors plus the source's config.yaml, tokenizer.json, special_tokens.txt, and a
     manifest) for generate and export. The source's files are copied as they are, so the result
     does not depend on where the experiment's tokenizer lives now."""
-    path = ckpt.resolve_checkpoint(path, check_hashes=True)
+    path = ckpt.resolve_checkpoint(path, check_hashes=verify)
     step = int(ckpt.read_manifest(path)["step"])
     state, _ = ckpt.load_model_state(path)
     final, tmp = ckpt.begin_checkpoint(out_dir, step)

@@ -160,3 +160,39 @@ def check_resume_config(saved: TrainingConfig, current: TrainingConfig) -> list[
             "restore these values, or start a new run without --resume"
         )
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed]
+
+
+# What the data source must keep on resume (streaming_config.json, or files mode's marker).
+# Changing any of these feeds the resumed run other documents, or another validation set whose
+# val_loss would be compared with the old one's in best/. A later mixture feature may allow
+# some changes (weights): add the rule here, one line each.
+_SOURCE_BREAKING_FIELDS = (
+    "mode",
+    "dataset",
+    "subset",
+    "split",
+    "validation_split",
+    "text_field",
+    "data_files",
+    "revision",
+    "max_samples",
+)
+
+
+def check_resume_data_source(saved: dict | None, current: dict | None) -> list[str]:
+    """The data-source counterpart of :func:`check_resume_config`: raise CheckpointError naming
+    the streaming_config.json fields whose change breaks the run (the same rule files mode
+    applies to data.train_shards); return one line per allowed change (stream_batch_size,
+    retries, ...). A checkpoint written before the source was recorded (``saved`` None) is not
+    compared."""
+    if saved is None or current is None:
+        return []
+    changed = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
+    breaking = [k for k in changed if k in _SOURCE_BREAKING_FIELDS]
+    if breaking:
+        details = "; ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in breaking)
+        raise CheckpointError(
+            f"cannot resume: the data source changed ({details}; streaming_config.json "
+            "or files mode); restore these values, or start a new run without --resume"
+        )
+    return [f"streaming_config.json {k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed]
