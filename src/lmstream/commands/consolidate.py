@@ -49,12 +49,12 @@ def run(args: argparse.Namespace) -> int:
     from lmstream.train import checkpoint as ckpt
     from lmstream.train.sharded import consolidate
 
-    verify_notice(args)
-    source = ckpt.resolve_checkpoint(args.checkpoint, check_hashes=args.verify)
+    source = ckpt.resolve_checkpoint(args.checkpoint)
     if not ckpt.is_sharded(source):
         print(f"{source} is already in the plain format (model.safetensors); nothing to do")
         return 0
     out = args.out if args.out is not None else source.parent.parent / "consolidated"
-    final = consolidate(source, out, verify=False)  # just verified (or --no-verify)
+    verify_notice(args)
+    final = consolidate(source, out, verify=args.verify)
     print(f"wrote {final}")
     return 0
