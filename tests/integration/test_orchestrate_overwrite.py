@@ -46,6 +46,5 @@ def test_overwrite_moves_a_trained_run_aside(tmp_path, capsys):
         ABANDONED_DIR,
         "training.yaml",
         "special_tokens.txt",
-        "train.lock",
     }
     assert (tok_dir / "tokenizer.json").read_text() != old_tokenizer

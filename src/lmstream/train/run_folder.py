@@ -55,6 +55,26 @@ class RunLock:
 
     def acquire(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = self._lock_file()
+            # The holder unlinks the file before it unlocks: a lock won on a file that is no
+            # longer at the path (opened just before that unlink) is worthless; try again.
+            try:
+                if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        previous = _read(self.path)
+        if previous.get("pid") is not None:  # its process died without releasing: stale
+            self.took_over = _describe(previous)
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+        self._fd = fd
+        return self
+
+    def _lock_file(self) -> int:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -70,22 +90,14 @@ class RunLock:
                 f"({_describe(_read(self.path))}); wait for it to end or stop it: two "
                 "processes on one run folder overwrite each other's checkpoints and metrics"
             ) from None
-        previous = _read(self.path)
-        if previous.get("pid") is not None:  # its process died without releasing: stale
-            self.took_over = _describe(previous)
-        record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
-        self._fd = fd
-        return self
+        return fd
 
     def release(self) -> None:
-        """Empty the file and drop the lock. The file stays: unlinking it would let a process
-        that opened the old inode lock it while another locks a new file."""
+        """Remove the file, then drop the lock (in that order: see :meth:`acquire`)."""
         if self._fd is None:
             return
         with contextlib.suppress(OSError):
-            os.ftruncate(self._fd, 0)
+            self.path.unlink()
         os.close(self._fd)  # closing drops the flock
         self._fd = None
 
