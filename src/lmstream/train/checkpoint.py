@@ -33,6 +33,7 @@ from lmstream.config import (
     load_training_config,
 )
 from lmstream.errors import CheckpointError, ConfigError
+from lmstream.train.folders import remove_folder, writer_gone
 
 log = logging.getLogger(__name__)
 
@@ -240,34 +241,6 @@ def finish_checkpoint(
     return final
 
 
-def remove_folder(path: Path) -> None:
-    """Delete a checkpoint folder; a symlinked one (moved to another disk and linked back) is
-    unlinked, its target left in place (rmtree refuses symlinks with a raw OSError)."""
-    if path.is_symlink():
-        log.warning("%s is a symbolic link: removed the link, its target %s is kept", path,
-                    os.readlink(path))  # fmt: skip
-        path.unlink()
-    else:
-        shutil.rmtree(path)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
-def _writer_gone(path: Path) -> bool:
-    """Whether the process that named a temporary folder (its ``-PID`` suffix) is this one
-    or no longer runs here: only then may its folder be touched."""
-    tag = path.name.rsplit("-", 1)[-1]
-    return tag.isdigit() and (int(tag) == os.getpid() or not _pid_alive(int(tag)))
-
-
 def _recover_replaced(directory: Path) -> None:
     """Put back a complete checkpoint that a kill between the two renames of a re-save left
     only as ``.tmp-old-step-N-PID`` (resume would not see it, the next save would delete it)."""
@@ -277,7 +250,7 @@ def _recover_replaced(directory: Path) -> None:
         if (
             _STEP_RE.match(name)
             and not final.exists()
-            and _writer_gone(old)
+            and writer_gone(old)
             and _is_complete(old, check_hashes=False)
         ):
             with contextlib.suppress(OSError):  # e.g. a read-only folder: leave it
@@ -290,7 +263,7 @@ def _remove_stale_temporaries(directory: Path) -> None:
     process and of processes that no longer run (a live one may be another writer's)."""
     _recover_replaced(directory)
     for path in directory.glob(f"{_TMP_PREFIX}*"):
-        if path.is_dir() and _writer_gone(path):
+        if path.is_dir() and writer_gone(path):
             if path.is_symlink():
                 path.unlink()
             else:
@@ -386,28 +359,6 @@ def resolve_checkpoint(path: str | os.PathLike, *, check_hashes: bool = False) -
     )
 
 
-def lineage(newest: Path) -> list[Path]:
-    """``newest`` and the checkpoints it continued from, newest first, following each
-    manifest's ``parent`` within its folder. A manifest without the key (written before it
-    existed) continues from the next lower complete step; ``parent`` null or elsewhere ends it."""
-    chain, path = [], Path(newest)
-    while path is not None and path not in chain:
-        chain.append(path)
-        try:
-            manifest = read_manifest(path)
-        except CheckpointError:
-            break
-        if "parent" not in manifest:
-            older = [p for p in complete_checkpoints(path.parent) if p.name < path.name]
-            path = older[-1] if older else None
-        elif isinstance(manifest["parent"], str) and "/" not in manifest["parent"]:
-            parent = path.parent / manifest["parent"]
-            path = parent if _is_complete(parent, check_hashes=False) else None
-        else:
-            path = None
-    return chain
-
-
 def _newest_intact(damaged: Path, check_hashes: bool) -> str:
     """Where to go instead of a damaged checkpoint: the newest one beside it that verifies."""
     for candidate in reversed(list_checkpoints(damaged.parent)):
@@ -416,21 +367,14 @@ def _newest_intact(damaged: Path, check_hashes: bool) -> str:
     return f"there is no intact checkpoint in {damaged.parent}"
 
 
-def rotate_checkpoints(
-    directory: str | os.PathLike, max_keep: int | None, newest: Path | None = None
-) -> list[Path]:
+def rotate_checkpoints(directory: str | os.PathLike, max_keep: int | None) -> list[Path]:
     """Delete the oldest complete checkpoints beyond ``max_keep``; returns what was deleted.
-    With ``newest`` (the checkpoint just written) only its lineage counts: it and its
-    ``max_keep - 1`` newest ancestors stay, and checkpoints of another lineage are not touched
-    (a rolled-back run must not rotate its own new checkpoints away for the old branch's higher
-    step numbers). Incomplete folders are left for the user to inspect (resume ignores them)."""
+    Incomplete folders are left for the user to inspect (resume ignores them). Training rotates
+    by lineage instead (:func:`lmstream.train.run_folder.rotate_lineage`)."""
     if max_keep is None:
         return []
-    if newest is not None:
-        doomed = lineage(newest)[max_keep:]
-    else:
-        complete = complete_checkpoints(directory)
-        doomed = complete[: max(0, len(complete) - max_keep)]
+    complete = complete_checkpoints(directory)
+    doomed = complete[: max(0, len(complete) - max_keep)]
     for path in doomed:
         remove_folder(path)
     return doomed

@@ -23,7 +23,7 @@ from torch import nn
 from lmstream import distributed as dist
 from lmstream.errors import DataSourceError, LmstreamError
 from lmstream.train import checkpoint as ckpt
-from lmstream.train import faults
+from lmstream.train import faults, run_folder
 from lmstream.train.background import CheckpointWriter, snapshot
 from lmstream.train.evaluate import evaluate
 from lmstream.train.metrics import Logger
@@ -407,7 +407,7 @@ class Trainer:
             path = save(ck.directory, {"parent": self._parent})
             self._parent = path.name
             if main:
-                ckpt.rotate_checkpoints(ck.directory, ck.max_keep, newest=path)
+                run_folder.rotate_lineage(path, ck.max_keep)
             messages.append(f"saved checkpoint {path}")
         if keep_best:
             extra = {"val_loss": val}

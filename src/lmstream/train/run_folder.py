@@ -24,7 +24,7 @@ import socket
 import time
 from pathlib import Path
 
-from lmstream.errors import LmstreamError
+from lmstream.errors import CheckpointError, LmstreamError
 from lmstream.train import checkpoint as ckpt
 
 log = logging.getLogger(__name__)
@@ -228,6 +228,44 @@ def fresh_start(cfg, run_dir: Path, restart: bool) -> list[str]:
         return []
     folder, what = moved
     return [f"starting at step 0: moved the previous run's {', '.join(what)} into {folder}"]
+
+
+# ---------------------------------------------------------------------------------- lineage
+
+
+def lineage(newest: Path) -> list[Path]:
+    """``newest`` and the checkpoints it continued from, newest first, following each
+    manifest's ``parent`` within its folder. A manifest without the key (written before it
+    existed) continues from the next lower complete step; ``parent`` null or elsewhere ends it."""
+    chain, path = [], Path(newest)
+    while path is not None and path not in chain:
+        chain.append(path)
+        try:
+            manifest = ckpt.read_manifest(path)
+        except CheckpointError:
+            break
+        if "parent" not in manifest:
+            older = [p for p in ckpt.complete_checkpoints(path.parent) if p.name < path.name]
+            path = older[-1] if older else None
+        elif isinstance(manifest["parent"], str) and "/" not in manifest["parent"]:
+            parent = path.parent / manifest["parent"]
+            path = parent if parent in ckpt.complete_checkpoints(path.parent) else None
+        else:
+            path = None
+    return chain
+
+
+def rotate_lineage(newest: Path, max_keep: int | None) -> list[Path]:
+    """Training's rotation: ``newest`` (just written) and its ``max_keep - 1`` newest ancestors
+    stay; older ancestors are deleted; checkpoints of another lineage are not touched (a
+    rolled-back run must not rotate its new checkpoints away for the old branch's higher step
+    numbers). Returns what was deleted."""
+    if max_keep is None:
+        return []
+    doomed = lineage(newest)[max_keep:]
+    for path in doomed:
+        ckpt.remove_folder(path)
+    return doomed
 
 
 # --------------------------------------------------------------------------------- rollback

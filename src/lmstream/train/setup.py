@@ -225,7 +225,10 @@ def _open_resume(
     if env.is_main:
         try:
             path = ckpt.resolve_checkpoint(resume, check_hashes=True)
-            run_folder.check_rollback(cfg, path, rollback)
+            # Only a checkpoint named explicitly can be older than an intact one: the newest
+            # that verifies is what a folder resolves to (newer ones are damaged: moved aside).
+            if Path(resume).expanduser().resolve() == path.resolve():
+                run_folder.check_rollback(cfg, path, rollback)
             found = (True, str(path), 0)
         except (CheckpointError, run_folder.RunFolderError) as err:
             found = (False, str(err), err.exit_code)

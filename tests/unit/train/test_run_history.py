@@ -42,20 +42,23 @@ def test_rotation_keeps_the_current_lineage_not_the_highest_steps(tmp_path, smal
     _save(d, 20, small_config, "step-00000010")
     _save(d, 30, small_config, "step-00000020")
     new = _save(d, 15, small_config, "step-00000010")
-    ck.rotate_checkpoints(d, 2, newest=new)
+    run_folder.rotate_lineage(new, 2)
     new = _save(d, 18, small_config, "step-00000015")
-    deleted = ck.rotate_checkpoints(d, 2, newest=new)
+    deleted = run_folder.rotate_lineage(new, 2)
     assert [p.name for p in deleted] == ["step-00000010"]
     names = [p.name for p in ck.list_checkpoints(d)]
     assert names == ["step-00000015", "step-00000018", "step-00000020", "step-00000030"]
-    assert [p.name for p in ck.lineage(d / "step-00000018")] == ["step-00000018", "step-00000015"]
+    assert [p.name for p in run_folder.lineage(d / "step-00000018")] == [
+        "step-00000018",
+        "step-00000015",
+    ]
 
 
 def test_lineage_of_checkpoints_without_parent_key_is_the_step_order(tmp_path, small_config):
     d = tmp_path / "ckpts"
     for step in (1, 2, 3):  # written before manifests recorded a parent
         ck.save_checkpoint(d, step, {"w": torch.zeros(1)}, small_config, {"step": step})
-    assert [p.name[-1] for p in ck.lineage(d / "step-00000003")] == ["3", "2", "1"]
+    assert [p.name[-1] for p in run_folder.lineage(d / "step-00000003")] == ["3", "2", "1"]
 
 
 def test_symlinked_checkpoint_folder_is_unlinked_by_rotation(tmp_path, small_config):
@@ -70,7 +73,7 @@ def test_symlinked_checkpoint_folder_is_unlinked_by_rotation(tmp_path, small_con
     ck.rotate_checkpoints(d, 2)
     assert not (d / moved.name).exists() and not (d / moved.name).is_symlink()
     ck.verify_checkpoint(moved, check_hashes=True)  # the target is left in place
-    assert ck.lineage(newest) == [newest, d / "step-00000002"]
+    assert run_folder.lineage(newest) == [newest, d / "step-00000002"]
     ck.prune_best(d, 1)  # no val_loss: nothing to prune, and no crash either
 
 
