@@ -2,7 +2,11 @@
 
     WORKSPACE/artifacts/tokenizer/EXP/{tokenizer.json, vocab.json, merges.txt}
     WORKSPACE/runs/EXP/{streaming_config.json, special_tokens.txt, training.yaml,
-                        checkpoints/, best/, tensorboard/, metrics.jsonl}
+                        checkpoints/, best/, tensorboard/, metrics.jsonl,
+                        abandoned/, train.lock}
+
+``abandoned/<time>/`` holds what a rollback, ``train --restart`` or ``orchestrate --overwrite``
+moved aside (never deleted); ``train.lock`` exists while a training process holds the run.
 
 The workspace is ``--workspace DIR``, else ``$LMSTREAM_WORKSPACE``, else ``./workspace``.
 Experiment names become folder names, so they are checked: no path separators, no ``..``.

@@ -39,6 +39,14 @@ def _names(directory: Path) -> list[str]:
     return [p.name for p in ckpt.list_checkpoints(directory)]
 
 
+def _tensorboard_steps(folder: Path) -> list[int]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(folder))
+    acc.Reload()
+    return [e.step for e in acc.Scalars("train/loss")]
+
+
 def _one_line(err: str) -> str:
     lines = err.strip().splitlines()
     assert len(lines) == 1, lines
@@ -51,7 +59,8 @@ def test_rollback_moves_the_newer_branch_aside(corpus, reference, tmp_path, caps
     every_n_steps 5, total_steps 18. It used to rotate its own new step-15/18 away (keeping
     the abandoned 20/30), and a later --resume continued the abandoned step 30."""
     run_dir = tmp_path / "run"
-    first = {"scheduler.total_steps": 30, "runtime.checkpoint.every_n_steps": 10}
+    tb = {"runtime.logging.tensorboard": str(run_dir / "tb")}
+    first = {"scheduler.total_steps": 30, "runtime.checkpoint.every_n_steps": 10, **tb}
     assert train_in_process(write_run(run_dir, tiny_config(corpus, **first))) == 0
     ck = run_dir / "checkpoints"
     assert _names(ck) == ["step-00000010", "step-00000020", "step-00000030"]
@@ -59,6 +68,7 @@ def test_rollback_moves_the_newer_branch_aside(corpus, reference, tmp_path, caps
         "scheduler.total_steps": 18,
         "runtime.checkpoint.every_n_steps": 5,
         "runtime.checkpoint.max_keep": 2,
+        **tb,
     }
     config = write_run(run_dir, tiny_config(corpus, **rolled))
     before = tree(run_dir)
@@ -78,6 +88,8 @@ def test_rollback_moves_the_newer_branch_aside(corpus, reference, tmp_path, caps
     assert _names(abandoned / "checkpoints") == ["step-00000020", "step-00000030"]
     assert sorted(_losses(abandoned)) == list(range(11, 31))
     assert logged_steps(run_dir) == list(range(1, 19))  # each step once
+    assert _tensorboard_steps(run_dir / "tb") == list(range(1, 19))  # 19-30 purged
+    assert _tensorboard_steps(abandoned / "tensorboard") == list(range(1, 31))  # kept there
     want = _losses(reference)  # the same schedule: steps 11-18 are the reference's
     assert all(_losses(run_dir)[s] == want[s] for s in range(1, 19))
     # A plain --resume now continues the new branch (finished at 18), not the abandoned 30.
