@@ -176,6 +176,7 @@ _SOURCE_BREAKING_FIELDS = (
     "data_files",
     "revision",
     "max_samples",
+    "max_chars",
 )
 
 
