@@ -32,6 +32,7 @@ from lmstream.model.presets import PRESETS
 from lmstream.tokenizer import (
     MIN_VOCAB_SIZE,
     check_special_tokens,
+    count_special_text,
     dump_special_tokens,
     save_tokenizer,
     train_bpe,
@@ -72,6 +73,7 @@ class OrchestrateResult:
     documents: int
     bytes: int
     skipped: dict[str, int]
+    special_text: int  # documents quoting a special token (encoded as plain text)
     retries: int
     vocab_size: int
     seconds: float
@@ -182,7 +184,7 @@ def orchestrate(opts: OrchestrateOptions) -> OrchestrateResult:
     docs = DocumentStream(
         dataset, opts.text_field, max_chars=opts.max_chars, batch_size=opts.batch_size
     )
-    progress = _Progress(docs, opts.max_samples, enabled=opts.progress)
+    progress = _Progress(docs, opts.max_samples, enabled=opts.progress, specials=specials)
     with progress:
         tok = train_bpe(progress.batches(), opts.vocab_size, specials)
     if docs.documents == 0:
@@ -205,6 +207,7 @@ def orchestrate(opts: OrchestrateOptions) -> OrchestrateResult:
         documents=docs.documents,
         bytes=docs.bytes,
         skipped=dict(docs.skipped),
+        special_text=progress.special_text,
         retries=docs.retries,
         vocab_size=tok.get_vocab_size(),
         seconds=time.perf_counter() - start,
@@ -219,8 +222,11 @@ def _reasons(skipped: dict[str, int]) -> str:
 class _Progress:
     """tqdm bar over the stream with samples/s and MB/s; stops at --max-samples."""
 
-    def __init__(self, docs: DocumentStream, max_samples: int | None, enabled: bool):
+    def __init__(
+        self, docs: DocumentStream, max_samples: int | None, enabled: bool, specials: list[str]
+    ):
         self.docs, self.max_samples, self.enabled = docs, max_samples, enabled
+        self.specials, self.special_text = specials, 0
         self.bar = None
         self.start = time.perf_counter()
 
@@ -245,23 +251,24 @@ class _Progress:
                 out.append(text)
                 done = limit is not None and self.docs.documents >= limit
                 if len(out) >= size or done:
-                    self._update(len(out))
+                    self._update(out)
                     yield out
                     out = []
                 if done:
                     return
             if out:
-                self._update(len(out))
+                self._update(out)
                 yield out
         finally:
             stream.close()
 
-    def _update(self, n: int) -> None:
+    def _update(self, batch: list[str]) -> None:
+        self.special_text += count_special_text(batch, self.specials)
         if self.bar is None:
             return
         seconds = max(time.perf_counter() - self.start, 1e-9)
         self.bar.set_postfix_str(f"{self.docs.bytes / seconds / 1e6:.1f} MB/s", refresh=False)
-        self.bar.update(n)
+        self.bar.update(len(batch))
 
 
 # ------------------------------------------------------------------------------- training.yaml
@@ -408,6 +415,13 @@ def summary(result: OrchestrateResult, seconds: float | None = None) -> str:
         f"({result.documents / max(secs, 1e-9):,.0f} samples/s, {mb / max(secs, 1e-9):,.1f} MB/s)",
         f"skipped: {skipped:,}" + (f" ({_reasons(result.skipped)})" if skipped else ""),
         f"retries: {result.retries}",
+    ]
+    if result.special_text:
+        lines.append(
+            f"special-token text: {result.special_text:,} documents (kept as plain text; only "
+            "the packer inserts <|endoftext|>, between documents)"
+        )
+    lines += [
         f"vocab size: {result.vocab_size:,}",
         f"tokenizer: {result.paths.tokenizer_dir}",
         f"run folder: {result.paths.run_dir}",

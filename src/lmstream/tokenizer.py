@@ -9,7 +9,8 @@ what lmstream and transformers' ``PreTrainedTokenizerFast`` load.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -39,6 +40,32 @@ def bpe_trainer(
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=show_progress,
     )
+
+
+@contextmanager
+def special_tokens_as_text(tok: Tokenizer) -> Iterator[Tokenizer]:
+    """Within the block, ``tok`` encodes the *text* of its special tokens like any other text.
+
+    Documents are data: a web page quoting ``<|endoftext|>`` or ``<|pad|>`` must not inject a
+    document boundary or padding (only the packer inserts ``<|endoftext|>``). By default the
+    tokenizers library matches added tokens in the input before the model sees it, and
+    ``add_special_tokens=False`` only turns off the post-processor's additions, not that.
+    ``encode_special_tokens`` (in every tokenizers lmstream supports) turns the matching off; it is not saved in
+    tokenizer.json, so the file is unchanged, and it is restored here so that prompts (generate)
+    still may name special tokens.
+    """
+    previous = tok.encode_special_tokens
+    tok.encode_special_tokens = True
+    try:
+        yield tok
+    finally:
+        tok.encode_special_tokens = previous
+
+
+def count_special_text(texts: Iterable[str], special_tokens: Iterable[str]) -> int:
+    """How many of ``texts`` contain the text of one of ``special_tokens``."""
+    tokens = tuple(special_tokens)
+    return sum(any(t in text for t in tokens) for text in texts)
 
 
 def check_special_tokens(special_tokens: list[str]) -> list[str]:
@@ -71,7 +98,9 @@ def train_bpe(
             f"{MIN_VOCAB_SIZE + len(specials)} (256 bytes + {len(specials)} special tokens)"
         )
     tok = new_bpe()
-    tok.train_from_iterator(texts, trainer=bpe_trainer(vocab_size, specials), length=length)
+    # Merges are learnt from the text as it will be encoded: special-token text as plain text.
+    with special_tokens_as_text(tok):
+        tok.train_from_iterator(texts, trainer=bpe_trainer(vocab_size, specials), length=length)
     return tok
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from lmstream.errors import ConfigError
+from lmstream.tokenizer import special_tokens_as_text
 
 TOKEN_DTYPE = np.int64
 EOT_TOKEN = "<|endoftext|>"
@@ -83,7 +84,9 @@ def check_vocab(tokenizer: Any, vocab_size: int | None) -> int:
 
 
 def encode_documents(tokenizer: Any, texts: Sequence[str]) -> list[np.ndarray]:
-    """Token ids of each text, in one ``encode_batch`` call (no special tokens added).
+    """Token ids of each text, in one ``encode_batch`` call (no special tokens added, and the
+    text of a special token inside a document encoded as plain text: documents cannot inject
+    boundaries or padding, see ``tokenizer.special_tokens_as_text``).
 
     ``encode_batch_fast`` (tokenizers >= 0.21) skips computing character offsets, which we never
     use; it is the same tokenization.
@@ -91,7 +94,8 @@ def encode_documents(tokenizer: Any, texts: Sequence[str]) -> list[np.ndarray]:
     if not texts:
         return []
     encode = getattr(tokenizer, "encode_batch_fast", None) or tokenizer.encode_batch
-    encodings = encode(list(texts), add_special_tokens=False)
+    with special_tokens_as_text(tokenizer):
+        encodings = encode(list(texts), add_special_tokens=False)
     return [np.asarray(e.ids, dtype=TOKEN_DTYPE) for e in encodings]
 
 
