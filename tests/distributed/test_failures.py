@@ -24,6 +24,7 @@ pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 # torchrun notices a dead worker within its monitor interval and gives the others 30 s after
 # SIGTERM before SIGKILL; a job that is not over well within this has hung.
 BOUND_S = 60
+GRACE_S = 30  # torchrun's (and a pod's usual) wait between SIGTERM and SIGKILL
 
 
 def long_config(corpus: Path, **overrides) -> dict:
@@ -109,9 +110,11 @@ def test_killed_rank_ends_the_job(corpus, tmp_path):
 
 @pytest.mark.parametrize("parallelism", ["ddp", "fsdp"])
 def test_sigterm_checkpoints_the_same_step_on_every_rank(corpus, tmp_path, parallelism):
-    """SIGTERM to torchrun reaches the ranks at different moments; they agree on one step,
-    save it (rank 0 the plain file, or every rank its shards) and exit."""
-    cfg = long_config(corpus, **{"runtime.parallelism": parallelism})
+    """SIGTERM to torchrun (what a pod stop sends) reaches the ranks at different moments, and
+    their whole process groups: with two loader workers per rank (which ignore it; their rank
+    shuts them down) the ranks agree on one step, save it (rank 0 the plain file, or every rank
+    its shards) and exit well within torchrun's 30 s grace period (issue #19, item 9)."""
+    cfg = long_config(corpus, **{"runtime.parallelism": parallelism, "data.num_workers": 2})
     cfg["runtime"]["checkpoint"]["every_n_steps"] = None
     cfg["runtime"]["evaluation"]["every_n_steps"] = None
     run_dir = tmp_path / "run"
@@ -121,10 +124,12 @@ def test_sigterm_checkpoints_the_same_step_on_every_rank(corpus, tmp_path, paral
     started = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     out, elapsed = finish(proc, started)
-    assert elapsed < BOUND_S, out
+    assert elapsed < GRACE_S, out
+    assert "error:" not in out, out  # torchrun's own exit status is 1 after a signal, always
     last = max(metrics(run_dir))
     # Rank 0 names the signal unless a peer got it a step earlier: either way the same step.
-    assert re.search(rf"stopped by (SIGTERM|a signal to another rank) at step {last}; ", out), out
+    stopped = rf"stopped by (SIGTERM|a signal to another rank)( while waiting for data,)? at step {last}; "
+    assert re.search(stopped, out), out
     folder = ckpt.resolve_checkpoint(run_dir / "checkpoints", check_hashes=True)
     assert folder.name == ckpt.checkpoint_name(last)
     assert ckpt.is_sharded(folder) == (parallelism == "fsdp")

@@ -39,6 +39,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import threading
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -74,6 +75,12 @@ def _worker_init(_worker_id: int) -> None:
     # One tokenizer thread per worker process (DESIGN-NOTES section 7): the workers are the
     # parallelism; a Rayon pool in each would oversubscribe the cores.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    # A stop signal is the rank's to handle: torchrun (and a terminal's Ctrl-C) signal the rank's
+    # whole process group, and a worker dying of it first made the rank fail with "a data loader
+    # worker died" instead of saving its checkpoint (issue #19). The rank shuts its workers
+    # down (TrainLoader.close), by SIGKILL if they do not exit at once.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 class TrainLoader:
@@ -113,6 +120,13 @@ class TrainLoader:
             )
         self._skipped: dict[int, dict] = {}
         self.last_worker = -1  # global worker of the last batch (-1: idle), for traces
+        self._live: Any = None  # the open DataLoader iterator, for close()
+
+    def close(self) -> None:
+        """Stop the worker processes now (they ignore SIGTERM/SIGINT: the rank ends them)."""
+        live, self._live = self._live, None
+        if live is not None:
+            _stop_workers(live)
 
     @property
     def skipped(self) -> Counter:
@@ -141,6 +155,7 @@ class TrainLoader:
 
     def _one_pass(self):
         it = iter(self._loader)
+        it = self._live = iter(self._loader)
         try:
             while True:
                 try:
@@ -182,7 +197,7 @@ class TrainLoader:
         return {
             **self._meta(),
             "rank": self.dataset.settings.rank,
-            "skipped": self._skipped,
+            "skipped": dict(self._skipped),
             "epoch": epoch,
             "drained": drained,
             "loader": None if self._drained else self._loader.state_dict(),
@@ -219,7 +234,27 @@ def _stop_workers(it: Any) -> None:
 
         signal_handling._remove_worker_pids(id(it))
         it._worker_pids_set = False
-    shutdown()
+    # A worker busy in a fetch (a source retrying) would hold torch's shutdown 5 s per worker
+    # and then ignore its SIGTERM: past a short grace, kill it (its half-read batch is not ours).
+    workers = list(getattr(it, "_workers", ()))
+    killer = threading.Timer(_WORKER_EXIT_S, _kill_workers, (workers,))
+    killer.start()
+    try:
+        shutdown()
+    finally:
+        killer.cancel()
+        _kill_workers(workers)
+
+
+_WORKER_EXIT_S = 1.0  # how long a closing loader waits for its workers to exit by themselves
+
+
+def _kill_workers(workers: list) -> None:
+    for w in workers:
+        if w.is_alive():
+            w.kill()
+    for w in workers:
+        w.join(timeout=_WORKER_EXIT_S)
 
 
 # torch's messages: "DataLoader worker (pid 7) is killed by signal: Killed.", "... (pid 7)

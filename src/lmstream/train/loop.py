@@ -13,6 +13,7 @@ losses and norms cross to the host only at log steps.
 from __future__ import annotations
 
 import math
+import pickle
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from lmstream.train.metrics import Logger
 from lmstream.train.optim import set_lr
 from lmstream.train.precision import Precision, memory_gb, peak_flops
 from lmstream.train.setup import Run
-from lmstream.train.signals import StopRequest
+from lmstream.train.signals import StopFetch, StopRequest
 from lmstream.train.state import capture_rng, optimizer_state
 
 
@@ -120,6 +121,7 @@ class Trainer:
         self.device = run.env.device
         self.peak = peak_flops(self.device, self.cfg.runtime.peak_tflops)
         self._batches: Iterator | None = run.batches
+        self._backlog = run.prefetched  # batches in hand that the loader's position is past
         self._saved_step: int | None = None
         self._parent = run.lineage_parent  # the checkpoint the next one continues from
         self._start = run.state.step  # 0, or the step resumed from (already on disk)
@@ -136,9 +138,25 @@ class Trainer:
             )
             return 0
         try:
-            return self._fit()
-        finally:  # a checkpoint still being written lands before the run ends, however it ends
+            result = self._fit()
+        except BaseException as err:
+            # The clean-up must not replace the error that ended the run: a second one (e.g.
+            # the checkpoint still being written failed too) is reported beside it.
+            try:
+                self._close()
+            except Exception as second:
+                self.logger.message(f"while stopping after the error below: {second}")
+            raise err
+        self._close()
+        return result
+
+    def _close(self) -> None:
+        """A checkpoint still being written lands before the run ends, however it ends; the
+        loader's workers are stopped (they ignore stop signals: the rank ends them)."""
+        try:
             self._report(self.writer.close())
+        finally:
+            self.run.loader.close()
 
     def _fit(self) -> int:
         run, rt, st = self.run, self.cfg.runtime, self.run.state
@@ -150,23 +168,32 @@ class Trainer:
         with StopRequest() as stop:
             while st.step < run.total_steps:
                 fetched = time.perf_counter()
-                micro, failure = self._fetch(accum)
+                # The loader's position before the fetch (serialized: the loader changes it in
+                # place): what a stop that cuts the fetch short saves.
+                position = pickle.dumps(run.loader.state_dict(), protocol=pickle.HIGHEST_PROTOCOL)
+                exact = self._backlog == 0  # else the position skips batches not yet trained
+                micro, failure, cut = self._fetch(accum, stop)
                 clock.data_wait += time.perf_counter() - fetched
                 # Ranks agree on the epoch (their streams roll over at different batches), on
-                # a stop signal (it reaches them at different moments) and on a failed source:
-                # all then take the same branches below, so no rank waits in a collective that
-                # its peers skip.
-                epoch, stopping, failed, busy = dist.agree_max(
+                # a stop signal (it reaches them at different moments), on a failed source, on
+                # a fetch cut short by a signal and on whether any rank still has data this
+                # pass: all then take the same branches below, so no rank waits in a collective
+                # that its peers skip.
+                epoch, stopping, failed, busy, cut, inexact = dist.agree_max(
                     [
                         max((b.epoch for b in micro), default=0),
                         stop.requested,
                         failure is not None,
                         any(b.weight > 0 for b in micro),
+                        cut,
+                        not exact,
                     ],
                     self.device,
                 )
                 if failed:
                     self._save_after_source_failure(micro, failure)
+                if cut:  # this step is abandoned: every rank saves the last finished one
+                    return self._save_after_stop(stop, None if inexact else pickle.loads(position))
                 epoch, stopping = int(epoch), bool(stopping)
                 if not busy:  # every rank has used up its part: the epoch is complete
                     run.loader.end_pass()
@@ -216,15 +243,43 @@ class Trainer:
         self._after_step(True, False)  # ended by epochs (or nothing to do): final eval and save
         return 0
 
-    def _fetch(self, accum: int) -> tuple[list, DataSourceError | None]:
-        """The step's micro-batches, or those fetched before the source failed and its error."""
+    def _fetch(self, accum: int, stop: StopRequest) -> tuple[list, DataSourceError | None, bool]:
+        """The step's micro-batches, or those fetched before the source failed and its error;
+        the last item is True when a stop signal cut the fetch short (a source retrying or
+        stalled can hold it for minutes; the loader's workers then go on with their retries
+        until the rank ends them)."""
         micro: list = []
         try:
-            for _ in range(accum):
-                micro.append(self._next_batch())
+            with stop.interruptible():
+                for _ in range(accum):
+                    micro.append(self._next_batch())
         except DataSourceError as err:
-            return micro, err
-        return micro, None
+            return micro, err, False
+        except StopFetch:
+            return micro, None, True
+        return micro, None, False
+
+    def _save_after_stop(self, stop: StopRequest, position: dict | None) -> int:
+        """A stop signal cut a fetch short on some rank: the unfinished step is dropped and
+        every rank saves the last finished one, with the loader's position from before the
+        fetch (so a resume reads the dropped micro-batches again, exactly as an uninterrupted
+        run would), unless that step is already saved. ``position`` is None on every rank when
+        some rank still held batches read before its start (a resume's first steps): no
+        position would then be exact, and the run's last checkpoint is where it continues."""
+        st = self.run.state
+        last = self._saved_step if self._saved_step is not None else self._start
+        if st.step > last and position is not None:
+            self._save_plain_or_sharded(None, data_state=position)
+            saved = "checkpoint saved"
+        elif st.step > last:
+            saved = f"not saved (batches read before the start were still queued); resume from step {last}"
+        else:
+            saved = f"no step since the checkpoint at step {st.step}"
+        self.logger.message(
+            f"stopped by {stop.name or 'a signal to another rank'} while waiting for data, at "
+            f"step {st.step}; {saved}. Continue with `lmstream train --config ... --resume`"
+        )
+        return 0
 
     def _save_after_source_failure(self, fetched: list, failure: DataSourceError | None) -> None:
         """A source failed beyond its retries (on this rank or another): keep the steps done
@@ -250,6 +305,7 @@ class Trainer:
         )
 
     def _next_batch(self):
+        self._backlog = max(0, self._backlog - 1)
         if self._batches is None:
             self._batches = iter(self.run.loader)
         try:
@@ -347,23 +403,29 @@ class Trainer:
             st.best_val_loss = val if st.best_val_loss is None else min(val, st.best_val_loss)
         dist.barrier()
 
-    def _save_plain_or_sharded(self, pending: list) -> None:
-        """A checkpoint now (no best bookkeeping), written before returning."""
+    def _save_plain_or_sharded(self, pending: list | None, data_state: dict | None = None) -> None:
+        """A checkpoint now (no best bookkeeping), written before returning. ``data_state``:
+        this rank's loader position to save instead of the current one."""
         if self.run.strategy == "fsdp":
-            self._save_sharded(True, False, None, pending)
+            self._save_sharded(True, False, None, pending, data_state)
         else:
-            self._save_plain(True, False, None, pending)
+            self._save_plain(True, False, None, pending, data_state)
         self._report(self.writer.wait())
         self._saved_step = self.run.state.step
 
     def _save_plain(
-        self, want_save: bool, keep_best: bool, val: float | None, pending: list | None = None
+        self,
+        want_save: bool,
+        keep_best: bool,
+        val: float | None,
+        pending: list | None = None,
+        data_state: dict | None = None,
     ) -> None:
         """Single-file format: every rank joins the snapshot (RNG and data positions are
         gathered), rank 0 writes it, in the background when runtime.checkpoint.async_save."""
         run, step = self.run, self.run.state.step
         model_state = dist.full_model_state_dict(run.model)  # fresh host copies
-        trainer = self._trainer_state(pending)
+        trainer = self._trainer_state(pending, data_state)
         trainer["optimizer"] = optimizer_state(run.model, run.optimizer)
         if not run.env.is_main:
             return
@@ -380,7 +442,12 @@ class Trainer:
         )
 
     def _save_sharded(
-        self, want_save: bool, keep_best: bool, val: float | None, pending: list | None = None
+        self,
+        want_save: bool,
+        keep_best: bool,
+        val: float | None,
+        pending: list | None = None,
+        data_state: dict | None = None,
     ) -> None:
         """FSDP: every rank writes its shards (collective, synchronous)."""
         from lmstream.train.sharded import save_sharded_checkpoint
@@ -389,7 +456,7 @@ class Trainer:
 
         def save(directory, extra=None):
             return save_sharded_checkpoint(
-                directory, step, run.model, run.optimizer, self.cfg, self._trainer_state(pending),
+                directory, step, run.model, run.optimizer, self.cfg, self._trainer_state(pending, data_state),
                 world_size=run.env.world_size, extra_manifest=extra,
             )  # fmt: skip
 
@@ -442,7 +509,7 @@ class Trainer:
             self.logger.log(self.run.state.step, metrics)
         return metrics.get("val_loss", float("nan"))
 
-    def _trainer_state(self, pending: list | None = None) -> dict:
+    def _trainer_state(self, pending: list | None = None, data_state: dict | None = None) -> dict:
         """Everything but the weights and optimizer; collective (each rank's RNG and data
         position are gathered: one entry per rank), so every rank calls it. ``pending``: this
         rank's micro-batches taken from the loader for a step not yet done (a source failed)."""
@@ -452,7 +519,7 @@ class Trainer:
             "state": run.state.to_dict(),
             "scaler": run.precision.scaler.state_dict() if run.precision.scaler else None,
             "rng": dist.gather_objects(capture_rng()),
-            "data": dist.gather_objects(run.loader.state_dict()),
+            "data": dist.gather_objects(data_state or run.loader.state_dict()),
             "world_size": run.env.world_size,
             "total_steps": run.total_steps,
             "trackers": self.logger.state_dict(),  # rank 0's W&B run id, for --resume

@@ -53,6 +53,7 @@ class Run:
     flops_per_token: float
     state: TrainState = field(default_factory=TrainState)
     batches: Iterator | None = None  # iter(loader), made before the RNG is restored
+    prefetched: int = 0  # micro-batches at the head of ``batches`` already past the loader
     resumed_from: Path | None = None
     notes: list[str] = field(default_factory=list)
     tracker_state: dict = field(default_factory=dict)  # the checkpoint's tracker run ids
@@ -170,7 +171,7 @@ def build_run(
             run.history = [moved] if moved else []
         dist.barrier()
     else:
-        run.batches = _primed(loader)
+        run.batches, run.prefetched = _primed(loader), 1
     total = cfg.scheduler.total_steps
     if total is None:
         if run.state.steps_per_epoch is None:
@@ -301,13 +302,14 @@ def _restore(run: Run, path: Path, trainer: dict) -> None:
     if _finished(run):  # nothing to train: no batch taken (the loader stays where it was)
         restore_rng(trainer["rng"][run.env.rank])
         return
-    run.batches = _primed(run.loader)
+    run.batches, run.prefetched = _primed(run.loader), 1
     pending = trainer.get("pending")  # micro-batches taken before a source failed: first
     if pending and pending[run.env.rank]:
         from lmstream.data.packing import Batch
 
         first = [Batch(x, y, int(epoch)) for x, y, epoch in pending[run.env.rank]]
         run.batches = itertools.chain(first, run.batches)
+        run.prefetched += len(first)
     restore_rng(trainer["rng"][run.env.rank])  # last: nothing may draw from the RNG after this
 
 
