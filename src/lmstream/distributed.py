@@ -15,6 +15,7 @@ import copy
 import datetime
 import functools
 import logging
+import math
 import os
 import re
 from collections.abc import Iterator
@@ -33,7 +34,8 @@ log = logging.getLogger(__name__)
 FSDP_DEFAULT_MIN_PARAMS = 1_000_000_000
 # A lost peer should end the job in minutes, not after NCCL's default of up to hours
 # (DESIGN-NOTES section 8).
-DEFAULT_TIMEOUT_S = int(os.environ.get("LMSTREAM_DIST_TIMEOUT_S", "600"))
+TIMEOUT_ENV = "LMSTREAM_DIST_TIMEOUT_S"
+DEFAULT_TIMEOUT_S = int(os.environ.get(TIMEOUT_ENV, "600"))
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class DistEnv:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    notes: tuple[str, ...] = ()  # decisions taken while joining, for the run's log
 
     @property
     def is_main(self) -> bool:
@@ -67,20 +70,50 @@ def pick_device(preference: str = "auto", local_rank: int = 0) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
-def init_distributed(
-    device_preference: str = "auto", timeout_s: int = DEFAULT_TIMEOUT_S
-) -> DistEnv:
-    """Read torchrun's environment and join the process group (NCCL on GPUs, gloo on CPU)."""
+def collective_timeout_s(requested: float, source_budget_s: float) -> tuple[int, str | None]:
+    """The collective timeout to use, and a note when it had to be raised.
+
+    A rank whose data source is failing keeps retrying (``source_budget_s`` at worst) before it
+    joins the per-step agreement that tells every rank to checkpoint; its peers wait for it
+    there. A timeout shorter than that budget lost the run: the peers timed out and no rank
+    saved (issue #19). So the timeout is at least the budget plus a margin for the step and the
+    checkpoint write around it.
+    """
+    needed = math.ceil(source_budget_s * 1.25 + 30)
+    if requested >= needed:
+        return int(requested), None
+    return needed, (
+        f"collective timeout raised from {requested:g} s ({TIMEOUT_ENV}) to {needed} s, so that "
+        f"ranks wait out a peer's data-source retries (up to {source_budget_s:.0f} s: "
+        "LMSTREAM_SOURCE_MAX_RETRIES reads of LMSTREAM_SOURCE_READ_TIMEOUT plus backoff) and "
+        "all checkpoint together"
+    )
+
+
+def _source_budget_s() -> float:
+    from lmstream.data.sources import RetryPolicy, SourceSpec
+
+    return RetryPolicy().budget_s(SourceSpec(path="").read_timeout)  # both from the environment
+
+
+def init_distributed(device_preference: str = "auto", timeout_s: int | None = None) -> DistEnv:
+    """Read torchrun's environment and join the process group (NCCL on GPUs, gloo on CPU),
+    with a collective timeout of ``timeout_s`` (LMSTREAM_DIST_TIMEOUT_S, default 600) raised
+    above the data source's retry budget (:func:`collective_timeout_s`)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = pick_device(device_preference, local_rank)
+    notes: tuple[str, ...] = ()
     if world_size > 1 and not dist.is_initialized():
+        requested = DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s
+        timeout, note = collective_timeout_s(requested, _source_budget_s())
+        notes = (note,) if note else ()
         if device.type == "cuda":
             torch.cuda.set_device(device)
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
-    return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout))
+    return DistEnv(rank, world_size, local_rank, device, notes)
 
 
 def teardown(clean: bool = True) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from tests.distributed.support import metrics, run_job, start_job, tiny_config, wait_for_step
 from tests.support.http_server import Faults, FileServer
-from tests.support.training import write_run
+from tests.support.training import short_document_files, write_run
 
 from lmstream.data import sources
 from lmstream.train import checkpoint as ckpt
@@ -199,3 +199,48 @@ def test_source_down_mid_run_checkpoints_every_rank_and_resumes_exactly(
         assert (run_dir / "checkpoints" / last / name).read_bytes() == (
             clean / "checkpoints" / last / name
         ).read_bytes()
+
+
+def test_stalled_source_on_one_rank_outlasts_a_short_collective_timeout(
+    corpus, tmp_path, monkeypatch
+):
+    """Issue #19 item 10, scaled down: a collective timeout of 6 s against source retries of
+    up to 14 s (4 reads of 1 s, backoffs 2 + 4 + 4 s). Rank 1's files go down: it retries
+    while rank 0 waits in the per-step agreement; that wait used to time out (no rank saved). The timeout is now raised above the retry budget at start (and the
+    run says so), so every rank checkpoints the last step together."""
+    retries = {
+        sources.READ_TIMEOUT_ENV: "1",
+        sources.RETRY_DELAY_ENV: "2",
+        sources.MAX_RETRY_DELAY_ENV: "4",
+        sources.MAX_RETRIES_ENV: "3",
+        "LMSTREAM_DIST_TIMEOUT_S": "6",
+    }
+    for name, value in retries.items():
+        monkeypatch.setenv(name, value)
+    files = short_document_files(corpus, 200)
+    with FileServer(files) as server:
+        cfg = long_config(corpus, **{"data.train_shards": [], "data.num_workers": 2})
+        # Two micro-batches of 32 rows per worker and step: new files are read every ~20 steps.
+        cfg["data"].update(batch_size=32, gradient_accumulation_steps=4, shuffle_buffer_size=8)
+        cfg["runtime"].update(checkpoint={"every_n_steps": 1000})
+        cfg["runtime"]["evaluation"]["every_n_steps"] = None
+        run_dir = tmp_path / "run"
+        config = write_run(run_dir, cfg)
+        urls = [server.url(name) for name in sorted(files)]
+        streaming = {"dataset": urls[0], "data_files": urls, "stream_batch_size": 4}
+        (run_dir / "streaming_config.json").write_text(json.dumps(streaming))
+        proc = start_job("train", "--config", str(config))
+        wait_for_step(run_dir, proc, 3)
+        # Down from now on for rank 1 only: its loader workers (global workers 2 and 3 of 4)
+        # read files 2, 3, 6, 7, ... (whole files, round-robin); rank 0 goes on reading.
+        rank1 = frozenset(name for k, name in enumerate(sorted(files)) if k % 4 >= 2)
+        server.faults = Faults(kinds=("stall",), rate=1.0, stall_seconds=30, files=rank1)
+        out, _ = finish(proc, time.monotonic())
+    assert proc.returncode != 0, out
+    assert "collective timeout raised from 6 s" in out, out
+    found = re.search(r"checkpoint saved at step (\d+)", out)
+    assert found and "rank 1: " in out and "read failed after 3 retries" in out, out
+    assert "collective operation failed" not in out, out
+    folder = ckpt.resolve_checkpoint(run_dir / "checkpoints", check_hashes=True)
+    assert folder.name == ckpt.checkpoint_name(int(found.group(1)))
+    assert [d["rank"] for d in ckpt.load_trainer_state(folder)["data"]] == [0, 1]

@@ -22,7 +22,7 @@ from tests.reliability.support import (
     wait_until,
 )
 from tests.support.http_server import Faults, FileServer
-from tests.support.training import write_run
+from tests.support.training import short_document_files, write_run
 
 from lmstream.data import sources
 from lmstream.train import checkpoint as ckpt
@@ -44,10 +44,7 @@ STOP_BOUND_S = 15  # signal to exit, checkpoint included, on 2 busy cores
 
 @pytest.fixture(scope="module")
 def parts(corpus) -> dict[str, bytes]:
-    paragraphs = [json.loads(line)["text"] for line in (corpus / "train.jsonl").open()]
-    sentences = [s.strip() + "." for p in paragraphs for s in p.split(".") if len(s.strip()) > 20]
-    lines = [json.dumps({"text": s}).encode() + b"\n" for s in sentences]
-    return {f"part-{k:03d}.jsonl": b"".join(lines[k::PARTS]) for k in range(PARTS)}
+    return short_document_files(corpus, PARTS)
 
 
 def _streaming_run(run_dir: Path, corpus: Path, server: FileServer, workers: int) -> Path:
@@ -94,6 +91,7 @@ def test_sigterm_while_the_source_retries_stops_at_once_and_resumes_exactly(
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=120)
         elapsed = time.monotonic() - started
+        print(f"SIGTERM to exit: {elapsed:.1f} s (workers {workers})")
         assert elapsed < STOP_BOUND_S, (elapsed, err)
         assert proc.returncode == 0, err
         step = max(logged_steps(run_dir))

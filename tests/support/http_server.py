@@ -33,6 +33,7 @@ class Faults:
     on_requests: set[int] = field(default_factory=set)  # these GET requests fail
     stall_seconds: float = 5.0  # for "stall": sleep this long before answering
     max_faults: int | None = None  # stop injecting after this many
+    files: frozenset[str] | None = None  # only requests for these files fail (None: any)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -42,8 +43,10 @@ class Faults:
         self._rng = random.Random(self.seed)
         self.injected: list[tuple[int, str]] = []  # (request number, kind)
 
-    def pick(self, number: int) -> str | None:
+    def pick(self, number: int, name: str = "") -> str | None:
         if self.max_faults is not None and len(self.injected) >= self.max_faults:
+            return None
+        if self.files is not None and name not in self.files:
             return None
         if number in self.on_requests or (self.rate and self._rng.random() < self.rate):
             kind = self._rng.choice(self.kinds)
@@ -112,10 +115,10 @@ class FileServer:
             return None
         return path.read_bytes()
 
-    def next_get(self) -> tuple[int, str | None]:
+    def next_get(self, name: str = "") -> tuple[int, str | None]:
         with self._lock:
             self._gets += 1
-            return self._gets, self.faults.pick(self._gets)
+            return self._gets, self.faults.pick(self._gets, name)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -135,7 +138,7 @@ class _Handler(BaseHTTPRequestHandler):
         owner = self.owner
         name = self.path.split("?", 1)[0].lstrip("/")
         owner.requests.append((self.command, name, self.headers.get("Range")))
-        fault = owner.next_get()[1] if body else None
+        fault = owner.next_get(name)[1] if body else None
         data = owner.read(name)
         if data is None:
             self._status_only(404)

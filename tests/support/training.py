@@ -76,3 +76,13 @@ def tiny_training_config(corpus: Path, total_steps: int, **overrides) -> dict:
         },
     }
     return apply_overrides(cfg, overrides)
+
+
+def short_document_files(corpus: Path, parts: int) -> dict[str, bytes]:
+    """The corpus's sentences as documents, spread over ``parts`` JSON-lines files (for a
+    FileServer): served with a small stream_batch_size, a run keeps opening new files as it
+    trains, so a source turned off from the test is met within a few dozen steps."""
+    paragraphs = [json.loads(line)["text"] for line in (corpus / "train.jsonl").open()]
+    sentences = [s.strip() + "." for p in paragraphs for s in p.split(".") if len(s.strip()) > 20]
+    lines = [json.dumps({"text": s}).encode() + b"\n" for s in sentences]
+    return {f"part-{k:03d}.jsonl": b"".join(lines[k::parts]) for k in range(parts)}

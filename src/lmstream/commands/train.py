@@ -242,7 +242,7 @@ def _train(
             tracker_state=run.tracker_state,
         )
         logger.message(describe_parallelism(run))
-        for line in [notice, *history]:
+        for line in [*env.notes, notice, *history]:
             if line:
                 logger.message(line)
         if resumed:

@@ -75,6 +75,15 @@ class RetryPolicy:
         base = min(self.max_delay, self.initial_delay * self.multiplier ** (attempt - 1))
         return base * (1.0 - self.jitter * (rng or random).random())
 
+    def budget_s(self, read_timeout: float) -> float:
+        """The longest a read can take to fail for good: every attempt waits out the read
+        timeout and every backoff is at its largest (peers must wait at least this long)."""
+        backoff = sum(
+            min(self.max_delay, self.initial_delay * self.multiplier ** (a - 1))
+            for a in range(1, self.max_retries + 1)
+        )
+        return (self.max_retries + 1) * read_timeout + backoff
+
 
 _TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
 
