@@ -18,8 +18,10 @@ import logging
 import math
 import os
 import re
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -113,6 +115,7 @@ def init_distributed(device_preference: str = "auto", timeout_s: int | None = No
             torch.cuda.set_device(device)
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout))
+        _register_peer(rank)
     return DistEnv(rank, world_size, local_rank, device, notes)
 
 
@@ -150,16 +153,58 @@ def is_peer_failure(err: BaseException) -> bool:
 
 
 def peer_failure_error(err: BaseException) -> Exception:
-    """One line for a failed collective instead of a traceback from inside the backend."""
+    """One line for a failed collective instead of a traceback from inside the backend, naming
+    the peer that ended when it can be told (so a rank does not blame itself or its loader)."""
     from lmstream.errors import LmstreamError
 
     first = (str(err).strip().splitlines() or [type(err).__name__])[0]
     first = re.sub(r"^\[[^\]]*\]\s*", "", first).split(". ")[0]  # drop the C++ source location
+    gone = _ended_peers()
+    cause = f"{', '.join(gone)} ended" if gone else "most likely another rank stopped"
     return LmstreamError(
-        f"a collective operation failed ({first}), most likely because another rank stopped "
-        "(its own error is above); torchrun ends the job. Fix that cause and resume from the "
-        "last checkpoint with --resume"
+        f"{cause} (its own error, if any, is above), so a collective operation failed "
+        f"({first}); torchrun ends the job. Fix that cause and resume from the last checkpoint "
+        "with --resume"
     )
+
+
+_PEER_KEY = "lmstream/peer/{}"  # "host pid" of each rank, in the process group's store
+
+
+def _register_peer(rank: int) -> None:
+    """Publish this rank's host and pid, so that a surviving rank can name a peer that died."""
+    with contextlib.suppress(Exception):  # naming a dead peer is a courtesy, never a failure
+        store = dist.distributed_c10d._get_default_store()
+        store.set(_PEER_KEY.format(rank), f"{socket.gethostname()} {os.getpid()}")
+
+
+def _ended_peers() -> list[str]:
+    """ "rank R (pid P)" for each peer on this host whose process has ended (a peer on another
+    host cannot be told from here: torchrun's summary names it)."""
+    try:
+        store = dist.distributed_c10d._get_default_store()
+        store.set_timeout(datetime.timedelta(seconds=5))  # this rank is failing: never hang here
+        me, world = dist.get_rank(), dist.get_world_size()
+        found = []
+        for rank in range(world):
+            key = _PEER_KEY.format(rank)
+            if rank == me or not store.check([key]):
+                continue
+            host, pid = store.get(key).decode().rsplit(" ", 1)
+            if host == socket.gethostname() and not _alive(int(pid)):
+                found.append(f"rank {rank} (pid {pid})")
+        return found
+    except Exception:
+        return []
+
+
+def _alive(pid: int) -> bool:
+    if not Path("/proc/self/stat").exists():  # not Linux: cannot tell, assume alive
+        return True
+    try:  # a killed peer stays a zombie ("Z") until torchrun reaps it
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"
+    except (OSError, IndexError):
+        return False
 
 
 def choose_parallelism(requested: str, num_parameters: int) -> Literal["ddp", "fsdp"]:

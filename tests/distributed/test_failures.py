@@ -87,9 +87,10 @@ def test_data_error_on_one_rank_ends_the_job(corpus, tmp_path):
 
 
 def test_killed_rank_ends_the_job(corpus, tmp_path):
-    """Rank 1 is SIGKILLed mid-training (as the OOM killer would): the job ends in bounded time
-    and every checkpoint left behind is complete."""
-    cfg = long_config(corpus, **{"runtime.checkpoint.every_n_steps": 5})
+    """Rank 1 is SIGKILLed mid-training (as the OOM killer would): the job ends in bounded time,
+    every checkpoint left behind is complete, and rank 0 names rank 1 as the cause, not its own
+    loader workers (issue #19, item 11)."""
+    cfg = long_config(corpus, **{"runtime.checkpoint.every_n_steps": 5, "data.num_workers": 2})
     cfg["runtime"]["evaluation"]["every_n_steps"] = None
     run_dir = tmp_path / "run"
     config = write_run(run_dir, cfg)
@@ -103,6 +104,8 @@ def test_killed_rank_ends_the_job(corpus, tmp_path):
     assert proc.returncode != 0
     assert elapsed < BOUND_S, out
     assert "Signal 9 (SIGKILL) received by PID" in out
+    assert f"rank 0: rank 1 (pid {pids[1]}) ended" in out, out
+    assert "data loader worker" not in out, out
     folders = ckpt.list_checkpoints(run_dir / "checkpoints")
     assert folders and folders == ckpt.complete_checkpoints(run_dir / "checkpoints")
     assert ckpt.load_trainer_state(folders[-1])["world_size"] == 2
