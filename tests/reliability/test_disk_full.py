@@ -16,6 +16,7 @@ from tests.reliability.support import (
     assert_checkpoints_complete,
     assert_same_weights,
     start_train,
+    subprocess_env,
     tiny_config,
     train_in_process,
 )
@@ -58,3 +59,20 @@ def test_disk_full_during_checkpoint_write(corpus, reference, tmp_path):
     assert not [p for p in (run_dir / "checkpoints").iterdir() if p.name.startswith(".tmp")]
     assert train_in_process(config, "--resume") == 0
     assert_same_weights(run_dir, reference, TOTAL)
+
+
+def test_a_failed_write_while_stopping_does_not_hide_the_error(corpus, tmp_path):
+    """Issue #19 item 12: the run stops with an error (non-finite losses from step 3 on) while
+    step 2's checkpoint, written in the background, fails on the full disk. The clean-up that
+    waits for that write used to raise its error in place of the first one (exit 4, the
+    non-finite losses never mentioned); now the run ends with the first error (exit 5) and the
+    failed write is reported beside it."""
+    cfg = tiny_config(corpus, **{"runtime.max_nonfinite_steps": 1})
+    cfg["runtime"]["checkpoint"]["async_save"] = True
+    config = write_run(tmp_path / "run", cfg)
+    env = subprocess_env(LMSTREAM_FAULT_NONFINITE_STEPS="3-")
+    proc = start_train(config, env=env, preexec_fn=_limit_file_size)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 5, f"exit {proc.returncode}:\n{out}\n{err}"
+    assert "consecutive non-finite losses" in err, err
+    assert "while stopping after the error below: cannot write checkpoint" in out + err, out
