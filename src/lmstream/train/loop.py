@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 import pickle
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -27,11 +26,12 @@ from lmstream.train import checkpoint as ckpt
 from lmstream.train import faults, run_folder
 from lmstream.train.background import CheckpointWriter, snapshot
 from lmstream.train.evaluate import evaluate
+from lmstream.train.fetch import StepFetcher
 from lmstream.train.metrics import Logger
 from lmstream.train.optim import set_lr
 from lmstream.train.precision import Precision, memory_gb, peak_flops
 from lmstream.train.setup import Run
-from lmstream.train.signals import StopFetch, StopRequest
+from lmstream.train.signals import StopRequest
 from lmstream.train.state import capture_rng, optimizer_state
 
 
@@ -120,8 +120,7 @@ class Trainer:
         self.logger = logger
         self.device = run.env.device
         self.peak = peak_flops(self.device, self.cfg.runtime.peak_tflops)
-        self._batches: Iterator | None = run.batches
-        self._backlog = run.prefetched  # batches in hand that the loader's position is past
+        self.fetcher = StepFetcher(run)
         self._saved_step: int | None = None
         self._parent = run.lineage_parent  # the checkpoint the next one continues from
         self._start = run.state.step  # 0, or the step resumed from (already on disk)
@@ -167,12 +166,10 @@ class Trainer:
         clock = _Clock(time.perf_counter())
         with StopRequest() as stop:
             while st.step < run.total_steps:
+                # The loader's position before the fetch: what a stop that cuts it short saves.
+                position = self.fetcher.position()
                 fetched = time.perf_counter()
-                # The loader's position before the fetch (serialized: the loader changes it in
-                # place): what a stop that cuts the fetch short saves.
-                position = pickle.dumps(run.loader.state_dict(), protocol=pickle.HIGHEST_PROTOCOL)
-                exact = self._backlog == 0  # else the position skips batches not yet trained
-                micro, failure, cut = self._fetch(accum, stop)
+                micro, failure, cut = self.fetcher.fetch(accum, stop)
                 clock.data_wait += time.perf_counter() - fetched
                 # Ranks agree on the epoch (their streams roll over at different batches), on
                 # a stop signal (it reaches them at different moments), on a failed source, on
@@ -186,7 +183,7 @@ class Trainer:
                         failure is not None,
                         any(b.weight > 0 for b in micro),
                         cut,
-                        not exact,
+                        position is None,
                     ],
                     self.device,
                 )
@@ -243,22 +240,6 @@ class Trainer:
         self._after_step(True, False)  # ended by epochs (or nothing to do): final eval and save
         return 0
 
-    def _fetch(self, accum: int, stop: StopRequest) -> tuple[list, DataSourceError | None, bool]:
-        """The step's micro-batches, or those fetched before the source failed and its error;
-        the last item is True when a stop signal cut the fetch short (a source retrying or
-        stalled can hold it for minutes; the loader's workers then go on with their retries
-        until the rank ends them)."""
-        micro: list = []
-        try:
-            with stop.interruptible():
-                for _ in range(accum):
-                    micro.append(self._next_batch())
-        except DataSourceError as err:
-            return micro, err, False
-        except StopFetch:
-            return micro, None, True
-        return micro, None, False
-
     def _save_after_stop(self, stop: StopRequest, position: dict | None) -> int:
         """A stop signal cut a fetch short on some rank: the unfinished step is dropped and
         every rank saves the last finished one, with the loader's position from before the
@@ -303,23 +284,6 @@ class Trainer:
             f"another rank's data source failed (its message says which){saved}; fix the "
             "source and continue with `lmstream train --config ... --resume`"
         )
-
-    def _next_batch(self):
-        self._backlog = max(0, self._backlog - 1)
-        if self._batches is None:
-            self._batches = iter(self.run.loader)
-        try:
-            return next(self._batches)
-        except StopIteration:
-            pass
-        self._batches = iter(self.run.loader)  # a loader that ends each epoch: start the next
-        try:
-            return next(self._batches)
-        except StopIteration:
-            raise DataSourceError(
-                "the training data yielded no batches; check data.train_shards or "
-                "streaming_config.json and that documents are longer than a few tokens"
-            ) from None
 
     def _on_nonfinite(self, loss: torch.Tensor) -> None:
         st, limit = self.run.state, self.cfg.runtime.max_nonfinite_steps
