@@ -154,7 +154,6 @@ class TrainLoader:
             self.epoch += 1
 
     def _one_pass(self):
-        it = iter(self._loader)
         it = self._live = iter(self._loader)
         try:
             while True:
