@@ -89,11 +89,13 @@ def sample_next(
     if top_k is not None and 0 < top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and 0 < top_p < 1:
-        # Nucleus sampling (Holtzman et al. 2019): keep the smallest set whose mass reaches top_p.
+    if top_p is not None and top_p < 1:
+        # Nucleus sampling (Holtzman et al. 2019): keep the smallest set whose mass reaches top_p,
+        # and always the likeliest token (transformers' min_tokens_to_keep=1): top_p=0 is greedy.
         sorted_logits, order = logits.sort(dim=-1, descending=True)
         probs = sorted_logits.softmax(dim=-1)
         drop = probs.cumsum(dim=-1) - probs >= top_p  # mass before this token already enough
+        drop[:, 0] = False
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     probs = logits.softmax(dim=-1)

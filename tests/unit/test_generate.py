@@ -172,3 +172,11 @@ def test_device_names_are_checked() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="no CUDA device"):
             pick_device("cuda")
+
+
+def test_top_p_zero_keeps_the_top_token_as_transformers_does() -> None:
+    # transformers' TopPLogitsWarper always keeps at least one token (min_tokens_to_keep=1).
+    logits = torch.tensor([[0.1, 0.3, 0.2, 0.25]]).repeat(64, 1)
+    gen = torch.Generator().manual_seed(0)
+    picks = sample_next(logits, temperature=1.0, top_p=0.0, generator=gen)
+    assert picks.tolist() == [1] * 64
