@@ -28,7 +28,7 @@ from lmstream.train.background import CheckpointWriter, snapshot
 from lmstream.train.evaluate import evaluate
 from lmstream.train.metrics import Logger
 from lmstream.train.optim import set_lr
-from lmstream.train.precision import Precision, memory_gb, peak_flops
+from lmstream.train.precision import Precision, matmul_kind, memory_gb, peak_flops
 from lmstream.train.setup import Run
 from lmstream.train.signals import StopRequest
 from lmstream.train.state import capture_rng, optimizer_state
@@ -132,7 +132,9 @@ class Trainer:
         self.cfg = run.cfg
         self.logger = logger
         self.device = run.env.device
-        self.peak = peak_flops(self.device, self.cfg.runtime.peak_tflops)
+        rt = self.cfg.runtime
+        kind = matmul_kind(rt.precision, self.device.type, rt.tf32)
+        self.peak = peak_flops(self.device, rt.peak_tflops, kind)  # of the precision in use
         self._batches: Iterator | None = run.batches
         self._saved_step: int | None = None
         self._parent = run.lineage_parent  # the checkpoint the next one continues from
