@@ -44,13 +44,9 @@ def forward_backward(
     model: nn.Module, micro_batches: list, precision: Precision, device: torch.device
 ) -> torch.Tensor:
     """Accumulate gradients of the mean loss per target token over ``micro_batches``; returns
-    that mean (detached).
-
-    Each micro-batch's loss (a mean over its counted targets) is weighted by its share of the
-    step's counted targets, so k micro-batches give the gradient of one batch of all their rows
-    even when some targets are ignored (-100): a micro-batch with fewer counted tokens weighs
-    less, as it would inside one batch. Gradients are synchronised across ranks only on the last
-    micro-step (nanoGPT's ``require_backward_grad_sync``).
+    that mean (detached). Each micro-batch's mean is weighted by its share of counted (not -100)
+    targets, so k micro-batches give the gradient of one batch of all their rows. Gradients are
+    synchronised across ranks only on the last micro-step (nanoGPT's ``require_backward_grad_sync``).
     """
     n = len(micro_batches)
     # Counted from the host copies of the targets (no device sync); an idle batch (weight 0,
@@ -288,14 +284,10 @@ class Trainer:
         st, limit = self.run.state, self.cfg.runtime.max_nonfinite_steps
         st.skipped_steps += 1
         st.nonfinite_streak += 1
-        value = loss.item()
-        scaler = self.run.precision.scaler
+        value, scaler = loss.item(), self.run.precision.scaler
+        what = f"non-finite loss ({value})" if not math.isfinite(value) else "non-finite gradients"
         if math.isfinite(value) and scaler is not None:
             what = f"fp16 gradient overflow (loss scale lowered to {scaler.get_scale():g})"
-        elif math.isfinite(value):
-            what = "non-finite gradients"
-        else:
-            what = f"non-finite loss ({value})"
         kind = "non-finite losses" if not math.isfinite(value) else f"skipped updates ({what})"
         self.logger.message(
             f"step {st.step + 1}: {what}; update skipped "
