@@ -13,6 +13,7 @@ from tests.distributed.support import tiny_config
 from tests.support.training import write_kjv_corpus, write_run
 
 from lmstream.cli import main
+from lmstream.train.precision import cpu_has_fast_bf16
 
 pytestmark = pytest.mark.slow
 STEPS = 10
@@ -80,4 +81,6 @@ def test_eval_uses_the_checkpoints_precision(corpus, tmp_path, capsys):
     assert fp32["precision"] == "fp32" and fp32["val_loss"] != result["val_loss"]
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(run_dir / "checkpoints")]) == 0
-    assert "precision: bf16 (the checkpoint's runtime.precision)" in capsys.readouterr().out
+    out = capsys.readouterr()
+    assert "precision: bf16 (the checkpoint's runtime.precision)" in out.out
+    assert ("--precision fp32 is faster" in out.err) == (not cpu_has_fast_bf16())
