@@ -353,6 +353,14 @@ class EvaluationConfig(_Section):
         default=None, description="Folder of local harness task YAMLs (--include-path)."
     )
 
+    @property
+    def num_sequences(self) -> int:
+        """The validation set's size in sequences: the same whatever the training batch split,
+        the world size or an evaluation's batch size (issue #21)."""
+        if self.max_sequences is not None:
+            return self.max_sequences
+        return self.max_batches * self.batch_size
+
 
 class WandbConfig(_Section):
     """Weights & Biases (the `wandb` extra)."""
@@ -374,14 +382,6 @@ class TrackioConfig(_Section):
 
     project: str = Field(description="Trackio project (a local database under TRACKIO_DIR).")
     name: str | None = Field(default=None, description="Run name; null = Trackio picks one.")
-
-    @property
-    def num_sequences(self) -> int:
-        """The validation set's size in sequences: the same whatever the training batch split,
-        the world size or an evaluation's batch size (issue #21)."""
-        if self.max_sequences is not None:
-            return self.max_sequences
-        return self.max_batches * self.batch_size
 
 
 class LoggingConfig(_Section):
