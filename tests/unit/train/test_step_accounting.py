@@ -77,6 +77,23 @@ def test_accumulation_averages_per_token_across_micro_batches() -> None:
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
 
+def test_an_idle_micro_batch_counts_no_tokens() -> None:
+    torch.manual_seed(2)
+    real = Batch.from_rows(torch.randint(0, 64, (2, 9)))
+    idle = Batch(real.inputs.clone(), real.targets.clone(), weight=0.0)  # the loader's idle batch
+    fp32 = Precision("fp32", CPU, None)
+    grads = []
+    for micro in ([real], [real, idle], [idle, idle]):
+        model = _model()
+        loss = forward_backward(model, micro, fp32, CPU)
+        grads.append((loss, [p.grad.clone() for p in model.parameters()]))
+    (loss_a, grads_a), (loss_b, grads_b), (loss_c, grads_c) = grads
+    torch.testing.assert_close(loss_a, loss_b)
+    for a, b in zip(grads_a, grads_b, strict=True):
+        torch.testing.assert_close(a, b)
+    assert loss_c == 0 and all(not g.any() for g in grads_c)
+
+
 # ------------------------------------------------------------------- the loop, for real
 
 
