@@ -8,6 +8,7 @@ the one training logged as ``val_loss`` for the same checkpoint and data.
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 from lmstream.config import TrainingConfig
@@ -29,13 +30,22 @@ def find_run_dir(checkpoint: Path, cfg: TrainingConfig) -> Path:
 
 
 def eval_config(cfg: TrainingConfig, data: list[str] | None, max_batches: int | None,
-                batch_size: int | None, documents: int | None) -> TrainingConfig:  # fmt: skip
-    """The checkpoint's config, pointed at ``data`` (files mode) and resized as asked."""
+                batch_size: int | None, documents: int | None,
+                max_sequences: int | None = None) -> TrainingConfig:  # fmt: skip
+    """The checkpoint's config, pointed at ``data`` (files mode) and resized as asked.
+
+    ``max_batches`` counts batches of the run's evaluation batch size and is turned into
+    sequences first, so ``batch_size`` only changes how the same set is cut (speed and memory).
+    """
     cfg = cfg.model_copy(deep=True)
-    if max_batches is not None:
-        cfg.runtime.evaluation.max_batches = max_batches
+    ev = cfg.runtime.evaluation
+    if max_sequences is not None:
+        ev.max_sequences = max_sequences
+    elif max_batches is not None:
+        ev.max_sequences = max_batches * ev.batch_size
     if batch_size is not None:
-        cfg.data.batch_size = batch_size
+        ev.max_sequences = ev.num_sequences
+        ev.batch_size = batch_size
     if documents is not None:
         cfg.data.validation_documents = documents
     if data:
@@ -51,23 +61,39 @@ def evaluate_checkpoint(
     *,
     data: list[str] | None = None,
     max_batches: int | None = None,
+    max_sequences: int | None = None,
     batch_size: int | None = None,
     documents: int | None = None,
     run_dir: str | Path | None = None,
     device: str = "auto",
     verify: bool = True,
+    precision: str | None = None,
 ) -> dict:
-    """Load a checkpoint and return ``{"val_loss", "val_ppl", "tokens", "batches", "checkpoint"}``."""
+    """Load a checkpoint and return ``{"val_loss", "val_ppl", "tokens", "sequences",
+    "batches", "precision", "checkpoint"}``.
+
+    ``precision`` defaults to the one the checkpoint was trained with (runtime.precision), so
+    the number is the one training logged; fp32 master weights, autocast as in training.
+    """
     import tempfile
+    import warnings
 
     from lmstream.data.validation import build_validation_batches
     from lmstream.generate import load_checkpoint_model, load_checkpoint_tokenizer, pick_device
     from lmstream.train.evaluate import evaluate
+    from lmstream.train.precision import build_precision
 
     dev = pick_device(device)
     model, cfg, folder = load_checkpoint_model(checkpoint, dev, verify=verify)
     tokenizer = load_checkpoint_tokenizer(folder, cfg)
-    cfg = eval_config(cfg, data, max_batches, batch_size, documents)
+    cfg = eval_config(cfg, data, max_batches, batch_size, documents, max_sequences)
+    name = precision or cfg.runtime.precision
+    with warnings.catch_warnings(record=True) as slow:  # bf16/fp16 on a CPU: say it our way
+        warnings.simplefilter("always")
+        autocast = build_precision(name, dev, cfg.runtime.tf32).autocast
+    if slow and precision is None:
+        print(f"# {name} (the checkpoint's precision) is slow on this CPU; --precision fp32 is "
+              "faster, its val_loss slightly off the logged one", file=sys.stderr)  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="lmstream-eval-") as scratch:
         if data:
             # Files mode: a scratch run folder (no streaming_config.json); its cache dies with it.
@@ -76,9 +102,13 @@ def evaluate_checkpoint(
         else:
             rdir = Path(run_dir) if run_dir else find_run_dir(folder, cfg)
         batches = build_validation_batches(cfg, tokenizer, rdir)
-        result = evaluate(model, batches, dev)
+        result = evaluate(model, batches, dev, autocast)
     tokens = sum(int((b.targets != -100).sum()) for b in batches)
-    result.update(tokens=tokens, batches=len(batches), checkpoint=str(folder))
+    sequences = sum(len(b.targets) for b in batches)
+    result.update(
+        tokens=tokens, sequences=sequences, batches=len(batches), precision=name,
+        checkpoint=str(folder),
+    )  # fmt: skip
     if math.isnan(result["val_loss"]):
         raise CheckpointError(f"{folder}: no validation tokens to evaluate on")
     return result

@@ -327,7 +327,18 @@ class EvaluationConfig(_Section):
         default=None, ge=1, description="Evaluate at the end of every N epochs."
     )
     max_batches: int = Field(
-        default=32, ge=1, description="Fixed validation batches per evaluation."
+        default=32,
+        ge=1,
+        description="Validation set size in batches of evaluation.batch_size (not "
+        "data.batch_size): max_batches x batch_size sequences, split across ranks.",
+    )
+    max_sequences: int | None = Field(
+        default=None,
+        ge=1,
+        description="Validation set size in sequences; overrides max_batches when set.",
+    )
+    batch_size: int = Field(
+        default=8, ge=1, description="Validation sequences per forward pass on each rank."
     )
     best: BestConfig = Field(default_factory=BestConfig)
     tasks: list[str] = Field(
@@ -341,6 +352,14 @@ class EvaluationConfig(_Section):
     tasks_include_path: ResolvedPath | None = Field(
         default=None, description="Folder of local harness task YAMLs (--include-path)."
     )
+
+    @property
+    def num_sequences(self) -> int:
+        """The validation set's size in sequences: the same whatever the training batch split,
+        the world size or an evaluation's batch size (issue #21)."""
+        if self.max_sequences is not None:
+            return self.max_sequences
+        return self.max_batches * self.batch_size
 
 
 class WandbConfig(_Section):
@@ -406,8 +425,15 @@ class RuntimeConfig(_Section):
         default="auto",
         description="Multi-rank strategy under torchrun; auto = fsdp for models of 1B+ parameters, else ddp.",
     )
+    tf32: bool = Field(
+        default=True,
+        description="fp32 on CUDA: TF32 tensor-core matmuls (7x the fp32 peak on A100/H100, "
+        "10-bit mantissa inputs); false = full fp32 matmuls. MFU uses the peak of the one in use.",
+    )
     peak_tflops: float | None = Field(
-        default=None, gt=0.0, description="Device peak for MFU; null = detected for known GPUs."
+        default=None,
+        gt=0.0,
+        description="Device peak for MFU in the run's precision; null = detected for known GPUs.",
     )
     max_nonfinite_steps: int = Field(
         default=5,

@@ -103,7 +103,7 @@ def write_demo_yaml(paths: ExperimentPaths, plan: DemoPlan) -> None:
     rt = data["runtime"]
     rt.update(precision="fp32", log_every_n_steps=max(1, plan.total_steps // 60), device="cpu")
     rt["checkpoint"].update(every_n_steps=max(1, plan.total_steps // 4), max_keep=2)
-    rt["evaluation"].update(every_n_steps=plan.eval_every, max_batches=6)
+    rt["evaluation"].update(every_n_steps=plan.eval_every, max_sequences=96)
     rt["evaluation"]["best"]["max_keep"] = 1
     rt["logging"].update(
         enable_stdout=True, tensorboard="tensorboard", tensorboard_flush_every_n=10

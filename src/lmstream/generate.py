@@ -89,15 +89,39 @@ def sample_next(
     if top_k is not None and 0 < top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and 0 < top_p < 1:
-        # Nucleus sampling (Holtzman et al. 2019): keep the smallest set whose mass reaches top_p.
+    if top_p is not None and top_p < 1:
+        # Nucleus sampling (Holtzman et al. 2019): keep the smallest set whose mass reaches top_p,
+        # and always the likeliest token (transformers' min_tokens_to_keep=1): top_p=0 is greedy.
         sorted_logits, order = logits.sort(dim=-1, descending=True)
         probs = sorted_logits.softmax(dim=-1)
         drop = probs.cumsum(dim=-1) - probs >= top_p  # mass before this token already enough
+        drop[:, 0] = False
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     probs = logits.softmax(dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def context_room(model: Transformer, prompt_ids: Sequence[int]) -> int:
+    """How many new tokens fit after ``prompt_ids`` in the model's context; ConfigError when
+    the prompt is empty or leaves no room."""
+    limit = model.config.max_position_embeddings
+    if not prompt_ids:
+        raise ConfigError("the prompt encodes to no tokens; give a non-empty --prompt")
+    if len(prompt_ids) >= limit:
+        raise ConfigError(
+            f"the prompt has {len(prompt_ids)} tokens; this model reads at most "
+            f"{limit - 1} plus one new token (max_position_embeddings {limit}); shorten it, "
+            "or pass --truncate-prompt to keep its tail"
+        )
+    return limit - len(prompt_ids)
+
+
+def prompt_tail(prompt_ids: Sequence[int], limit: int, max_new_tokens: int) -> list[int]:
+    """The last tokens of ``prompt_ids`` that leave room for ``max_new_tokens`` in ``limit``
+    positions (at least the last one)."""
+    keep = max(1, limit - max_new_tokens)
+    return list(prompt_ids[-keep:])
 
 
 @torch.inference_mode()
@@ -118,18 +142,11 @@ def generate_tokens(
     not within the first ``min_new_tokens``).
 
     ``use_cache=False`` recomputes the whole sequence each step (the reference the cache is
-    tested against). The total length is capped at the model's max_position_embeddings.
+    tested against). The total length is capped at the model's max_position_embeddings: fewer
+    than ``max_new_tokens`` come when the context fills (:func:`context_room` says how many).
     """
     device = model.embed.weight.device
-    limit = model.config.max_position_embeddings
-    if not prompt_ids:
-        raise ConfigError("the prompt encodes to no tokens; give a non-empty --prompt")
-    if len(prompt_ids) >= limit:
-        raise ConfigError(
-            f"the prompt has {len(prompt_ids)} tokens; this model reads at most "
-            f"{limit - 1} plus one new token (max_position_embeddings {limit})"
-        )
-    max_new_tokens = min(max_new_tokens, limit - len(prompt_ids))
+    max_new_tokens = min(max_new_tokens, context_room(model, prompt_ids))
     generator = None
     if seed is not None:
         generator = torch.Generator(device=device).manual_seed(seed)

@@ -172,3 +172,67 @@ def test_device_names_are_checked() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="no CUDA device"):
             pick_device("cuda")
+
+
+def test_top_p_zero_keeps_the_top_token_as_transformers_does() -> None:
+    # transformers' TopPLogitsWarper always keeps at least one token (min_tokens_to_keep=1).
+    logits = torch.tensor([[0.1, 0.3, 0.2, 0.25]]).repeat(64, 1)
+    gen = torch.Generator().manual_seed(0)
+    picks = sample_next(logits, temperature=1.0, top_p=0.0, generator=gen)
+    assert picks.tolist() == [1] * 64
+
+
+# ------------------------------------------------------------------ `lmstream generate` CLI
+
+
+def _generate(capsys, folder: Path, prompt: str, *args: str) -> tuple[int, str, str]:
+    from lmstream.cli import main
+
+    code = main(["generate", "--checkpoint", str(folder), "--prompt", prompt,
+                 "--temperature", "0", "--device", "cpu", *args])  # fmt: skip
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _prompt_of(tokens: int) -> str:
+    """A prompt that encodes (after the leading <|endoftext|>) to at least ``tokens`` tokens."""
+    tok, text = _tokenizer(), ""
+    for word in " ".join(SENTENCES * 4).split():
+        text = f"{text} {word}".strip()
+        if len(tok.encode(text).ids) + 1 >= tokens:
+            return text
+    raise AssertionError("corpus too short")
+
+
+def test_generate_says_when_the_context_is_full(tmp_path: Path, capsys) -> None:
+    folder = _checkpoint(tmp_path, _model())  # 48 positions
+    prompt = _prompt_of(40)
+    code, out, err = _generate(capsys, folder, prompt, "--max-new-tokens", "20",
+                               "--min-new-tokens", "20")  # fmt: skip
+    assert code == 0 and out.startswith(prompt)
+    room = 48 - (len(_tokenizer().encode(prompt).ids) + 1)
+    assert f"stopped after {room} of 20 new tokens: the context is full" in err
+    code, out, err = _generate(capsys, folder, "the quick fox", "--max-new-tokens", "5",
+                               "--min-new-tokens", "5")  # fmt: skip
+    assert code == 0 and "context is full" not in err
+
+
+def test_a_refused_prompt_is_not_echoed(tmp_path: Path, capsys) -> None:
+    folder = _checkpoint(tmp_path, _model())
+    code, out, err = _generate(capsys, folder, _prompt_of(60))
+    assert code != 0 and out == ""
+    lines = err.strip().splitlines()
+    assert "--truncate-prompt" in lines[-1] and "max_position_embeddings 48" in lines[-1]
+
+
+def test_truncate_prompt_keeps_its_tail(tmp_path: Path, capsys) -> None:
+    folder = _checkpoint(tmp_path, _model())
+    prompt = _prompt_of(60)
+    code, out, err = _generate(capsys, folder, prompt, "--truncate-prompt",
+                               "--max-new-tokens", "10", "--min-new-tokens", "10")  # fmt: skip
+    assert code == 0
+    kept = out.split("\n")[0]
+    assert "prompt cut to its last 38 tokens" in err and "context is full" not in err
+    tok = _tokenizer()
+    tail = tok.decode(tok.encode(prompt).ids[-38:])
+    assert kept.startswith(tail) and len(tok.encode(kept).ids) >= 38 + 1

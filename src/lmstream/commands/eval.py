@@ -1,5 +1,5 @@
-"""`lmstream eval --checkpoint PATH [--data FILE ...] [--max-batches N]`, or benchmarks with
-`--tasks hellaswag,arc_easy [--limit N] [--num-fewshot K] [--include-path DIR]`."""
+"""`lmstream eval --checkpoint PATH [--data FILE ...] [--max-sequences N] [--precision P]`, or
+benchmarks with `--tasks hellaswag,arc_easy [--limit N] [--num-fewshot K] [--include-path DIR]`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from lmstream.commands import add_no_verify, verify_notice
 
 EXAMPLES = """examples:
   lmstream eval --checkpoint workspace/runs/demo/checkpoints              # the run's held-out data
-  lmstream eval --checkpoint workspace/runs/demo/best --max-batches 64
+  lmstream eval --checkpoint workspace/runs/demo/best --max-sequences 512 --batch-size 32
+  lmstream eval --checkpoint workspace/runs/demo/best --precision fp32
   lmstream eval --checkpoint workspace/runs/demo/checkpoints/step-00000200 --data held_out/*.jsonl
   lmstream eval --checkpoint workspace/runs/demo/best --tasks hellaswag,arc_easy --limit 500
   lmstream eval --checkpoint workspace/runs/demo/best --tasks my_task --include-path my_tasks/
@@ -29,7 +30,8 @@ def register(sub: argparse._SubParsersAction, formatter: type) -> None:
         "eval",
         help="validation loss and perplexity of a checkpoint",
         description="Validation loss (mean cross-entropy per token) and perplexity of a checkpoint, "
-        "on the experiment's fixed held-out data (the batches training evaluates on) or on files.",
+        "on the experiment's fixed held-out data (the set training evaluates on) or on files, "
+        "in the precision the checkpoint was trained in.",
         epilog=EXAMPLES,
         formatter_class=formatter,
     )
@@ -45,17 +47,31 @@ def register(sub: argparse._SubParsersAction, formatter: type) -> None:
         metavar="FILE",
         help="evaluate on these files or globs (txt, jsonl, parquet, csv, .gz/.zst, URLs) instead",
     )
-    p.add_argument(
+    size = p.add_mutually_exclusive_group()
+    size.add_argument(
+        "--max-sequences",
+        type=_positive,
+        default=None,
+        help="sequences to evaluate (default: the run's evaluation.max_sequences, else "
+        "max_batches x evaluation.batch_size)",
+    )
+    size.add_argument(
         "--max-batches",
         type=_positive,
         default=None,
-        help="batches to evaluate (default: the run's evaluation.max_batches)",
+        help="the same, in batches of the run's evaluation.batch_size",
     )
     p.add_argument(
         "--batch-size",
         type=_positive,
         default=None,
-        help="sequences per batch (default: the run's data.batch_size)",
+        help="sequences per forward pass (speed and memory only; the set stays the same)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "fp16"),
+        default=None,
+        help="compute precision (default: the checkpoint's runtime.precision, as training used)",
     )
     p.add_argument(
         "--documents",
@@ -119,13 +135,16 @@ def run(args: argparse.Namespace) -> int:
         return run_tasks(args)
 
     result = evaluate_checkpoint(
-        args.checkpoint, data=args.data, max_batches=args.max_batches, batch_size=args.batch_size,
-        documents=args.documents, run_dir=args.run_dir, device=args.device, verify=args.verify,
+        args.checkpoint, data=args.data, max_batches=args.max_batches,
+        max_sequences=args.max_sequences, batch_size=args.batch_size, documents=args.documents,
+        run_dir=args.run_dir, device=args.device, verify=args.verify, precision=args.precision,
     )  # fmt: skip
     if args.json:
         print(json.dumps(result))
     else:
+        source = "--precision" if args.precision else "the checkpoint's runtime.precision"
         print(f"checkpoint: {result['checkpoint']}")
+        print(f"precision: {result['precision']} ({source})")
         print(f"val_loss {result['val_loss']:.4f} | val_ppl {result['val_ppl']:.2f} | "
-              f"{result['tokens']:,} tokens in {result['batches']} batches")  # fmt: skip
+              f"{result['tokens']:,} tokens in {result['sequences']} sequences")  # fmt: skip
     return 0

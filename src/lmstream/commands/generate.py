@@ -39,6 +39,12 @@ def register(sub: argparse._SubParsersAction, formatter: type) -> None:
     p.add_argument(
         "--top-p", type=float, default=None, help="nucleus sampling: smallest set with this mass"
     )
+    p.add_argument(
+        "--truncate-prompt",
+        action="store_true",
+        help="keep only the prompt's last tokens so --max-new-tokens fit in the context "
+        "(default: a prompt longer than the context is refused)",
+    )
     p.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     add_no_verify(p)
@@ -67,10 +73,12 @@ def _check(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from lmstream.generate import (
+        context_room,
         generate_tokens,
         load_checkpoint_model,
         load_checkpoint_tokenizer,
         pick_device,
+        prompt_tail,
         stop_token_ids,
         stream_text,
     )
@@ -85,6 +93,22 @@ def run(args: argparse.Namespace) -> int:
     # model a document begins here (GPT-2 does the same), instead of dropping it mid-stream.
     eot = tokenizer.token_to_id("<|endoftext|>")
     context = ([eot] if eot is not None else []) + tokenizer.encode(args.prompt).ids
+    echo = args.prompt
+    limit = model.config.max_position_embeddings
+    if args.truncate_prompt and len(context) + args.max_new_tokens > limit:
+        context = prompt_tail(context, limit, args.max_new_tokens)
+        echo = tokenizer.decode(context, skip_special_tokens=True)
+        print(f"# prompt cut to its last {len(context)} tokens (--truncate-prompt; "
+              f"max_position_embeddings {limit})", file=sys.stderr)  # fmt: skip
+    room = context_room(model, context)  # refuses a prompt that does not fit, before any output
+    stop_ids = stop_token_ids(tokenizer)
+    produced: list[int] = []
+
+    def counted(ids):
+        for token in ids:
+            produced.append(token)
+            yield token
+
     tokens = generate_tokens(
         model,
         context,
@@ -93,12 +117,17 @@ def run(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         top_p=args.top_p,
         seed=args.seed,
-        stop_ids=stop_token_ids(tokenizer),
+        stop_ids=stop_ids,
         min_new_tokens=args.min_new_tokens,
     )
-    sys.stdout.write(args.prompt)
-    for piece in stream_text(tokenizer, tokens):
+    sys.stdout.write(echo)
+    for piece in stream_text(tokenizer, counted(tokens)):
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
+    sys.stdout.flush()
+    if room < args.max_new_tokens and len(produced) == room and produced[-1] not in stop_ids:
+        print(f"# stopped after {room} of {args.max_new_tokens} new tokens: the context is full "
+              f"(max_position_embeddings {limit}); shorten the prompt or pass --truncate-prompt",
+              file=sys.stderr)  # fmt: skip
     return 0

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from lmstream.config import TrainingConfig
 from lmstream.data.documents import DataPlan, TextSource, document_hash, resolve_plan
@@ -182,24 +183,34 @@ def check_training_documents(
 def build_validation_batches(
     cfg: TrainingConfig, tokenizer: Any, run_dir: Path, *, rank: int = 0, world_size: int = 1
 ) -> list[Batch]:
-    """The same ``evaluation.max_batches`` batches at every evaluation (rows never trained on).
+    """This rank's part of the validation set: the same rows at every evaluation, never trained on.
 
-    Rows of ``sequence_length + 1`` tokens are cut from the cached set and dealt to ranks
-    round-robin; every rank gets the same number of rows (its last batch may be smaller than
-    ``data.batch_size``), so ranks run the same number of evaluation steps. [] when
-    ``data.validation_documents`` is 0.
+    The set is the first ``evaluation.num_sequences`` rows of ``sequence_length + 1`` tokens cut
+    from the cached tokens: it depends on neither ``data.batch_size``, the world size nor the
+    evaluation batch size, so val_loss is comparable across runs that differ only in those.
+    Rows are dealt to ranks round-robin and cut into batches of ``evaluation.batch_size``. A rank
+    left one row short gets a padding row whose targets are all ignored (-100): every rank runs
+    the same number of forward passes (FSDP gathers parameters in each), and the padding adds
+    no tokens to the token-weighted loss. [] when ``data.validation_documents`` is 0.
     """
     if cfg.data.validation_documents == 0:
         return []
     tokens = load_validation_set(cfg, tokenizer, Path(run_dir)).tokens
-    row, bsz = cfg.data.sequence_length + 1, cfg.data.batch_size
-    n_rows = len(tokens) // row
-    per_rank = min(cfg.runtime.evaluation.max_batches * bsz, n_rows // world_size)
-    if per_rank == 0:
+    ev = cfg.runtime.evaluation
+    row, bsz = cfg.data.sequence_length + 1, ev.batch_size
+    n_rows = min(len(tokens) // row, ev.num_sequences)
+    if n_rows == 0:
         raise DataSourceError(
-            f"the validation set has {len(tokens)} tokens, fewer than one row of {row} per rank "
-            f"({world_size} ranks); raise data.validation_documents (now "
-            f"{cfg.data.validation_documents})"
+            f"the validation set has {len(tokens)} tokens, fewer than one row of {row}; raise "
+            f"data.validation_documents (now {cfg.data.validation_documents})"
         )
-    rows = tokens[: n_rows * row].reshape(n_rows, row)[rank::world_size][:per_rank]
-    return [Batch.from_rows(rows[i : i + bsz].astype(np.int64)) for i in range(0, per_rank, bsz)]
+    rows = tokens[: n_rows * row].reshape(n_rows, row)[rank::world_size].astype(np.int64)
+    inputs, targets = np.ascontiguousarray(rows[:, :-1]), np.ascontiguousarray(rows[:, 1:])
+    short = -(-n_rows // world_size) - len(rows)  # ceil(n / world) rows on every rank
+    if short:
+        inputs = np.concatenate([inputs, np.zeros((short, row - 1), dtype=np.int64)])
+        targets = np.concatenate([targets, np.full((short, row - 1), -100, dtype=np.int64)])
+    return [
+        Batch(torch.from_numpy(inputs[i : i + bsz]), torch.from_numpy(targets[i : i + bsz]))
+        for i in range(0, len(inputs), bsz)
+    ]

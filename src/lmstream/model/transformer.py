@@ -114,10 +114,13 @@ class Transformer(nn.Module):
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token: 6N + 12 * L * D * T (PaLM, appendix B).
 
-        N counts the parameters that take part in matmuls: everything but the embedding lookup,
-        plus the vocabulary head (the same tensor when tied). The second term is attention's
-        QK^T and AV (2 matmuls x 2 FLOPs x T x D per token and layer, x3 for forward + backward).
+        N counts the weights of matmuls only: every matrix but the embedding lookup, plus the
+        vocabulary head (the same tensor when tied). Norm gains and biases are left out (as in
+        Kaplan et al. 2020's N): they cost O(1) FLOPs per parameter, not 6. The second term is
+        attention's QK^T and AV (2 matmuls x 2 FLOPs x T x D per token and layer, x3 for
+        forward + backward).
         """
         cfg = self.config
-        n = self.num_parameters(exclude_embeddings=True) + self.vocab_size * cfg.hidden_size
+        matrices = sum(p.numel() for p in self.blocks.parameters() if p.dim() >= 2)
+        n = matrices + self.vocab_size * cfg.hidden_size
         return 6.0 * n + 12.0 * cfg.num_layers * cfg.hidden_size * seq_len

@@ -1,9 +1,10 @@
-"""Validation loss and perplexity over the run's fixed validation batches.
+"""Validation loss and perplexity over the run's fixed validation set.
 
-The same batches at every evaluation (built once by the data loader, never seen by training), so
-values are comparable across steps. Losses are weighted by counted target tokens and summed over
-ranks; eval mode turns dropout off, so evaluation draws nothing from the RNG and leaves an exact
-resume undisturbed.
+The same rows at every evaluation (built once by data/validation.py, never seen by training), so
+values are comparable across steps, and the same set whatever the batch split or world size, so
+they are comparable across runs. Per-token losses are summed over the set (across ranks) and
+divided by its counted target tokens. Eval mode turns dropout off, so evaluation draws nothing
+from the RNG and leaves an exact resume undisturbed.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import math
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lmstream import distributed as dist
@@ -39,10 +41,17 @@ def evaluate(
             inputs = batch.inputs.to(device, non_blocking=True)
             targets = batch.targets.to(device, non_blocking=True)
             with autocast():
-                _, loss = model(inputs, targets)
-            n = (targets != -100).sum()
-            total += loss.double() * n
-            count += n
+                logits, _ = model(inputs)  # (B, T, V)
+            # A sum per token, not the model's mean per batch: a padding batch with no counted
+            # target adds 0 (a mean would be 0/0), and batches weigh by their tokens. fp32, as
+            # the model computes its training loss.
+            total += F.cross_entropy(
+                logits.float().view(-1, logits.shape[-1]),
+                targets.reshape(-1),
+                ignore_index=-100,
+                reduction="sum",
+            ).double()
+            count += (targets != -100).sum()
     finally:
         model.train(was_training)
     total, count = dist.all_reduce_sum(total), dist.all_reduce_sum(count)

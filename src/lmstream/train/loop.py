@@ -29,7 +29,7 @@ from lmstream.train.evaluate import evaluate
 from lmstream.train.fetch import StepFetcher
 from lmstream.train.metrics import Logger
 from lmstream.train.optim import set_lr
-from lmstream.train.precision import Precision, memory_gb, peak_flops
+from lmstream.train.precision import Precision, matmul_kind, memory_gb, peak_flops
 from lmstream.train.setup import Run
 from lmstream.train.signals import StopRequest
 from lmstream.train.state import capture_rng, optimizer_state
@@ -44,26 +44,31 @@ class NonFiniteLossError(LmstreamError):
 def forward_backward(
     model: nn.Module, micro_batches: list, precision: Precision, device: torch.device
 ) -> torch.Tensor:
-    """Accumulate gradients of the mean loss over ``micro_batches``; returns that mean (detached).
-
-    Each micro-batch's loss is divided by their number, so k micro-batches of b rows give the
-    gradient of one batch of k*b rows (equal token counts per row). Gradients are synchronised
-    across ranks only on the last micro-step (nanoGPT's ``require_backward_grad_sync``).
+    """Accumulate gradients of the mean loss per target token over ``micro_batches``; returns
+    that mean (detached). Each micro-batch's mean is weighted by its share of counted (not -100)
+    targets, so k micro-batches give the gradient of one batch of all their rows. Gradients are
+    synchronised across ranks only on the last micro-step (nanoGPT's ``require_backward_grad_sync``).
     """
     n = len(micro_batches)
+    # Counted from the host copies of the targets (no device sync); an idle batch (weight 0,
+    # lmstream.data.loader) counts for nothing.
+    counts = [b.weight * int((b.targets != -100).sum()) for b in micro_batches]
+    total_count = sum(counts)
     total = torch.zeros((), device=device)
     for i, batch in enumerate(micro_batches):
         inputs = batch.inputs.to(device, non_blocking=True)
         targets = batch.targets.to(device, non_blocking=True)
+        # share * n is exactly 1.0 when the counts are equal (the packer's rows), so the usual
+        # case stays bit-identical to ``loss / n``. Nothing counted (all idle): weight 0.
+        share = counts[i] * n / total_count if total_count else batch.weight
         with dist.gradient_sync(model, enabled=i == n - 1):
             with precision.autocast():
                 _, loss = model(inputs, targets)
-            loss = loss * batch.weight  # 0 for an idle batch (lmstream.data.loader)
-            scaled = loss / n
+            scaled = loss * share / n
             if precision.scaler is not None:
                 scaled = precision.scaler.scale(scaled)
             scaled.backward()
-        total += loss.detach()
+        total += loss.detach() * share
     return total / n
 
 
@@ -75,10 +80,12 @@ def optimizer_step(
     lr: float,
     max_grad_norm: float | None,
 ) -> tuple[torch.Tensor, bool]:
-    """Clip, check and step. Returns (gradient norm before clipping, whether the step was taken).
+    """Clip, check and step. Returns (gradient norm before clipping, whether the update was
+    applied).
 
-    A non-finite loss (or, outside fp16, a non-finite gradient norm) skips the update; under
-    fp16 an infinite gradient is the GradScaler's business (it skips and lowers the scale).
+    A non-finite loss or gradient norm skips the update. Under fp16 that is also the
+    GradScaler's overflow check (an inf/NaN in the unscaled gradients makes the norm non-finite),
+    so an update the scaler would skip is reported as skipped, not counted as a step.
     """
     set_lr(optimizer, lr)
     scaler = precision.scaler
@@ -87,17 +94,20 @@ def optimizer_step(
     limit = max_grad_norm if max_grad_norm is not None else float("inf")
     # Under FSDP2 the norm is a DTensor over every rank's shards: make it one plain value.
     grad_norm = dist.local_tensor(torch.nn.utils.clip_grad_norm_(model.parameters(), limit))
-    bad = ~torch.isfinite(loss)
-    if scaler is None:
-        bad = bad | ~torch.isfinite(grad_norm)
+    bad = ~torch.isfinite(loss) | ~torch.isfinite(grad_norm)
     ok = dist.all_reduce_sum(bad.float()).item() == 0  # every rank must agree to skip
     if ok:
         if scaler is not None:
             scaler.step(optimizer)
+            scaler.update()
         else:
             optimizer.step()
-    if scaler is not None:
-        scaler.update()
+    elif scaler is not None:
+        # Back off from the agreed decision rather than this rank's own inf check: under FSDP
+        # a rank whose gradient shard is finite would otherwise keep its scale while the others
+        # lower theirs. As the scaler's own backoff, the growth count restarts.
+        scaler.update(scaler.get_scale() * scaler.get_backoff_factor())
+        scaler.load_state_dict(scaler.state_dict() | {"_growth_tracker": 0})
     optimizer.zero_grad(set_to_none=True)
     return grad_norm.detach(), ok
 
@@ -119,7 +129,9 @@ class Trainer:
         self.cfg = run.cfg
         self.logger = logger
         self.device = run.env.device
-        self.peak = peak_flops(self.device, self.cfg.runtime.peak_tflops)
+        rt = self.cfg.runtime
+        kind = matmul_kind(rt.precision, self.device.type, rt.tf32)
+        self.peak = peak_flops(self.device, rt.peak_tflops, kind)  # of the precision in use
         self.fetcher = StepFetcher(run)
         self._saved_step: int | None = None
         self._parent = run.lineage_parent  # the checkpoint the next one continues from
@@ -286,17 +298,25 @@ class Trainer:
         )
 
     def _on_nonfinite(self, loss: torch.Tensor) -> None:
+        """A skipped update: a non-finite loss, or non-finite gradients (under fp16 the
+        GradScaler's overflow). It is not a step: ``step`` and the schedule stay where they are
+        (the next attempt reuses this learning rate), only the data moves on."""
         st, limit = self.run.state, self.cfg.runtime.max_nonfinite_steps
         st.skipped_steps += 1
         st.nonfinite_streak += 1
+        value, scaler = loss.item(), self.run.precision.scaler
+        what = f"non-finite loss ({value})" if not math.isfinite(value) else "non-finite gradients"
+        if math.isfinite(value) and scaler is not None:
+            what = f"fp16 gradient overflow (loss scale lowered to {scaler.get_scale():g})"
+        kind = "non-finite losses" if not math.isfinite(value) else f"skipped updates ({what})"
         self.logger.message(
-            f"step {st.step + 1}: non-finite loss ({loss.item()}); update skipped "
+            f"step {st.step + 1}: {what}; update skipped "
             f"({st.nonfinite_streak} in a row, {st.skipped_steps} in total)"
         )
         if st.nonfinite_streak >= limit:
             raise NonFiniteLossError(
-                f"{st.nonfinite_streak} consecutive non-finite losses "
-                f"(runtime.max_nonfinite_steps = {limit}); stopped at step {st.step}, "
+                f"{st.nonfinite_streak} consecutive {kind} (runtime.max_nonfinite_steps = "
+                f"{limit}); stopped at step {st.step}, "
                 "the last good checkpoint is kept. Lower the learning rate, or use fp32/bf16 "
                 "instead of fp16, and resume"
             )

@@ -2,7 +2,11 @@
 
 The schedule is a pure function ``lr(step)`` rather than a ``torch.optim.lr_scheduler`` object:
 resuming needs nothing but the step counter, and tests compare it to the formula directly.
-``step`` counts optimizer updates already done, so the first update uses ``lr(0)``.
+``step`` counts optimizer updates already applied, so the first update uses ``lr(0)``. An
+attempt the loop skips (non-finite loss, fp16 overflow) does not advance it: the schedule follows
+applied updates, so warmup and decay are spent on updates that happened (PyTorch's scaler
+examples step the scheduler on every attempt instead; then a run of early overflows would use up
+warmup with nothing learned).
 """
 
 from __future__ import annotations

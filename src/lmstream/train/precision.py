@@ -13,8 +13,14 @@ from pathlib import Path
 
 import torch
 
-# Dense bf16 peaks in TFLOPS (vendor data sheets, SXM parts): DESIGN-NOTES section 7.
-KNOWN_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0}
+# Dense peaks in TFLOPS by the kind of matmul (vendor data sheets, SXM parts, without
+# sparsity): bf16/fp16 and TF32 on tensor cores, plain fp32 on CUDA cores. MFU is measured
+# against the peak of the kind the run computes in, so an fp32 run is not compared to bf16.
+KNOWN_PEAK_TFLOPS = {
+    "H200": {"bf16": 989.0, "fp16": 989.0, "tf32": 494.5, "fp32": 67.0},
+    "H100": {"bf16": 989.0, "fp16": 989.0, "tf32": 494.5, "fp32": 67.0},
+    "A100": {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5},
+}
 
 
 @dataclass
@@ -46,8 +52,21 @@ def cpu_has_fast_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def build_precision(name: str, device: torch.device) -> Precision:
-    """The Precision for runtime.precision on ``device``, warning when it will be very slow."""
+def matmul_kind(precision: str, device_type: str, tf32: bool) -> str:
+    """What the run's matmuls compute in: "bf16", "fp16", "tf32" (fp32 on CUDA with
+    runtime.tf32) or "fp32"."""
+    if precision == "fp32" and device_type == "cuda" and tf32:
+        return "tf32"
+    return precision
+
+
+def build_precision(name: str, device: torch.device, tf32: bool = True) -> Precision:
+    """The Precision for runtime.precision on ``device``, warning when it will be very slow.
+
+    On CUDA, ``tf32`` (runtime.tf32) turns TF32 tensor-core matmuls and convolutions on or off
+    for fp32 work (PyTorch's default leaves matmuls in full fp32, at a seventh of the peak on
+    A100/H100); under bf16/fp16 autocast it only affects the few ops kept in fp32.
+    """
     if device.type == "cpu" and name in ("bf16", "fp16") and not cpu_has_fast_bf16():
         warnings.warn(
             f"runtime.precision: {name} on a CPU without native bf16/fp16 instructions runs "
@@ -58,21 +77,30 @@ def build_precision(name: str, device: torch.device) -> Precision:
         warnings.warn(
             "runtime.precision: this GPU has no native bf16; consider fp16 or fp32", stacklevel=2
         )
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
     scaler = torch.amp.GradScaler(device.type) if name == "fp16" else None
     return Precision(name=name, device=device, scaler=scaler)
 
 
-def peak_flops(device: torch.device, configured_tflops: float | None) -> float | None:
-    """Peak FLOP/s of one device for MFU: runtime.peak_tflops, else known GPUs, else None."""
+def known_peak_tflops(device_name: str, kind: str) -> float | None:
+    """The dense peak of ``kind`` (see :func:`matmul_kind`) for a known GPU name, else None."""
+    for key, peaks in KNOWN_PEAK_TFLOPS.items():
+        if key in device_name:
+            return peaks.get(kind)
+    return None
+
+
+def peak_flops(device: torch.device, configured_tflops: float | None, kind: str) -> float | None:
+    """Peak FLOP/s of one device for MFU: runtime.peak_tflops (taken as the peak of the
+    precision in use), else the known GPU's peak for ``kind``, else None (no MFU)."""
     if configured_tflops is not None:
         return configured_tflops * 1e12
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    for key, tflops in KNOWN_PEAK_TFLOPS.items():
-        if key in name:
-            return tflops * 1e12
-    return None
+    tflops = known_peak_tflops(torch.cuda.get_device_name(device), kind)
+    return tflops * 1e12 if tflops is not None else None
 
 
 def memory_gb(device: torch.device) -> float:

@@ -181,8 +181,9 @@ def test_validation_split_fixed_and_cached(tmp_path: Path, tokenizer) -> None:
     )  # fmt: skip
     cfg = _config(run, tokenizer, validation_documents=90, batch_size=3)
     cfg.runtime.evaluation.max_batches = 4
+    cfg.runtime.evaluation.batch_size = 3  # 12 sequences, split across the ranks
     per_rank = [build_validation_batches(cfg, tokenizer, run, rank=r, world_size=2) for r in (0, 1)]
-    assert [len(b) for b in per_rank] == [4, 4]
+    assert [len(b) for b in per_rank] == [2, 2]
     assert all(b.inputs.shape == (3, 24) for b in per_rank[0])
     again = build_validation_batches(cfg, tokenizer, run, rank=0, world_size=2)
     assert np.array_equal(_rows(again), _rows(per_rank[0])), "every evaluation: the same batches"

@@ -81,8 +81,12 @@ def test_parameter_and_flop_counts_match_a_hand_count(overrides: dict) -> None:
     total, non_embedding = _hand_count(cfg, V)
     assert model.num_parameters() == total
     assert model.num_parameters(exclude_embeddings=True) == non_embedding
-    # 6N for N = matmul parameters (non-embedding + the head), plus 12 * L * D * T for attention.
-    matmul_params = non_embedding + V * cfg.hidden_size
+    # 6N for N = the weights of matmuls (attention, MLP, the head; no norm gains or biases,
+    # which cost O(1) FLOPs per parameter), plus 12 * L * D * T for attention.
+    D, F_, E = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
+    attn = D * (cfg.num_attention_heads + 2 * cfg.kv_heads) * E + cfg.num_attention_heads * E * D
+    mlp = (3 if cfg.activation == "swiglu" else 2) * D * F_
+    matmul_params = cfg.num_layers * (attn + mlp) + V * D
     T = 16
     assert model.flops_per_token(T) == 6 * matmul_params + 12 * cfg.num_layers * cfg.hidden_size * T
 
