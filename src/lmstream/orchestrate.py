@@ -28,7 +28,7 @@ from lmstream.config import (
 from lmstream.data.sources import DocumentStream, SourceSpec, open_dataset
 from lmstream.data.validation import holdout_size
 from lmstream.errors import ConfigError, DataSourceError
-from lmstream.model.presets import PRESETS
+from lmstream.model.presets import CPU_RECIPES, PRESETS, cpu_loader_workers
 from lmstream.tokenizer import (
     MIN_VOCAB_SIZE,
     check_special_tokens,
@@ -78,6 +78,8 @@ class OrchestrateResult:
     vocab_size: int
     seconds: float
     files: list[Path]
+    vocab_requested: int | None = None  # --vocab-size, to say when the corpus gave fewer
+    max_samples: int | None = None  # --max-samples, to say when the source ran out before it
 
 
 def _check(opts: OrchestrateOptions) -> None:
@@ -212,6 +214,8 @@ def orchestrate(opts: OrchestrateOptions) -> OrchestrateResult:
         vocab_size=tok.get_vocab_size(),
         seconds=time.perf_counter() - start,
         files=files,
+        vocab_requested=opts.vocab_size,
+        max_samples=opts.max_samples,
     )
 
 
@@ -277,14 +281,14 @@ class _Progress:
 def training_yaml_dict(
     paths: ExperimentPaths, opts: OrchestrateOptions, data_files: list[str] | None
 ) -> dict:
-    """The seed's training.yaml with this experiment's paths, relative to runs/EXP/."""
+    """The seed's training.yaml with this experiment's paths, relative to runs/EXP/; a preset
+    meant for CPUs (tiny) gets its CPU recipe instead of the seed's GPU settings."""
 
     def rel(path: Path) -> str:
         return os.path.relpath(path, paths.run_dir)
 
     model = dict(PRESETS[opts.model_size])
     seq_len = min(2048, model.get("max_position_embeddings", 2048))
-    tiny = opts.model_size == "tiny"
     train_shards: list[str] = []
     validation_shards: list[str] = []
     if not opts.stream:
@@ -296,7 +300,7 @@ def training_yaml_dict(
                     target.append(_rel_glob(pattern, paths.run_dir))
             else:
                 train_shards.append(_rel_glob(entry, paths.run_dir))
-    return {
+    out = {
         "model": model,
         "tokenizer": {
             "tokenizer_json": rel(paths.tokenizer_json),
@@ -333,8 +337,7 @@ def training_yaml_dict(
         },
         "runtime": {
             "seed": opts.seed,
-            # bf16 is the seed's GPU setting; the CPU-sized preset runs in fp32 (no bf16 on CPUs).
-            "precision": "fp32" if tiny else "bf16",
+            "precision": "bf16",  # the seed's GPU setting; CPU recipes set fp32
             "log_every_n_steps": 50,
             "checkpoint": {
                 "directory": rel(paths.checkpoints_dir),
@@ -355,6 +358,15 @@ def training_yaml_dict(
             },
         },
     }
+    if opts.model_size in CPU_RECIPES:
+        for dotted, value in CPU_RECIPES[opts.model_size].items():
+            *parents, leaf = dotted.split(".")
+            node = out
+            for key in parents:
+                node = node[key]
+            node[leaf] = value
+        out["data"]["num_workers"] = cpu_loader_workers()
+    return out
 
 
 def _rel_glob(pattern: str, base: Path) -> str:
@@ -390,7 +402,12 @@ def write_training_yaml(
     text = (
         f"# Written by `lmstream orchestrate` for experiment {paths.experiment!r} "
         f"(model size {opts.model_size}, tokenizer vocabulary {vocab_size}).\n"
-        "# Paths are relative to this file's folder. Edit freely, then run:\n"
+        + (
+            "# A CPU recipe: sized to finish in minutes on a few cores (see lmstream.model.presets).\n"
+            if opts.model_size in CPU_RECIPES
+            else "# The seed's GPU recipe (bf16, 300,000 steps); for a CPU, use --model-size tiny.\n"
+        )
+        + "# Paths are relative to this file's folder. Edit freely, then run:\n"
         f"#   lmstream train --config {paths.training_yaml}\n"
     )
     data = training_yaml_dict(paths, opts, data_files)
@@ -427,5 +444,26 @@ def summary(result: OrchestrateResult, seconds: float | None = None) -> str:
         f"run folder: {result.paths.run_dir}",
     ]
     lines += [f"  wrote {f}" for f in result.files]
+    lines += notes(result)
     lines.append(f"next: lmstream train --config {result.paths.training_yaml}")
     return "\n".join(lines)
+
+
+def notes(result: OrchestrateResult) -> list[str]:
+    """What did not go as asked: a smaller vocabulary, a source shorter than --max-samples."""
+    out = []
+    asked, got = result.vocab_requested, result.vocab_size
+    if asked is not None and got < asked:
+        out.append(
+            f"note: vocabulary {got:,}, not the {asked:,} asked: the corpus "
+            f"({result.bytes / 1e6:,.1f} MB) ran out of pairs to merge; training takes the "
+            f"tokenizer's size as is; ask for at most {got:,} to get what you ask for"
+        )
+    limit = result.max_samples
+    if limit is not None and result.documents < limit:
+        out.append(
+            f"note: the source ran out at {result.documents:,} documents, before --max-samples "
+            f"{limit:,}; training will read these {result.documents:,} documents once per "
+            "epoch (its start-up line says how many epochs the plan implies)"
+        )
+    return out
