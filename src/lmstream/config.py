@@ -213,7 +213,7 @@ class DataConfig(_Section):
     )
     cache_dir: ResolvedPath | None = Field(
         default=None,
-        description="Cache folder for the datasets library and the tokenized validation set; null = the library default.",
+        description="Cache folder for the datasets library and the tokenized validation set (orchestrate writes WORKSPACE/cache/EXP); null = the datasets library's default cache, and the validation set in the run folder.",
     )
     sequence_length: int = Field(ge=1, description="Tokens per training sequence.")
     validation_documents: int = Field(

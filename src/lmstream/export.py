@@ -32,6 +32,7 @@ from tokenizers import Tokenizer
 from lmstream.config import ModelConfig
 from lmstream.errors import ConfigError, LmstreamError
 from lmstream.model.transformer import Transformer
+from lmstream.train.checkpoint import with_user_umask
 
 TOLERANCE = 1e-4
 SAMPLE_TEXT = "In the beginning was the word, and the word was 42. Ünïcödé → ok?"
@@ -265,6 +266,7 @@ def export_model(
             str(tmp / "model.safetensors"),
             metadata={"format": "pt"},
         )
+        with_user_umask(tmp / "model.safetensors")
         if tokenizer is not None:
             save_hf_tokenizer(tokenizer, tmp)
         diff = verify_export(model, tmp, tokenizer)

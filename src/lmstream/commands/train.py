@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from lmstream.config import TrainingConfig, dump_training_config, load_training_config
-from lmstream.errors import LmstreamError
+from lmstream.errors import ConfigError, LmstreamError
 
 EXAMPLES = """examples:
   lmstream train --config workspace/runs/my-exp/training.yaml --dry-run
@@ -119,6 +119,8 @@ def describe_model(cfg: TrainingConfig) -> list[str]:
 
 
 def describe_schedule(cfg: TrainingConfig) -> str:
+    """Learning rates at a few steps, numbered as training logs them: step k (from 1) is the
+    k-th optimizer step and uses the schedule's value at k - 1 updates done."""
     from lmstream.train.optim import make_schedule
 
     total = cfg.scheduler.total_steps
@@ -126,8 +128,8 @@ def describe_schedule(cfg: TrainingConfig) -> str:
         return "lr: the schedule's length is measured from one epoch at the start (total_epochs)"
     lr = make_schedule(cfg.scheduler, cfg.peak_lr, cfg.min_lr, total)
     warm = cfg.scheduler.warmup_steps
-    points = sorted({0, max(0, warm - 1), warm, total // 4, total // 2, 3 * total // 4, total - 1})
-    return "lr at step: " + ", ".join(f"{s:,}: {lr(s):.3g}" for s in points)
+    points = {1, max(1, warm), min(warm + 1, total), total // 4, total // 2, 3 * total // 4, total}
+    return "lr at step: " + ", ".join(f"{s:,}: {lr(s - 1):.3g}" for s in sorted(points) if s >= 1)
 
 
 def describe_plan(cfg: TrainingConfig, world_size: int = 1) -> str:
@@ -146,6 +148,25 @@ def describe_plan(cfg: TrainingConfig, world_size: int = 1) -> str:
     lines.append(describe_schedule(cfg))
     lines.extend(describe_model(cfg))
     return "\n".join(lines)
+
+
+def describe_data_and_time(cfg: TrainingConfig, run_dir: Path) -> list[str]:
+    """The dry-run's device, data (counted when local), holdout and time estimate."""
+    from lmstream.train import report
+
+    vocab, _ = _vocab_size(cfg)
+    lines = []
+    tok_path = cfg.tokenizer.tokenizer_json
+    if tok_path is not None and Path(tok_path).is_file():
+        from lmstream.tokenizer import load_tokenizer
+
+        survey = report.survey_data(cfg, run_dir, load_tokenizer(tok_path))
+        lines.append(report.describe_data(cfg, survey, cfg.scheduler.total_steps))
+    else:
+        lines.append(f"data: not described (tokenizer {tok_path} not found)")
+    if vocab is not None:
+        lines.extend(report.describe_time(cfg, vocab, cfg.scheduler.total_steps))
+    return lines
 
 
 def tune_malloc() -> bool:
@@ -175,6 +196,7 @@ def train(
     *,
     restart: bool = False,
     rollback: bool = False,
+    config_path: Path | None = None,
 ) -> int:
     """Build, train, close: the logger, the run folder's lock and the process group are
     released even on error."""
@@ -187,7 +209,9 @@ def train(
     clean, lock = False, None
     try:
         lock = lock_run_folder(run_dir, env)  # before anything is written
-        result = _train(cfg, run_dir, resume, env, restart=restart, rollback=rollback)
+        result = _train(
+            cfg, run_dir, resume, env, restart=restart, rollback=rollback, config_path=config_path
+        )
         clean = True
         return result
     except LmstreamError as err:
@@ -210,14 +234,32 @@ def train(
 
 
 def _train(
-    cfg: TrainingConfig, run_dir: Path, resume: str | None, env, *, restart: bool, rollback: bool
+    cfg: TrainingConfig,
+    run_dir: Path,
+    resume: str | None,
+    env,
+    *,
+    restart: bool,
+    rollback: bool,
+    config_path: Path | None = None,
 ) -> int:
+    import time
+
+    from lmstream.tokenizer import load_tokenizer
     from lmstream.train import checkpoint as ckpt
+    from lmstream.train import report
     from lmstream.train.loop import Trainer
     from lmstream.train.metrics import Logger, build_logger
     from lmstream.train.run_folder import start_fresh
-    from lmstream.train.setup import build_run
+    from lmstream.train.setup import build_run, resolve_vocab_size
 
+    started = time.perf_counter()
+    config_path = config_path or run_dir / "training.yaml"
+    if env.is_main:  # before building: a model too large for this CPU takes minutes to build
+        vocab = resolve_vocab_size(cfg, load_tokenizer(cfg.tokenizer.tokenizer_json))
+        warning = report.slow_cpu_warning(cfg, vocab, env.world_size)
+        if warning:
+            print(warning, flush=True)
     logger = Logger()
     try:
         notice = None
@@ -242,6 +284,10 @@ def _train(
             tracker_state=run.tracker_state,
         )
         logger.message(describe_parallelism(run))
+        if env.is_main:
+            tokenizer = load_tokenizer(run.cfg.tokenizer.tokenizer_json)
+            survey = report.survey_data(run.cfg, run_dir, tokenizer)
+            logger.message(report.describe_data(run.cfg, survey, run.total_steps, env.world_size))
         for line in [*env.notes, notice, *history]:
             if line:
                 logger.message(line)
@@ -249,7 +295,11 @@ def _train(
             logger.message(f"resumed from {run.resumed_from} at step {run.state.step}")
             for change in run.notes:
                 logger.message(f"config change since the checkpoint (allowed): {change}")
-        return Trainer(run, logger).fit()
+        resume_command = f"lmstream train --config {config_path} --resume"
+        code = Trainer(run, logger, resume_command=resume_command).fit()
+        if env.is_main:
+            logger.message(report.final_summary(run, config_path, time.perf_counter() - started))
+        return code
     finally:
         logger.close()
 
@@ -270,11 +320,19 @@ def describe_parallelism(run) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = load_training_config(args.config)
+    config_path = Path(args.config).expanduser().absolute()
+    if not config_path.is_file():
+        raise ConfigError(
+            f"--config: {config_path} not found; `lmstream orchestrate --experiment NAME ...` "
+            "writes WORKSPACE/runs/NAME/training.yaml (see `lmstream orchestrate --help`)"
+        )
+    cfg = load_training_config(config_path)
+    run_dir = config_path.parent
     if args.dry_run:
         print(f"# resolved config: {args.config}")
         print(dump_training_config(cfg), end="")
         print(describe_plan(cfg))
+        print("\n".join(describe_data_and_time(cfg, run_dir)))
         return 0
     from lmstream.trackers import require_extras
 
@@ -290,8 +348,9 @@ def run(args: argparse.Namespace) -> int:
         )  # fmt: skip
     if not cfg.tokenizer.tokenizer_json.is_file():
         raise LmstreamError(
-            f"tokenizer.tokenizer_json: {cfg.tokenizer.tokenizer_json} not found; "
-            "run `lmstream orchestrate` first or fix the path"
+            f"tokenizer.tokenizer_json: {cfg.tokenizer.tokenizer_json} not found; write it with "
+            f"`lmstream orchestrate` (the experiment of {config_path}) or fix the path in "
+            f"{config_path}"
         )
     if cfg.tokenizer.special_tokens is not None:  # a path that was given must exist and parse
         from lmstream.config import load_special_tokens
@@ -301,5 +360,7 @@ def run(args: argparse.Namespace) -> int:
         raise LmstreamError("--restart starts at step 0: it cannot be combined with --resume")
     if args.rollback and args.resume is None:
         raise LmstreamError("--rollback goes with --resume PATH (the checkpoint to continue from)")
-    run_dir = Path(args.config).expanduser().absolute().parent
-    return train(cfg, run_dir, args.resume, restart=args.restart, rollback=args.rollback)
+    return train(
+        cfg, run_dir, args.resume, restart=args.restart, rollback=args.rollback,
+        config_path=config_path,
+    )  # fmt: skip

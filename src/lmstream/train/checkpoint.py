@@ -118,6 +118,27 @@ def write_model_file(folder: Path, model_state: dict[str, torch.Tensor]) -> None
         k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in model_state.items()
     }
     save_file(tensors, str(folder / MODEL_FILE), metadata={"format": "pt"})
+    with_user_umask(folder / MODEL_FILE)
+
+
+def with_user_umask(path: Path) -> None:
+    """Give ``path`` the mode a plain ``open()`` would (0666 minus the umask): safetensors
+    writes its files 0600, which hid a shared workspace's weights from the rest of a team."""
+    os.chmod(path, 0o666 & ~_umask())
+
+
+def _umask() -> int:
+    # Read, not set-and-restore: os.umask() changes the whole process for a moment, and
+    # checkpoints are written from a background thread while the main one creates files.
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _write_payload(

@@ -114,18 +114,30 @@ def optimizer_step(
 
 @dataclass
 class _Clock:
-    """Throughput between log steps."""
+    """Throughput between log steps. Evaluation and checkpoint time (``paused``) is left out of
+    tokens/s and logged on its own: counted in, the step after each evaluation reported a
+    tenth of the real training throughput (issue #22)."""
 
     start: float
     tokens: int = 0
     data_wait: float = 0.0
+    paused: float = 0.0
+
+    def training_seconds(self) -> float:
+        return max(time.perf_counter() - self.start - self.paused, 1e-9)
 
 
 class Trainer:
     """Runs :class:`Run` to total_steps (or total_epochs), or until a stop signal."""
 
-    def __init__(self, run: Run, logger: Logger):
+    def __init__(
+        self,
+        run: Run,
+        logger: Logger,
+        resume_command: str = "lmstream train --config RUN_DIR/training.yaml --resume",
+    ):
         self.run = run
+        self.resume_command = resume_command  # named in stop messages: what to type next
         self.cfg = run.cfg
         self.logger = logger
         self.device = run.env.device
@@ -240,13 +252,15 @@ class Trainer:
                     self._log(loss, grad_norm, lr, clock)
                     clock = _Clock(time.perf_counter())
                 self.logger.advance(st.step)
+                paused = time.perf_counter()
                 self._after_step(last, epoch_ended, stopping=stopping)
                 self._report(self.writer.poll())  # a background write's result (or error)
+                clock.paused += time.perf_counter() - paused
                 if stopping:
                     self.logger.message(
                         f"stopped by {stop.name or 'a signal to another rank'} at step {st.step}; "
-                        "checkpoint saved. "
-                        "Continue with `lmstream train --config ... --resume`"
+                        f"checkpoint saved in {rt.checkpoint.directory}. "
+                        f"Continue with `{self.resume_command}`"
                     )
                     return 0
         self._after_step(True, False)  # ended by epochs (or nothing to do): final eval and save
@@ -294,7 +308,7 @@ class Trainer:
             raise type(failure)(f"{failure}{saved}") from None
         raise DataSourceError(
             f"another rank's data source failed (its message says which){saved}; fix the "
-            "source and continue with `lmstream train --config ... --resume`"
+            f"source and continue with `{self.resume_command}`"
         )
 
     def _on_nonfinite(self, loss: torch.Tensor) -> None:
@@ -324,8 +338,7 @@ class Trainer:
     # ---------------------------------------------------------------------------- logging
     def _log(self, loss: torch.Tensor, grad_norm: torch.Tensor, lr: float, clock: _Clock) -> None:
         st = self.run.state
-        elapsed = max(time.perf_counter() - clock.start, 1e-9)
-        tokens_per_s = clock.tokens / elapsed
+        tokens_per_s = clock.tokens / clock.training_seconds()
         # The slowest rank's data wait and the largest rank's memory are what limit the job.
         worst = dist.all_reduce_max(
             torch.tensor([clock.data_wait, memory_gb(self.device)], dtype=torch.float64).to(
@@ -338,6 +351,7 @@ class Trainer:
             "grad_norm": grad_norm.item(),
             "tokens_per_s": tokens_per_s,
             "data_wait_s": worst[0],
+            "eval_checkpoint_s": clock.paused,
             "memory_gb": worst[1],
             "tokens_seen": st.tokens_seen,
             "epoch": st.epoch,

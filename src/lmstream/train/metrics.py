@@ -5,7 +5,8 @@ The loop calls ``logger.log(step, {"loss": ..., "lr": ...})`` at log steps and e
 :func:`build_logger` returns the no-op base on other ranks (torchtitan's pattern).
 
 Keys written (one JSON object per line in metrics.jsonl): step, loss, lr, grad_norm,
-tokens_per_s, mfu, data_wait_s, memory_gb, skipped_steps, and val_loss/val_ppl at evaluations.
+tokens_per_s (training time only), eval_checkpoint_s (evaluation and checkpoint time since the
+previous log), mfu, data_wait_s, memory_gb, skipped_steps, and val_loss/val_ppl at evaluations.
 """
 
 from __future__ import annotations
@@ -51,12 +52,16 @@ def format_metrics(step: int, total_steps: int | None, metrics: dict[str, float]
         "tokens_per_s": "{:,.0f} tok/s",
         "mfu": "mfu {:.1%}",
         "data_wait_s": "data_wait {:.3f}s",
+        "eval_checkpoint_s": "eval+ckpt {:.1f}s",
         "memory_gb": "mem {:.2f}GB",
         "skipped_steps": "skipped {:.0f}",
     }
     for key, fmt in formats.items():
         value = metrics.get(key)
-        if value is not None and not (key == "skipped_steps" and value == 0):
+        quiet = (key == "skipped_steps" and value == 0) or (
+            key == "eval_checkpoint_s" and (value or 0) < 0.05
+        )
+        if value is not None and not quiet:
             parts.append(fmt.format(value))
     return " | ".join(parts)
 
