@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create (or reuse) .venv in the project root and install lmstream into it, editable.
 #   bash scripts/setup-env.sh            # the package
-#   bash scripts/setup-env.sh dev        # plus the dev tools (pytest, ruff, transformers)
+#   bash scripts/setup-env.sh dev        # plus the dev tools (pytest, pytest-timeout, ruff)
 # PyTorch: LMSTREAM_TORCH picks the torch requirement installed first (default torch==2.13.0,
 # the CPU build these machines keep on local disk). GPU users: install the CUDA build of torch
 # into the venv first (https://pytorch.org/get-started/locally/); an importable torch is kept.
