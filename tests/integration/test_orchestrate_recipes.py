@@ -11,7 +11,6 @@ from tests.support.training import write_kjv_corpus
 
 from lmstream.cli import main
 from lmstream.config import load_training_config
-from lmstream.model.presets import cpu_loader_workers
 from lmstream.model.transformer import Transformer
 
 # The seed's training.yaml (its data/optimizer/scheduler/runtime sections), which the 1b preset
@@ -62,6 +61,8 @@ def _corpus(tmp_path: Path, n_docs: int) -> Path:
 
 
 def test_tiny_writes_a_cpu_recipe_that_finishes_in_minutes(tmp_path, capsys):
+    from lmstream.model.presets import cpu_loader_workers
+
     data = _corpus(tmp_path, 300)
     code, _, err = _orchestrate(
         tmp_path, capsys, "--stream", "--dataset", str(data), "--experiment", "t",
@@ -101,6 +102,8 @@ def test_the_1b_preset_keeps_the_seed_recipe(tmp_path, capsys):
 
 
 def test_cpu_loader_workers_by_cores():
+    from lmstream.model.presets import cpu_loader_workers
+
     assert [cpu_loader_workers(n) for n in (1, 2, 8)] == [0, 1, 1]
 
 
