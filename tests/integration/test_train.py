@@ -242,7 +242,7 @@ def test_seed_training_yaml_dry_run_and_one_step(corpus, seed_yaml_text, tmp_pat
     seed_file.write_text(seed_yaml_text)
     assert cli_main(["train", "--config", str(seed_file), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "planned tokens: 39,321,600,000" in out and "lr at step: 0: 6e-08" in out
+    assert "planned tokens: 39,321,600,000" in out and "lr at step: 1: 6e-08" in out
     assert "parameters without embeddings" in out
 
     # The same file with a reduced model, one step, and its /workspace paths moved into tmp.

@@ -166,6 +166,7 @@ def test_ctrl_c_names_the_real_command(corpus, tmp_path):  # noqa: F811
     assert proc.returncode == 0, out
     assert f"Continue with `lmstream train --config {config} --resume`" in out
     assert str(run_dir / "checkpoints") in out
+    assert "== stopped: step " in out  # the summary, not a "done"
 
 
 def test_not_found_messages_name_the_path_and_the_next_command(corpus, tmp_path, capsys):  # noqa: F811

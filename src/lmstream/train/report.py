@@ -258,8 +258,10 @@ def final_summary(run: Any, config_path: Path, seconds: float) -> str:
     )
     best = f"; best validation loss {min(vals):.3f}" if vals else ""
     ckpts = rt.checkpoint.directory
+    finished = st.step >= run.total_steps
+    state = "done" if finished else "stopped"
     lines = [
-        f"== done: step {st.step:,} of {run.total_steps:,} in {_duration(seconds)} ==",
+        f"== {state}: step {st.step:,} of {run.total_steps:,} in {_duration(seconds)} ==",
         f"loss: {loss}{best}" + (f"; last validation loss {vals[-1]:.3f}" if vals else ""),
         f"tokens seen: {st.tokens_seen:,}",
         f"checkpoints: {ckpts}",
@@ -274,6 +276,7 @@ def final_summary(run: Any, config_path: Path, seconds: float) -> str:
         f"  lmstream eval --checkpoint {ckpts}",
         f"  lmstream plot {Path(config_path).parent}",
         f"  lmstream export --checkpoint {ckpts} --out EXPORT_DIR",
-        f"  lmstream train --config {config_path} --resume    # after raising scheduler.total_steps",
+        f"  lmstream train --config {config_path} --resume"
+        + ("    # after raising scheduler.total_steps" if finished else ""),
     ]
     return "\n".join(lines)
