@@ -3,14 +3,19 @@ from the tool (issue #22: a newcomer following it literally).
 
 What the test changes, and why (everything else runs exactly as written):
 
-* ``/workspace`` becomes a temporary folder, and ``runs/EXP`` (the many-GPU block's
-  placeholder) that folder's run of the README's experiment.
+* ``/workspace`` becomes a temporary folder, and paths with the ``EXP`` placeholder
+  (``runs/EXP/...``, ``export/EXP``) that folder's paths for the README's experiment.
 * ``HuggingFaceFW/fineweb`` becomes a local JSON-lines file of 600 King James paragraphs: the
   hub is not reachable from the tests, and the README says ``--dataset`` takes a local file.
 * ``orchestrate`` gets ``--model-size tiny`` (the README's default 1b model is a GPU model), and
   after it the written training.yaml is cut to 6 steps with evaluation and checkpoints every 3,
   2 validation batches and a 40-document holdout, so the whole README runs in a minute or two on
-  a 2-core CPU instead of the tiny recipe's 100 steps.
+  a 2-core CPU instead of the tiny recipe's 100 steps (three minutes on a machine shared with
+  other jobs).
+* ``eval --tasks`` runs a local harness task of the same kind (tests/support/harness_task.py,
+  with ``--include-path``) instead of the hub's hellaswag/arc_easy, and ``export --push-to-hub``
+  uploads to a loopback stand-in of the Hub (tests/support/hub_server.py), in a subprocess;
+  ``[--option value]`` is optional syntax and is not typed.
 * Lines that are not ``lmstream`` commands are not run: ``bash scripts/*.sh`` and ``pip``
   install things (the environment under test is already installed), ``tensorboard`` is a viewer,
   and the ``torchrun`` lines are covered by tests/distributed (real 2-rank gloo jobs).
@@ -23,12 +28,17 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from tests.support.harness_task import TASK, write_task
+from tests.support.hub_server import HubStandIn
 
 from lmstream.cli import main as cli_main
 from lmstream.corpus import kjv_documents
@@ -82,19 +92,45 @@ def _folder(ws: Path, folder: str, experiment: str) -> Path:
     return ws / folder.removeprefix("WORKSPACE/").replace("EXP", experiment)
 
 
-def _substitute(argv: list[str], ws: Path, corpus: Path, experiment: str | None) -> list[str]:
+def _substitute(
+    argv: list[str], ws: Path, corpus: Path, experiment: str | None, tasks: Path
+) -> list[str]:
     out = []
     for arg in argv[1:]:
+        if arg.startswith("[") or arg.endswith("]"):
+            continue  # [--option value]: optional syntax, not typed
         if arg == HUB_ID:
             arg = str(corpus)
         elif arg.startswith("/workspace"):
             arg = str(ws) + arg[len("/workspace") :]
-        elif arg.startswith("runs/EXP") and experiment:
-            arg = str(ws / "runs" / experiment) + arg[len("runs/EXP") :]
+        elif "EXP" in arg and "/" in arg and experiment:
+            arg = str(ws / arg.replace("EXP", experiment))
+        elif out and out[-1] == "--tasks":
+            arg = TASK  # the harness's hub tasks: a local task of the same kind
         out.append(arg)
     if out[0] == "orchestrate":
         out += ["--model-size", "tiny", "--no-progress"]
+    if "--tasks" in out:
+        out += ["--include-path", str(tasks)]
     return out
+
+
+def _run(args: list[str], tmp_path: Path) -> tuple[int, str]:
+    """In this process; an upload to the Hub in a subprocess pointed at a loopback stand-in
+    (huggingface_hub reads its endpoint once, at import)."""
+    if "--push-to-hub" not in args:
+        return cli_main(args), ""
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_TOKEN")}
+    with HubStandIn() as hub:
+        env |= {"HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_readme_test",
+                "HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_DISABLE_TELEMETRY": "1"}  # fmt: skip
+        proc = subprocess.run(
+            [sys.executable, "-m", "lmstream", *args],
+            env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    repo = args[args.index("--push-to-hub") + 1]
+    assert proc.returncode != 0 or repo in hub.repos, "nothing reached the Hub stand-in"
+    return proc.returncode, proc.stdout + proc.stderr
 
 
 def _shorten(training_yaml: Path) -> None:
@@ -114,11 +150,12 @@ def test_every_readme_command_runs_as_written(tmp_path, capsys):
     docs = itertools.islice(kjv_documents(), 600)
     corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
     ws, experiment = tmp_path / "workspace", None
+    tasks = write_task(tmp_path / "tasks")
     for argv in commands:
-        args = _substitute(argv, ws, corpus, experiment)
-        code = cli_main(args)
+        args = _substitute(argv, ws, corpus, experiment, tasks)
+        code, more = _run(args, tmp_path)
         out, err = capsys.readouterr()
-        assert code == 0, f"README command failed: {shlex.join(argv)}\n{out}\n{err}"
+        assert code == 0, f"README command failed: {shlex.join(argv)}\n{out}\n{err}\n{more}"
         if args[0] == "orchestrate":
             experiment = args[args.index("--experiment") + 1]
             run_dir = ws / "runs" / experiment
