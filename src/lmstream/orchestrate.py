@@ -405,7 +405,7 @@ def write_training_yaml(
         + (
             "# A CPU recipe: sized to finish in minutes on a few cores (see lmstream.model.presets).\n"
             if opts.model_size in CPU_RECIPES
-            else "# The seed's GPU recipe (bf16, 300,000 steps); for a CPU, use --model-size tiny.\n"
+            else ""  # the seed's recipe, header included, stays as it was
         )
         + "# Paths are relative to this file's folder. Edit freely, then run:\n"
         f"#   lmstream train --config {paths.training_yaml}\n"
