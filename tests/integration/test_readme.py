@@ -4,7 +4,9 @@ from the tool (issue #22: a newcomer following it literally).
 What the test changes, and why (everything else runs exactly as written):
 
 * ``/workspace`` becomes a temporary folder, and paths with the ``EXP`` placeholder
-  (``runs/EXP/...``, ``export/EXP``) that folder's paths for the README's experiment.
+  (``runs/EXP/...``, ``export/EXP``) an experiment ``exp`` there: a fresh copy of the README's
+  orchestrated experiment before each ``train`` without ``--resume`` (each such example starts
+  a run of its own).
 * ``HuggingFaceFW/fineweb`` becomes a local JSON-lines file of 600 King James paragraphs: the
   hub is not reachable from the tests, and the README says ``--dataset`` takes a local file.
 * ``orchestrate`` gets ``--model-size tiny`` (the README's default 1b model is a GPU model), and
@@ -31,6 +33,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -47,6 +50,10 @@ pytestmark = pytest.mark.slow
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 HUB_ID = "HuggingFaceFW/fineweb"
+# The later blocks' EXP: a fresh copy of the README's orchestrated (untrained) experiment before
+# each `train` without --resume, as each of those examples starts a run of its own (training
+# refuses a run folder that already holds checkpoints).
+PLACEHOLDER_EXP = "exp"
 # The cut applied to the tiny recipe (see the module docstring).
 SHORT_RUN = {
     ("scheduler", "total_steps"): 6,
@@ -103,8 +110,8 @@ def _substitute(
             arg = str(corpus)
         elif arg.startswith("/workspace"):
             arg = str(ws) + arg[len("/workspace") :]
-        elif "EXP" in arg and "/" in arg and experiment:
-            arg = str(ws / arg.replace("EXP", experiment))
+        elif "EXP" in arg and "/" in arg:
+            arg = str(ws / arg.replace("EXP", PLACEHOLDER_EXP))
         elif out and out[-1] == "--tasks":
             arg = TASK  # the harness's hub tasks: a local task of the same kind
         out.append(arg)
@@ -151,8 +158,13 @@ def test_every_readme_command_runs_as_written(tmp_path, capsys):
     corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
     ws, experiment = tmp_path / "workspace", None
     tasks = write_task(tmp_path / "tasks")
+    fresh = tmp_path / "fresh-run"
     for argv in commands:
         args = _substitute(argv, ws, corpus, experiment, tasks)
+        placeholder = ws / "runs" / PLACEHOLDER_EXP
+        if args[0] == "train" and "--resume" not in args and str(placeholder) in " ".join(args):
+            shutil.rmtree(placeholder, ignore_errors=True)
+            shutil.copytree(fresh, placeholder)
         code, more = _run(args, tmp_path)
         out, err = capsys.readouterr()
         assert code == 0, f"README command failed: {shlex.join(argv)}\n{out}\n{err}\n{more}"
@@ -165,6 +177,7 @@ def test_every_readme_command_runs_as_written(tmp_path, capsys):
                     found = {p.name for p in _folder(ws, folder, experiment).iterdir()}
                     assert found == {n.rstrip("/") for n in names}, folder
             _shorten(run_dir / "training.yaml")
+            shutil.copytree(run_dir, fresh)
     assert experiment is not None
     for folder, names, _ in layout_entries(text):
         base = _folder(ws, folder, experiment)
