@@ -149,7 +149,9 @@ def test_throughput_leaves_evaluation_time_out(corpus, tmp_path):  # noqa: F811
     rows = {r["step"]: r for r in _records(run_dir) if "tokens_per_s" in r}
     after_eval = [rows[s]["tokens_per_s"] for s in (5, 9, 13)]
     others = [rows[s]["tokens_per_s"] for s in rows if s not in (1, 5, 9, 13)]
-    assert min(after_eval) > 0.25 * statistics.median(others), (after_eval, others)
+    # Counted in, the evaluation made these ~1/20 of the others; steps of a few ms vary several
+    # fold on a shared machine, hence the wide margin.
+    assert min(after_eval) > 0.1 * statistics.median(others), (after_eval, others)
     assert all(rows[s]["eval_checkpoint_s"] > 0 for s in (5, 9, 13))
 
 

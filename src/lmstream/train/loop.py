@@ -284,7 +284,8 @@ class Trainer:
             saved = f"no step since the checkpoint at step {st.step}"
         self.logger.message(
             f"stopped by {stop.name or 'a signal to another rank'} while waiting for data, at "
-            f"step {st.step}; {saved}. Continue with `lmstream train --config ... --resume`"
+            f"step {st.step}; {saved} (in {self.cfg.runtime.checkpoint.directory}). "
+            f"Continue with `{self.resume_command}`"
         )
         return 0
 
