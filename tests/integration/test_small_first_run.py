@@ -4,6 +4,8 @@ fixed 1,000-document holdout swallowed all 800. The holdout is now sized from --
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import yaml
 from tests.support.training import write_kjv_corpus
@@ -31,10 +33,16 @@ def test_orchestrate_800_samples_tiny_then_train(tmp_path, capsys) -> None:
     assert main(["train", "--config", str(config)]) == 0, capsys.readouterr().err
     assert "step 2" in capsys.readouterr().out
     assert cfg["data"]["validation_documents"] == 40  # 5% of 800
-    # The old default holdout is refused up front, in one line naming the setting and the size.
+    # The old default holdout is refused up front, in one line naming the setting and the size
+    # (in a fresh copy of the run folder: this one now holds checkpoints, so a second fresh
+    # start in it is refused for another reason).
+    fresh = config.parent.with_name("first-again")
+    fresh.mkdir()
+    for name in ("streaming_config.json", "special_tokens.txt"):
+        shutil.copy(config.parent / name, fresh)
     cfg["data"]["validation_documents"] = 1000
-    config.write_text(yaml.safe_dump(cfg))
-    assert main(["train", "--config", str(config)]) != 0
+    (fresh / "training.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["train", "--config", str(fresh / "training.yaml")]) != 0
     err = capsys.readouterr().err.strip()
     assert "data.validation_documents: 1000 holds out 800 of the source's 800 documents" in err
     assert len(err.splitlines()) == 1
