@@ -17,5 +17,5 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 @pytest.fixture
 def seed_yaml_text() -> str:
-    """The seed's training.yaml, copied verbatim from SEED-WORKFLOW.md."""
+    """The seed's training.yaml, copied verbatim from the seed workflow document users know."""
     return (FIXTURES / "seed_training.yaml").read_text()

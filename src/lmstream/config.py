@@ -1,6 +1,6 @@
 """The one schema for training.yaml and streaming_config.json (pydantic v2), with load and dump.
 
-Field names follow the seed workflow (../shared/SEED-WORKFLOW.md) exactly, including the fields
+Field names follow the seed workflow's training.yaml (kept as tests/fixtures/seed_training.yaml) exactly, including the fields
 it writes as ``null``: null always means "the documented default", and derived values are
 properties (e.g. ``ModelConfig.kv_heads``), never mutated fields, so a dump of a loaded config
 is the same file the user wrote, with paths made absolute.

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 # AdamW moments (16 bytes/param) no longer fit comfortably beside activations when replicated.
 FSDP_DEFAULT_MIN_PARAMS = 1_000_000_000
 # A lost peer should end the job in minutes, not after NCCL's default of up to hours
-# (DESIGN-NOTES section 8).
+# (docs/ARCHITECTURE.md, decision 8).
 TIMEOUT_ENV = "LMSTREAM_DIST_TIMEOUT_S"
 DEFAULT_TIMEOUT_S = int(os.environ.get(TIMEOUT_ENV, "600"))
 

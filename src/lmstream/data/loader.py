@@ -72,7 +72,7 @@ STATE_VERSION = 2  # 2: per-pass epochs (epoch, drained, worker "done")
 
 
 def _worker_init(_worker_id: int) -> None:
-    # One tokenizer thread per worker process (DESIGN-NOTES section 7): the workers are the
+    # One tokenizer thread per worker process (docs/ARCHITECTURE.md, decision 7): the workers are the
     # parallelism; a Rayon pool in each would oversubscribe the cores.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     # A stop signal is the rank's to handle: torchrun (and a terminal's Ctrl-C) signal the rank's

@@ -6,7 +6,7 @@ position of a document is then ``(epoch, window, source state at the window's st
 the window's order)``: to resume, seek the source to the window's start, re-read the window,
 re-draw the same permutation and continue at the index. Nothing else needs saving, unlike a
 shuffle buffer, which datasets does not save (datasets #7901) and which would make every
-checkpoint hold ``shuffle_buffer_size`` documents of text (DESIGN-NOTES section 1).
+checkpoint hold ``shuffle_buffer_size`` documents of text (docs/ARCHITECTURE.md, decision 1).
 
 ``iterate`` covers one pass (one epoch) of the worker's part and then ends: the loader decides
 when the next pass starts (after every worker of every rank has finished this one, see

@@ -1,12 +1,12 @@
 """Checkpoints: atomic save, rotation, best-by-validation-loss, resolve, verify and load.
 
-Format (docs/contracts): ``DIR/step-00001500/`` holding model.safetensors, config.yaml,
+Format (docs/ARCHITECTURE.md, "Checkpoint format"): ``DIR/step-00001500/`` holding model.safetensors, config.yaml,
 tokenizer.json, special_tokens.txt, trainer_state.pt and manifest.json. A sharded (FSDP)
 checkpoint holds ``sharded/`` (torch.distributed.checkpoint: model and optimizer, one file per
 rank) instead of model.safetensors and the optimizer; see :mod:`lmstream.train.sharded`. The folder is written as
 a hidden sibling ``.tmp-step-...``, every file fsynced, the manifest (sizes + sha256) written
 last, then renamed into place, so a crash mid-write never leaves a folder that resume would pick
-(DESIGN-NOTES section 5). Old checkpoints are deleted only after the new one is complete.
+(docs/ARCHITECTURE.md, decision 5). Old checkpoints are deleted only after the new one is complete.
 
 Loading never runs code from a file: weights come from safetensors and the trainer state from
 ``torch.load(weights_only=True)``.
