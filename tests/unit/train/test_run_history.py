@@ -152,3 +152,31 @@ def test_best_directory_equal_to_checkpoint_directory_is_refused(tmp_path):
     }
     with pytest.raises(ConfigError, match="runtime.evaluation.best.directory"):
         parse_training_config(raw, tmp_path)
+
+
+_KILL_AT_FIRST_UNLINK = """
+import os, signal, sys
+from pathlib import Path
+from lmstream.train import run_folder
+real = os.unlink
+def unlink(*args, **kwargs):  # the rotation's first file deletion: SIGKILL right there
+    os.kill(os.getpid(), signal.SIGKILL)
+os.unlink = unlink
+run_folder.rotate_lineage(Path(sys.argv[1]), 1)
+"""
+
+
+def test_rotation_killed_mid_delete_leaves_no_half_checkpoint(tmp_path, small_config):
+    """The heavy SIGKILL test once found a step folder with a manifest and no
+    model.safetensors: a kill inside rotation's in-place rmtree. A removed checkpoint must
+    vanish at once (renamed to a temporary first), and the next save clears what is left."""
+    d = tmp_path / "ckpts"
+    old = _save(d, 1, small_config)
+    new = _save(d, 2, small_config, old.name)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run([sys.executable, "-c", _KILL_AT_FIRST_UNLINK, str(new)], env=env)
+    assert proc.returncode == -9
+    assert ck.list_checkpoints(d) == [new]  # step 1 is gone whole, not half
+    ck.verify_checkpoint(new, check_hashes=True)
+    _save(d, 3, small_config, new.name)
+    assert sorted(p.name for p in d.iterdir()) == ["step-00000002", "step-00000003"]
