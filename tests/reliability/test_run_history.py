@@ -171,3 +171,35 @@ def test_finished_run_resumes_as_a_no_op_and_extends_exactly(corpus, reference, 
     assert train_in_process(write_run(run_dir, tiny_config(corpus)), "--resume") == 0
     assert logged_steps(run_dir) == list(range(1, 41))
     assert_same_weights(run_dir, reference)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("every", [4, 100], ids=["best-newer", "best-only"])
+def test_resume_continues_from_a_best_copy_newer_than_any_checkpoint(
+    corpus, tmp_path, monkeypatch, capsys, every
+):
+    """A best copy is a full checkpoint saved at evaluation steps, which need not be checkpoint
+    steps. A run that crashed after one (here a non-finite loss at step 7) was resumed from an
+    older checkpoint (the best copy moved aside: 2 steps redone), or with only best copies
+    refused, telling the user who had passed --resume to 'continue with --resume'."""
+    from lmstream.train.faults import NONFINITE_ENV
+
+    run_dir = tmp_path / "run"
+    cfg = tiny_config(corpus, **{"scheduler.total_steps": 8, "runtime.max_nonfinite_steps": 1,
+                                 "runtime.checkpoint.every_n_steps": every,
+                                 "runtime.evaluation.every_n_steps": 2,
+                                 "runtime.evaluation.best.max_keep": 10})  # fmt: skip
+    config = write_run(run_dir, cfg)
+    monkeypatch.setenv(NONFINITE_ENV, "7-")
+    assert train_in_process(config) != 0
+    assert _names(run_dir / "best")[-1] == "step-00000006"
+    monkeypatch.delenv(NONFINITE_ENV)
+    capsys.readouterr()
+    assert train_in_process(config, "--resume") == 0
+    out = capsys.readouterr().out
+    assert f"resumed from {run_dir / 'best' / 'step-00000006'} at step 6" in out
+    assert not (run_dir / ABANDONED_DIR).exists()
+    assert logged_steps(run_dir) == list(range(1, 9))
+    if every == 4:  # the best copy resumes as exactly as a checkpoint would
+        assert train_in_process(write_run(tmp_path / "never-stopped", cfg)) == 0
+        assert_same_weights(run_dir, tmp_path / "never-stopped", step=8)

@@ -57,8 +57,8 @@ def register(sub: argparse._SubParsersAction, formatter: type) -> None:
         const=_RESUME_NEWEST,
         default=None,
         metavar="PATH",
-        help="continue from the newest complete checkpoint in runtime.checkpoint.directory, or "
-        "from PATH (a step-NNNNNNNN folder, a checkpoints folder or a run folder)",
+        help="continue from the newest complete checkpoint in runtime.checkpoint.directory (or "
+        "a newer best copy), or from PATH (a step-NNNNNNNN folder, a checkpoints folder or a run folder)",
     )
     p.add_argument(
         "--rollback",
@@ -246,7 +246,6 @@ def _train(
     import time
 
     from lmstream.tokenizer import load_tokenizer
-    from lmstream.train import checkpoint as ckpt
     from lmstream.train import report
     from lmstream.train.loop import Trainer
     from lmstream.train.metrics import Logger, build_logger
@@ -264,14 +263,7 @@ def _train(
     try:
         notice = None
         if resume == _RESUME_NEWEST:
-            directory = cfg.runtime.checkpoint.directory
-            if ckpt.complete_checkpoints(directory):
-                resume = str(directory)
-            else:
-                resume, notice = (
-                    None,
-                    f"--resume: no checkpoint in {directory} yet; starting at step 0",
-                )
+            resume, notice = newest_saved(cfg)
         history = start_fresh(cfg, run_dir, env, restart) if resume is None else []
         run = build_run(cfg, run_dir, env, resume, rollback=rollback)
         history += run.history
@@ -302,6 +294,27 @@ def _train(
         return code
     finally:
         logger.close()
+
+
+def newest_saved(cfg: TrainingConfig) -> tuple[str | None, str | None]:
+    """What a plain ``--resume`` continues from (None: step 0), and a line to report.
+
+    The newest complete checkpoint, unless a best copy is newer: best copies are full
+    checkpoints saved at evaluation steps, which need not be checkpoint steps, so a run that
+    ended after one would otherwise redo those steps (its best copy moved aside), or, with no
+    checkpoint yet, be refused as a fresh start in a used folder."""
+    from lmstream.train import checkpoint as ckpt
+
+    directory, best = cfg.runtime.checkpoint.directory, cfg.runtime.evaluation.best.directory
+    newest = ckpt.complete_checkpoints(directory)[-1:]
+    copies = ckpt.complete_checkpoints(best)[-1:] if best is not None else []
+    newest_step = int(newest[0].name.split("-")[1]) if newest else -1
+    if copies and int(copies[0].name.split("-")[1]) > newest_step:
+        text = f"--resume: the best copy {copies[0]} is newer than any checkpoint in {directory}"
+        return str(copies[0]), text
+    if newest:
+        return str(directory), None
+    return None, f"--resume: no checkpoint in {directory} yet; starting at step 0"
 
 
 def describe_parallelism(run) -> str:
