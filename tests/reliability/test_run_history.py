@@ -6,6 +6,7 @@ Every run is the real CLI on the tiny reliability model."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -25,7 +26,7 @@ from tests.reliability.support import (
 from tests.support.training import write_run
 
 from lmstream.train import checkpoint as ckpt
-from lmstream.train.run_folder import ABANDONED_DIR, RunFolderError
+from lmstream.train.run_folder import ABANDONED_DIR, RunFolderError, RunLock
 
 BUSY = RunFolderError.exit_code
 
@@ -203,3 +204,36 @@ def test_resume_continues_from_a_best_copy_newer_than_any_checkpoint(
     if every == 4:  # the best copy resumes as exactly as a checkpoint would
         assert train_in_process(write_run(tmp_path / "never-stopped", cfg)) == 0
         assert_same_weights(run_dir, tmp_path / "never-stopped", step=8)
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for t in Path(f"/proc/{pid}/task").iterdir()
+            for c in (t / "children").read_text().split()]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_lock_ends_with_the_process_not_with_its_loader_workers(corpus, tmp_path):
+    """DataLoader workers are forked after the lock is taken and inherited its file, so the
+    lock outlived a SIGKILLed (preempted, OOM-killed) trainer for as long as a worker did: up to
+    a source's retry budget when one was stuck in a stalled read (frozen here with SIGSTOP), and
+    the restarted run was refused as 'in use' by the dead pid."""
+    run_dir = tmp_path / "run"
+    config = write_run(run_dir, tiny_config(corpus, **{"data.num_workers": 2}))
+    proc = start_train(config)
+    workers: list[int] = []
+    try:
+        assert wait_until(proc, lambda: len(logged_steps(run_dir)) >= 2)
+        workers = _children(proc.pid)
+        assert workers, "no loader workers"
+        for pid in workers:
+            os.kill(pid, signal.SIGSTOP)
+        proc.kill()
+        proc.wait(timeout=60)  # not communicate(): the frozen workers hold its pipes open
+        lock = RunLock(run_dir).acquire()  # the trainer is gone: its lock is stale
+        assert lock.took_over is not None and f"pid {proc.pid}" in lock.took_over
+        lock.release()
+    finally:
+        proc.kill()
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

@@ -4,6 +4,8 @@ run is rolled back, restarted or overwritten.
 - **Lock**: ``RUN/train.lock`` holds an exclusive ``flock`` for the life of the process and
   says who holds it (pid, host, start time). The kernel drops the lock when the process dies,
   so a lock left by a killed run is stale by construction and is taken over (said in one line).
+  Forked children (DataLoader workers) close their copy of the lock's file: the lock belongs
+  to the open file, so a worker outliving a killed trainer would otherwise keep it held.
   Two processes on one run folder would delete each other's temporary checkpoint folders and
   interleave metrics.jsonl (issue #19, item 2).
 - **Abandoned state**: what a rollback, ``--restart`` or ``orchestrate --overwrite`` leaves
@@ -45,12 +47,26 @@ def _describe(holder: dict) -> str:
     return f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}, since {when}"
 
 
+_HELD: set[int] = set()  # this process's lock files, closed in its forked children
+
+
+def _close_in_child() -> None:
+    for fd in _HELD:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_in_child)
+
+
 class RunLock:
     """An exclusive lock on a run folder (see the module docstring)."""
 
     def __init__(self, run_dir: str | os.PathLike):
         self.path = Path(run_dir) / LOCK_FILE
         self._fd: int | None = None
+        self._owner = os.getpid()  # a forked child has no lock to release
         self.took_over: str | None = None  # the stale holder replaced, for the run's log
 
     def acquire(self) -> RunLock:
@@ -71,7 +87,8 @@ class RunLock:
         record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
-        self._fd = fd
+        self._fd, self._owner = fd, os.getpid()
+        _HELD.add(fd)
         return self
 
     def _lock_file(self) -> int:
@@ -94,10 +111,11 @@ class RunLock:
 
     def release(self) -> None:
         """Remove the file, then drop the lock (in that order: see :meth:`acquire`)."""
-        if self._fd is None:
+        if self._fd is None or self._owner != os.getpid():
             return
         with contextlib.suppress(OSError):
             self.path.unlink()
+        _HELD.discard(self._fd)
         os.close(self._fd)  # closing drops the flock
         self._fd = None
 
