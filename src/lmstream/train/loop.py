@@ -5,9 +5,10 @@ The loop always ends with an evaluation and a checkpoint (nanochat's ``last_step
 a SIGTERM/SIGINT checkpoints at the next step boundary, and a data source that fails beyond its
 retries checkpoints the steps done since the last save (with the micro-batches the unfinished
 step had already taken) before the run stops. Checkpoints happen only at optimizer-step
-boundaries, so no half-accumulated gradient has to be saved (docs/ARCHITECTURE.md, decision 3). The only
-host syncs per step are the one-bit non-finite check (the skip must be decided on the host);
-losses and norms cross to the host only at log steps.
+boundaries, so no half-accumulated gradient has to be saved (docs/ARCHITECTURE.md, decision 3).
+The only host syncs per step are the ranks' agreement on flags, the step's token count (with
+several ranks) and the one-bit non-finite check (the skip must be decided on the host); losses
+and norms cross to the host only at log steps.
 """
 
 from __future__ import annotations
