@@ -5,9 +5,10 @@ The loop always ends with an evaluation and a checkpoint (nanochat's ``last_step
 a SIGTERM/SIGINT checkpoints at the next step boundary, and a data source that fails beyond its
 retries checkpoints the steps done since the last save (with the micro-batches the unfinished
 step had already taken) before the run stops. Checkpoints happen only at optimizer-step
-boundaries, so no half-accumulated gradient has to be saved (docs/ARCHITECTURE.md, decision 3). The only
-host syncs per step are the one-bit non-finite check (the skip must be decided on the host);
-losses and norms cross to the host only at log steps.
+boundaries, so no half-accumulated gradient has to be saved (docs/ARCHITECTURE.md, decision 3).
+The only host syncs per step are the ranks' agreement on flags, the step's token count (with
+several ranks) and the one-bit non-finite check (the skip must be decided on the host); losses
+and norms cross to the host only at log steps.
 """
 
 from __future__ import annotations
@@ -44,23 +45,33 @@ class NonFiniteLossError(LmstreamError):
 def forward_backward(
     model: nn.Module, micro_batches: list, precision: Precision, device: torch.device
 ) -> torch.Tensor:
-    """Accumulate gradients of the mean loss per target token over ``micro_batches``; returns
-    that mean (detached). Each micro-batch's mean is weighted by its share of counted (not -100)
-    targets, so k micro-batches give the gradient of one batch of all their rows. Gradients are
-    synchronised across ranks only on the last micro-step (nanoGPT's ``require_backward_grad_sync``).
+    """Accumulate gradients of the mean loss per target token over the step's micro-batches of
+    every rank; returns this rank's part of that mean (detached), scaled so that the mean of the
+    parts over ranks is the step's loss. Gradients are synchronised across ranks only on the
+    last micro-step (nanoGPT's ``require_backward_grad_sync``).
+
+    Ranks can hold different numbers of counted (not -100) targets: a worker's final batch is
+    padded with ignored targets, and a rank whose part of the epoch is used up steps on idle
+    batches (weight 0, lmstream.data.loader). DDP and FSDP2 average gradients over ranks with
+    equal weights, so each rank scales its loss by (its tokens / all ranks' tokens) x world
+    size; the average is then the gradient of one batch of all ranks' counted tokens.
     """
     n = len(micro_batches)
-    # Counted from the host copies of the targets (no device sync); an idle batch (weight 0,
-    # lmstream.data.loader) counts for nothing.
-    counts = [b.weight * int((b.targets != -100).sum()) for b in micro_batches]
+    # Counted from the host copies of the targets (no device sync); an idle batch counts for
+    # nothing. One small all-reduce per step gives every rank the step's total.
+    counts = [int(b.weight * int((b.targets != -100).sum())) for b in micro_batches]
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
     total_count = sum(counts)
+    if world > 1:
+        total_count = int(dist.all_reduce_sum(torch.tensor(total_count, device=device)).item())
     total = torch.zeros((), device=device)
     for i, batch in enumerate(micro_batches):
         inputs = batch.inputs.to(device, non_blocking=True)
         targets = batch.targets.to(device, non_blocking=True)
-        # share * n is exactly 1.0 when the counts are equal (the packer's rows), so the usual
-        # case stays bit-identical to ``loss / n``. Nothing counted (all idle): weight 0.
-        share = counts[i] * n / total_count if total_count else batch.weight
+        # An integer ratio that is exactly 1.0 when every micro-batch of every rank counts the
+        # same tokens (the packer's full rows), so the usual step stays bit-identical to
+        # ``loss / n``. Nothing counted anywhere (all idle): weight 0.
+        share = counts[i] * n * world / total_count if total_count else batch.weight
         with dist.gradient_sync(model, enabled=i == n - 1):
             with precision.autocast():
                 _, loss = model(inputs, targets)
