@@ -329,11 +329,17 @@ class Trainer:
         (the next attempt reuses this learning rate), only the data moves on."""
         st, limit = self.run.state, self.cfg.runtime.max_nonfinite_steps
         st.skipped_steps += 1
-        st.nonfinite_streak += 1
         value, scaler = loss.item(), self.run.precision.scaler
         what = f"non-finite loss ({value})" if not math.isfinite(value) else "non-finite gradients"
+        # An fp16 overflow at a loss scale above 1 is the GradScaler still searching for its
+        # scale (the first attempts of most fp16 runs): a skipped update, but not a sign that
+        # training is broken, so it does not count toward max_nonfinite_steps. Gradients that
+        # overflow at a scale of 1 or less overflow unscaled, which lowering cannot fix.
+        searching = math.isfinite(value) and scaler is not None and scaler.get_scale() >= 1.0
         if math.isfinite(value) and scaler is not None:
             what = f"fp16 gradient overflow (loss scale lowered to {scaler.get_scale():g})"
+        if not searching:
+            st.nonfinite_streak += 1
         kind = "non-finite losses" if not math.isfinite(value) else f"skipped updates ({what})"
         self.logger.message(
             f"step {st.step + 1}: {what}; update skipped "
