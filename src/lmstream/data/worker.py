@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from lmstream.data.documents import DataPlan, TextSource
+from lmstream.data.documents import DataPlan, TextSource, shuffled_reading
 from lmstream.data.packing import Batch, Packer, encode_documents
 from lmstream.data.shuffle import Position, WindowedDocuments
 from lmstream.data.token_shards import TokenShards, TokenShardSource
@@ -102,6 +102,7 @@ class PackedIterator:
         return TextSource(
             p.spec, p.split, worker=self.worker, workers=self.workers,
             max_samples=p.max_samples, skip_first=s.skip_first, exclude=s.exclude,
+            **shuffled_reading(s.window_size, s.seed),
         )  # fmt: skip
 
     def __iter__(self) -> PackedIterator:
