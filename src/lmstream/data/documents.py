@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmstream.config import TrainingConfig, load_streaming_config
-from lmstream.data.interleave import STREAMS, InterleavedPass, prefix_cuts
+from lmstream.data.interleave import STREAMS, InterleavedPass, count_documents, cuts_of
 from lmstream.data.sources import SourceSpec, open_dataset
 from lmstream.data.stream import DocumentStream
 from lmstream.data.token_shards import is_token_shards
@@ -145,6 +145,7 @@ class TextSource:
         exclude: frozenset[bytes] = frozenset(),
         seed: int | None = None,
         block: int = 1,
+        sizes: list[int | None] | None = None,
     ):
         if not 0 <= worker < workers:
             raise ValueError(f"worker {worker} is outside 0..{workers - 1}")
@@ -154,7 +155,8 @@ class TextSource:
         self.skip_first = skip_first
         self.exclude = exclude
         self.seed, self.block = seed, block
-        self._cuts: list | None = None  # per shard (held out, in the pass): epoch-independent
+        self.sizes = sizes  # clean documents per shard (``shard_sizes``), when known
+        self._prefix: list | None = None  # the same, counted only over the holdout/max_samples
         self._pass: InterleavedPass | None = None
         self._dealt = 0  # documents of the shuffled sequence dealt so far (to all workers)
         self._stream: DocumentStream | None = None
@@ -178,12 +180,15 @@ class TextSource:
     def open(self, epoch: int, state: dict | None) -> None:
         ds = open_dataset(self.spec, self.split)
         if self.seed is not None:
-            if self._cuts is None:
-                self._cuts = prefix_cuts(
-                    ds, self._make_stream, skip_first=self.skip_first, max_samples=self.max_samples
-                )
+            if epoch > 0 and self.sizes is None:  # rotating shards needs their sizes
+                self.sizes = self.shard_sizes(ds)
+            if self.sizes is None and self._prefix is None:
+                until = max(self.skip_first, self.max_samples or 0)
+                self._prefix = count_documents(ds, self._make_stream, until=until)
+            counts = self.sizes if self.sizes is not None else self._prefix
+            cuts = cuts_of(counts, skip_first=self.skip_first, max_samples=self.max_samples)
             self._pass = InterleavedPass(
-                ds, self._make_stream, self._cuts, seed=self.seed, epoch=epoch, block=self.block
+                ds, self._make_stream, counts, cuts, seed=self.seed, epoch=epoch, block=self.block
             )
             self._dealt = 0
             if state is not None:
@@ -195,6 +200,11 @@ class TextSource:
         if state is not None:
             self._stream.load_state_dict(state)
         self._it = iter(self._stream)
+
+    def shard_sizes(self, ds=None) -> list[int | None]:
+        """Clean documents per shard of the source (up to ``max_samples``): one read of it."""
+        ds = ds if ds is not None else open_dataset(self.spec, self.split)
+        return count_documents(ds, self._make_stream, until=self.max_samples)
 
     def state(self) -> dict:
         if self._pass is not None:

@@ -92,8 +92,9 @@ def test_shuffled_pass_keeps_the_prefix_and_holdout_in_source_order(tmp_path: Pa
 
 
 def test_shuffled_pass_resumes_exactly_from_any_position(tmp_path: Path) -> None:
-    """The small state (open files, their positions, whose turn) resumes the sequence exactly,
-    also from a state taken after an earlier resume."""
+    """The small state (open files, their positions and parts, whose turn) resumes the
+    sequence exactly, in a pass that rotates its files (epoch 1), also from a state taken after
+    an earlier resume."""
     paths, _ = write_uneven(tmp_path / "data", SIZES, "parquet")
     spec = SourceSpec.from_files(paths)
 
@@ -103,7 +104,7 @@ def test_shuffled_pass_resumes_exactly_from_any_position(tmp_path: Path) -> None
     full = source()
     full.open(1, None)
     everything = full.read(10_000)
-    for cuts in ([5, 37], [1, 2, 60]):
+    for cuts in ([5, 37], [1, 2, 60], [7, 29, 53, 71, 97, 113]):
         src, got, state = source(), [], None
         for n in [*cuts, 10_000]:
             src = source()
