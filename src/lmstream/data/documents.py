@@ -123,7 +123,8 @@ class TextSource:
 
     With ``seed`` set (the loader sets it when shuffling) the pass is read in a per-epoch
     shuffled order instead of source order (``interleave.InterleavedPass``: shards in an order
-    drawn from the seed and epoch, several read interleaved by blocks of ``block`` documents);
+    drawn from the seed and epoch, 16 read interleaved by blocks of ``block`` documents, each
+    from a seeded point from the second epoch on, which needs ``sizes``, counted if not given);
     the documents of the pass, the holdout and the deal are the same, only the sequence dealt
     changes. Every worker draws the same sequence, so the parts stay disjoint and complete.
 
