@@ -204,7 +204,7 @@ class DataConfig(_Section):
     shuffle_buffer_size: int = Field(
         default=0,
         ge=0,
-        description="A window shuffle, not a buffer: each data worker emits every window of this many of its documents in a seeded random order (new each epoch); 0 = no shuffling.",
+        description="Shuffling, not a buffer: each pass reads the source's shards (files) in a seeded order, 16 at a time in blocks of N/16 documents, each from a seeded point from the second epoch on, and each data worker emits every window of N of its documents in a seeded order (all new each epoch); 0 = source order.",
     )
     num_workers: int = Field(
         default=0,

@@ -141,12 +141,12 @@ def test_source_down_beyond_retries_stops_cleanly_and_resumes(
 def test_source_down_mid_run_saves_the_progress_and_resumes_exactly(
     corpus, served, tmp_path, fast_network, capsys
 ):
-    """The source goes down for good when the reader opens its second file (read in batches of
-    20 records, so mid-pass), partway through an optimizer step's micro-batches. The run stops
+    """The source goes down for good when the reader re-opens a file in the second pass (read
+    in batches of 20 records, mid-pass), partway through an optimizer step's micro-batches. The run stops
     with exit 3 but saves a checkpoint at its last step (not just the last periodic one), holding
     the micro-batches the unfinished step already took; resuming once the source is back feeds
     them first and ends exactly as the run that never failed."""
-    steps = 400
+    steps = 700  # a pass is 315 steps
     overrides = {
         "stream_batch_size": 20,
         "scheduler.total_steps": steps,
@@ -157,11 +157,14 @@ def test_source_down_mid_run_saves_the_progress_and_resumes_exactly(
         clean_dir = tmp_path / "clean"
         assert train_in_process(streaming_run(clean_dir, corpus, server, **overrides)) == 0
         gets = [path for method, path, _ in server.requests if method == "GET"]
-        # The first GET of the second file: the training pass reaching it (the validation scans
-        # read the first few documents of the first file only).
-        second_file = 1 + next(i for i, path in enumerate(gets) if path.endswith("part-1.jsonl"))
+        # A shuffled pass opens its files at its start; part-1.jsonl is requested there in the
+        # first pass, once to count it before the second, at the second's start, and then the
+        # second pass (which reads each file from a drawn point on first) re-opens it for its
+        # first part, mid-pass: the 4th request of it.
+        ones = [i for i, path in enumerate(gets) if path.endswith("part-1.jsonl")]
+        reopen = 1 + ones[3]
     with FileServer(served) as server:
-        server.faults = Faults(kinds=("503",), on_requests=set(range(second_file, 10**6)))
+        server.faults = Faults(kinds=("503",), on_requests=set(range(reopen, 10**6)))
         run_dir = tmp_path / "run"
         config = streaming_run(run_dir, corpus, server, **overrides)
         capsys.readouterr()

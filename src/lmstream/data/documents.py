@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmstream.config import TrainingConfig, load_streaming_config
+from lmstream.data.interleave import STREAMS, InterleavedPass, count_documents, cuts_of
 from lmstream.data.sources import SourceSpec, open_dataset
 from lmstream.data.stream import DocumentStream
 from lmstream.data.token_shards import is_token_shards
@@ -99,6 +100,15 @@ def _token_mode(paths: list[str], name: str) -> bool:
     return kinds == {True}
 
 
+def shuffled_reading(window_size: int, seed: int) -> dict:
+    """``TextSource`` arguments for a loader shuffling with windows of ``window_size``: read in
+    shuffled order, blocks of ``window_size // STREAMS`` (so a window holds documents of every
+    open shard, as datasets' buffer does); none when not shuffling (source order)."""
+    if window_size <= 1:
+        return {}
+    return {"seed": seed, "block": max(1, window_size // STREAMS)}
+
+
 class TextSource:
     """One worker's part of one pass over a text source (a ``shuffle.DocumentSource``).
 
@@ -110,6 +120,13 @@ class TextSource:
     ``skip_first + w + W``, ... So every document of the pass belongs to exactly one worker and
     the parts differ by at most one document, whatever the files' sizes (a split by whole
     files would give a worker of a 10-document file and one of a 290-document file).
+
+    With ``seed`` set (the loader sets it when shuffling) the pass is read in a per-epoch
+    shuffled order instead of source order (``interleave.InterleavedPass``: shards in an order
+    drawn from the seed and epoch, 16 read interleaved by blocks of ``block`` documents, each
+    from a seeded point from the second epoch on, which needs ``sizes``, counted if not given);
+    the documents of the pass, the holdout and the deal are the same, only the sequence dealt
+    changes. Every worker draws the same sequence, so the parts stay disjoint and complete.
 
     The price: each worker reads (not tokenizes) the whole source and keeps 1/W of it. Reading
     is about 80x cheaper than tokenizing here; for very large or remote sources, pre-tokenize
@@ -127,6 +144,9 @@ class TextSource:
         max_samples: int | None = None,
         skip_first: int = 0,
         exclude: frozenset[bytes] = frozenset(),
+        seed: int | None = None,
+        block: int = 1,
+        sizes: list[int | None] | None = None,
     ):
         if not 0 <= worker < workers:
             raise ValueError(f"worker {worker} is outside 0..{workers - 1}")
@@ -135,6 +155,11 @@ class TextSource:
         self.max_samples = max_samples
         self.skip_first = skip_first
         self.exclude = exclude
+        self.seed, self.block = seed, block
+        self.sizes = sizes  # clean documents per shard (``shard_sizes``), when known
+        self._prefix: list | None = None  # the same, counted only over the holdout/max_samples
+        self._pass: InterleavedPass | None = None
+        self._dealt = 0  # documents of the shuffled sequence dealt so far (to all workers)
         self._stream: DocumentStream | None = None
         self._it: Iterator[str] | None = None
         self._copies = 0
@@ -143,25 +168,53 @@ class TextSource:
     def skipped(self) -> Counter:
         # Every worker reads every record; only worker 0 reports the bad ones, so that the
         # loader's sum over workers counts each once.
-        if self._stream is None or self.worker != 0:
+        reader = self._pass if self._pass is not None else self._stream
+        if reader is None or self.worker != 0:
             return Counter()
-        return self._stream.skipped + Counter(
-            {"validation_copy": self._copies} if self._copies else {}
+        return reader.skipped + Counter({"validation_copy": self._copies} if self._copies else {})
+
+    def _make_stream(self, ds) -> DocumentStream:
+        return DocumentStream(
+            ds, self.spec.text_field, max_chars=self.spec.max_chars, batch_size=self.spec.batch_size
         )
 
     def open(self, epoch: int, state: dict | None) -> None:
         ds = open_dataset(self.spec, self.split)
-        self._stream = DocumentStream(
-            ds, self.spec.text_field, max_chars=self.spec.max_chars, batch_size=self.spec.batch_size
-        )
+        if self.seed is not None:
+            if epoch > 0 and self.sizes is None:  # rotating shards needs their sizes
+                self.sizes = self.shard_sizes(ds)
+            if self.sizes is None and self._prefix is None:
+                until = max(self.skip_first, self.max_samples or 0)
+                self._prefix = count_documents(ds, self._make_stream, until=until)
+            counts = self.sizes if self.sizes is not None else self._prefix
+            cuts = cuts_of(counts, skip_first=self.skip_first, max_samples=self.max_samples)
+            self._pass = InterleavedPass(
+                ds, self._make_stream, counts, cuts, seed=self.seed, epoch=epoch, block=self.block
+            )
+            self._dealt = 0
+            if state is not None:
+                self._pass.load_state_dict(state["pass"])
+                self._dealt = int(state["dealt"])
+            self._it = iter(self._pass)
+            return
+        self._stream = self._make_stream(ds)
         if state is not None:
             self._stream.load_state_dict(state)
         self._it = iter(self._stream)
 
+    def shard_sizes(self, ds=None) -> list[int | None]:
+        """Clean documents per shard of the source (up to ``max_samples``): one read of it."""
+        ds = ds if ds is not None else open_dataset(self.spec, self.split)
+        return count_documents(ds, self._make_stream, until=self.max_samples)
+
     def state(self) -> dict:
+        if self._pass is not None:
+            return {"pass": self._pass.state_dict(), "dealt": self._dealt}
         return self._stream.state_dict()
 
     def read(self, n: int) -> list[str]:
+        if self._pass is not None:
+            return self._read_shuffled(n)
         out: list[str] = []
         stream, limit = self._stream, self.max_samples
         while len(out) < n and (limit is None or stream.documents < limit):
@@ -172,6 +225,22 @@ class TextSource:
                 stream.documents - 1 - self.skip_first
             )  # this document's number after the holdout
             if index < 0 or index % self.workers != self.worker:
+                continue
+            if self.exclude and document_hash(text) in self.exclude:
+                self._copies += 1
+                continue
+            out.append(text)
+        return out
+
+    def _read_shuffled(self, n: int) -> list[str]:
+        # The pass already holds only pass documents (holdout skipped, max_samples applied).
+        out: list[str] = []
+        while len(out) < n:
+            text = next(self._it, None)
+            if text is None:
+                break
+            index, self._dealt = self._dealt, self._dealt + 1
+            if index % self.workers != self.worker:
                 continue
             if self.exclude and document_hash(text) in self.exclude:
                 self._copies += 1

@@ -144,6 +144,7 @@ class TrainLoader:
         while True:
             if not self._drained:
                 self.dataset.epoch = self.epoch
+                self.dataset.prepare(self.epoch)
                 yield from self._one_pass()
                 self._drained = True
             if self.sync_passes and not self._advance:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from lmstream.data.documents import DataPlan, TextSource
+from lmstream.data.documents import DataPlan, TextSource, shuffled_reading
 from lmstream.data.packing import Batch, Packer, encode_documents
 from lmstream.data.shuffle import Position, WindowedDocuments
 from lmstream.data.token_shards import TokenShards, TokenShardSource
@@ -51,6 +51,16 @@ class PackedDataset(IterableDataset):
         self.settings = settings
         self.tokenizer = tokenizer
         self.epoch = 0
+        self.shard_sizes: list | None = None  # clean documents per source shard, once known
+
+    def prepare(self, epoch: int) -> None:
+        """Before pass ``epoch``, in the main process: a shuffled text source rotates its shards
+        from the second pass on, which needs their sizes; count them here once (one read of
+        the source) so that the workers, new each pass, do not each count them every pass."""
+        s = self.settings
+        if epoch > 0 and s.plan.kind == "text" and s.window_size > 1 and not self.shard_sizes:
+            source = TextSource(s.plan.spec, s.plan.split, max_samples=s.plan.max_samples)
+            self.shard_sizes = source.shard_sizes()
 
     def __iter__(self) -> PackedIterator:
         info = get_worker_info()
@@ -65,6 +75,7 @@ class PackedIterator:
 
     def __init__(self, dataset: PackedDataset, worker: int, workers: int):
         self.settings, self.tokenizer = dataset.settings, dataset.tokenizer
+        self.shard_sizes = dataset.shard_sizes
         self.worker, self.workers = worker, workers
         self._start, self._offset = Position(epoch=dataset.epoch), 0
         self._done = False  # this worker's part of the pass is used up
@@ -102,6 +113,7 @@ class PackedIterator:
         return TextSource(
             p.spec, p.split, worker=self.worker, workers=self.workers,
             max_samples=p.max_samples, skip_first=s.skip_first, exclude=s.exclude,
+            sizes=self.shard_sizes, **shuffled_reading(s.window_size, s.seed),
         )  # fmt: skip
 
     def __iter__(self) -> PackedIterator:
