@@ -79,7 +79,8 @@ def evaluate_checkpoint(
     import warnings
 
     from lmstream.data.validation import build_validation_batches
-    from lmstream.generate import load_checkpoint_model, load_checkpoint_tokenizer, pick_device
+    from lmstream.distributed import pick_device
+    from lmstream.generate import load_checkpoint_model, load_checkpoint_tokenizer
     from lmstream.train.evaluate import evaluate
     from lmstream.train.precision import build_precision
 

@@ -31,7 +31,9 @@ from pydantic import (
 
 from lmstream.errors import ConfigError
 
-SPECIAL_TOKENS_DEFAULT = ["<|endoftext|>", "<|pad|>"]
+EOT_TOKEN = "<|endoftext|>"  # the document separator, the one special token the data needs
+PAD_TOKEN = "<|pad|>"
+SPECIAL_TOKENS_DEFAULT = [EOT_TOKEN, PAD_TOKEN]
 DEFAULT_ROPE_THETA = 10000.0
 
 

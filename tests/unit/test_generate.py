@@ -10,12 +10,12 @@ from tests.support.models import tiny_model
 from tokenizers import Tokenizer
 
 from lmstream.config import parse_training_config
+from lmstream.distributed import pick_device
 from lmstream.errors import CheckpointError, ConfigError
 from lmstream.generate import (
     generate_tokens,
     load_checkpoint_model,
     load_checkpoint_tokenizer,
-    pick_device,
     sample_next,
     stop_token_ids,
     stream_text,
