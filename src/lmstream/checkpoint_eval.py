@@ -13,6 +13,7 @@ from pathlib import Path
 
 from lmstream.config import TrainingConfig
 from lmstream.errors import CheckpointError
+from lmstream.workspace import STREAMING_CONFIG, TRAINING_YAML
 
 # How far up from a checkpoint folder to look for its run folder (RUN/checkpoints/step-N).
 _RUN_DIR_DEPTH = 3
@@ -22,7 +23,7 @@ def find_run_dir(checkpoint: Path, cfg: TrainingConfig) -> Path:
     """The run folder a checkpoint belongs to: the nearest parent holding training.yaml or
     streaming_config.json, else the folder of the run's metrics.jsonl."""
     for parent in list(checkpoint.parents)[:_RUN_DIR_DEPTH]:
-        if (parent / "streaming_config.json").is_file() or (parent / "training.yaml").is_file():
+        if (parent / STREAMING_CONFIG).is_file() or (parent / TRAINING_YAML).is_file():
             return parent
     if cfg.runtime.logging.metrics_jsonl is not None:
         return Path(cfg.runtime.logging.metrics_jsonl).parent
@@ -79,7 +80,8 @@ def evaluate_checkpoint(
     import warnings
 
     from lmstream.data.validation import build_validation_batches
-    from lmstream.generate import load_checkpoint_model, load_checkpoint_tokenizer, pick_device
+    from lmstream.distributed import pick_device
+    from lmstream.generate import load_checkpoint_model, load_checkpoint_tokenizer
     from lmstream.train.evaluate import evaluate
     from lmstream.train.precision import build_precision
 

@@ -28,7 +28,14 @@ COMMANDS = (
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keep the examples in epilogs as written and show defaults."""
+    """Keep the examples in epilogs as written and show each default once: a help line that
+    words its default itself, a switch, or a default of None gets no "(default: X)" added."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "(default" in text or action.default is None or isinstance(action.default, bool):
+            return text
+        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:

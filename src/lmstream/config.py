@@ -30,8 +30,11 @@ from pydantic import (
 )
 
 from lmstream.errors import ConfigError
+from lmstream.workspace import BEST, CHECKPOINTS, METRICS
 
-SPECIAL_TOKENS_DEFAULT = ["<|endoftext|>", "<|pad|>"]
+EOT_TOKEN = "<|endoftext|>"  # the document separator, the one special token the data needs
+PAD_TOKEN = "<|pad|>"
+SPECIAL_TOKENS_DEFAULT = [EOT_TOKEN, PAD_TOKEN]
 DEFAULT_ROPE_THETA = 10000.0
 
 
@@ -474,11 +477,11 @@ class TrainingConfig(_Section):
             base = Path(base).absolute()
             rt = self.runtime
             if rt.checkpoint.directory is None:
-                rt.checkpoint.directory = base / "checkpoints"
+                rt.checkpoint.directory = base / CHECKPOINTS
             if rt.evaluation.best.directory is None:
-                rt.evaluation.best.directory = base / "best"
+                rt.evaluation.best.directory = base / BEST
             if rt.logging.metrics_jsonl is None:
-                rt.logging.metrics_jsonl = base / "metrics.jsonl"
+                rt.logging.metrics_jsonl = base / METRICS
         ck, best = self.runtime.checkpoint.directory, self.runtime.evaluation.best.directory
         if ck is not None and best is not None and Path(ck).absolute() == Path(best).absolute():
             raise ValueError(  # rotation would delete best copies and pruning regular ones

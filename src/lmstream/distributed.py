@@ -59,17 +59,27 @@ class DistEnv:
         return self.world_size > 1
 
 
-def pick_device(preference: str = "auto", local_rank: int = 0) -> torch.device:
-    """'auto' -> this rank's GPU when CUDA is available, else the CPU."""
-    if preference == "cpu" or (preference == "auto" and not torch.cuda.is_available()):
+def pick_device(
+    preference: str = "auto", local_rank: int | None = None, *, field: str = "--device"
+) -> torch.device:
+    """'auto' -> this rank's GPU when CUDA is available, else the CPU; 'cuda:N' names a GPU.
+    A bad name, or cuda without a CUDA device, is a ConfigError naming ``field`` (the flag or
+    config key the preference came from)."""
+    from lmstream.errors import ConfigError
+
+    kind, _, index = preference.partition(":")
+    if kind not in ("auto", "cpu", "cuda") or (index and (kind != "cuda" or not index.isdigit())):
+        raise ConfigError(f"{field}: expected auto, cpu, cuda or cuda:N (given: {preference!r})")
+    if kind == "cpu" or (kind == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        from lmstream.errors import ConfigError
-
         raise ConfigError(
-            "runtime.device: 'cuda' was asked for but no CUDA device is available; use 'auto' or 'cpu'"
+            f"{field}: {preference!r} was asked for but no CUDA device is available; "
+            "use 'auto' or 'cpu'"
         )
-    return torch.device("cuda", local_rank)
+    if index:
+        return torch.device("cuda", int(index))
+    return torch.device("cuda", local_rank) if local_rank is not None else torch.device("cuda")
 
 
 def collective_timeout_s(requested: float, source_budget_s: float) -> tuple[int, str | None]:
@@ -105,7 +115,7 @@ def init_distributed(device_preference: str = "auto", timeout_s: int | None = No
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = pick_device(device_preference, local_rank)
+    device = pick_device(device_preference, local_rank, field="runtime.device")
     notes: tuple[str, ...] = ()
     if world_size > 1 and not dist.is_initialized():
         requested = DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s
@@ -438,9 +448,14 @@ def load_sharded_state_dicts(
     )
 
 
-def _is_sharded(model: nn.Module) -> bool:
+def is_dtensor(value: object) -> bool:
+    """Whether ``value`` is a DTensor (FSDP2's sharded parameters and their state)."""
     try:
         from torch.distributed.tensor import DTensor
     except ImportError:  # torch 2.5
         from torch.distributed._tensor import DTensor
-    return any(isinstance(p, DTensor) for p in model.parameters())
+    return isinstance(value, DTensor)
+
+
+def _is_sharded(model: nn.Module) -> bool:
+    return any(is_dtensor(p) for p in model.parameters())

@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer
 
-from lmstream.config import ModelConfig
+from lmstream.config import EOT_TOKEN, ModelConfig
 from lmstream.errors import ConfigError, LmstreamError
 from lmstream.model.transformer import Transformer
 from lmstream.train.checkpoint import with_user_umask
@@ -95,7 +95,7 @@ def hf_config(model: Transformer, arch: Architecture, tokenizer: Tokenizer | Non
     import transformers
 
     cfg = model.config
-    eot = tokenizer.token_to_id("<|endoftext|>") if tokenizer is not None else None
+    eot = tokenizer.token_to_id(EOT_TOKEN) if tokenizer is not None else None
     pad = tokenizer.token_to_id("<|pad|>") if tokenizer is not None else None
     common = dict(
         vocab_size=model.vocab_size,
@@ -182,8 +182,8 @@ def save_hf_tokenizer(tokenizer: Tokenizer, directory: Path) -> None:
     from transformers import PreTrainedTokenizerFast
 
     specials = {}
-    if tokenizer.token_to_id("<|endoftext|>") is not None:
-        specials.update(bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+    if tokenizer.token_to_id(EOT_TOKEN) is not None:
+        specials.update(bos_token=EOT_TOKEN, eos_token=EOT_TOKEN)
     if tokenizer.token_to_id("<|pad|>") is not None:
         specials["pad_token"] = "<|pad|>"
     fast = PreTrainedTokenizerFast(

@@ -15,24 +15,10 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
-from lmstream.config import TrainingConfig
+from lmstream.config import EOT_TOKEN, TrainingConfig
 from lmstream.errors import CheckpointError, ConfigError
 from lmstream.model.transformer import Transformer
 from lmstream.train.checkpoint import TOKENIZER_FILE, load_model_state, resolve_checkpoint
-
-EOT = "<|endoftext|>"
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """'auto' = cuda when available, else cpu; asking for cuda without one is a user error."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    kind, _, index = name.partition(":")
-    if kind not in ("cpu", "cuda") or (index and not index.isdigit()):
-        raise ConfigError(f"--device: expected auto, cpu, cuda or cuda:N (given: {name!r})")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available; use --device cpu")
-    return torch.device(name)
 
 
 def load_checkpoint_model(
@@ -188,5 +174,5 @@ def stream_text(tokenizer: Tokenizer, token_ids: Iterator[int]) -> Iterator[str]
 
 def stop_token_ids(tokenizer: Tokenizer) -> list[int]:
     """The end-of-text token ends a generation (the packer puts it between documents)."""
-    eot = tokenizer.token_to_id(EOT)
+    eot = tokenizer.token_to_id(EOT_TOKEN)
     return [] if eot is None else [eot]

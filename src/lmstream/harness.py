@@ -25,9 +25,8 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torch import nn
 
+from lmstream.config import EOT_TOKEN
 from lmstream.errors import ConfigError, LmstreamError
-
-EOT = "<|endoftext|>"
 
 
 def require_harness(field: str) -> None:
@@ -52,9 +51,9 @@ def _lm_class():
             self.tokenizer = tokenizer
             self.batch_size = batch_size
             self.max_length = model.config.max_position_embeddings
-            self._eot = tokenizer.token_to_id(EOT)
+            self._eot = tokenizer.token_to_id(EOT_TOKEN)
             if self._eot is None:
-                raise ConfigError(f"the tokenizer has no {EOT} token; the harness needs one")
+                raise ConfigError(f"the tokenizer has no {EOT_TOKEN} token; the harness needs one")
 
         @property
         def eot_token_id(self) -> int:

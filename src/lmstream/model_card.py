@@ -19,6 +19,7 @@ import torch
 
 from lmstream.config import StreamingConfig, TrainingConfig
 from lmstream.train import checkpoint as ckpt
+from lmstream.workspace import STREAMING_CONFIG
 
 EVAL_RESULTS_FILE = "eval_results.json"
 
@@ -54,7 +55,7 @@ def _is_hub_id(dataset: str) -> bool:
 
 def _sources(cfg: TrainingConfig, run_dir: Path | None) -> tuple[list[str], list[str]]:
     """(human-readable sources, Hub dataset ids) from streaming_config.json or data.train_shards."""
-    stream_file = run_dir / "streaming_config.json" if run_dir is not None else None
+    stream_file = run_dir / STREAMING_CONFIG if run_dir is not None else None
     if stream_file is not None and stream_file.is_file():
         try:
             stream = StreamingConfig.model_validate_json(stream_file.read_text(encoding="utf-8"))

@@ -14,13 +14,19 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from pydantic import BaseModel
 
 from lmstream.config import (
-    SPECIAL_TOKENS_DEFAULT,
+    CheckpointConfig,
+    EvaluationConfig,
+    LoggingConfig,
+    ModelConfig,
+    OptimizerConfig,
+    SchedulerConfig,
     StreamingConfig,
     dump_streaming_config,
     load_training_config,
@@ -29,8 +35,8 @@ from lmstream.data.sources import DocumentStream, SourceSpec, open_dataset
 from lmstream.data.validation import holdout_size
 from lmstream.errors import ConfigError, DataSourceError
 from lmstream.model.presets import CPU_RECIPES, PRESETS, cpu_loader_workers
+from lmstream.orchestrate_options import OrchestrateOptions
 from lmstream.tokenizer import (
-    MIN_VOCAB_SIZE,
     check_special_tokens,
     count_special_text,
     dump_special_tokens,
@@ -38,33 +44,6 @@ from lmstream.tokenizer import (
     train_bpe,
 )
 from lmstream.workspace import ExperimentPaths
-
-
-@dataclass
-class OrchestrateOptions:
-    """Everything `lmstream orchestrate` was asked to do (the command's flags)."""
-
-    experiment: str
-    workspace: str | None = None
-    stream: bool = False
-    dataset: str = "HuggingFaceFW/fineweb"
-    subset: str | None = None
-    split: str = "train"
-    validation_split: str | None = None
-    data_files: list[str] | None = None
-    text_field: str = "text"
-    revision: str | None = None
-    trust_remote_code: bool = False
-    max_samples: int | None = None
-    vocab_size: int = 50000
-    special_tokens: list[str] = field(default_factory=list)
-    model_size: str = "1b"
-    batch_size: int = 1000
-    max_chars: int = 1_000_000
-    seed: int = 42
-    overwrite: bool = False
-    progress: bool = True
-    pretokenize: bool = False
 
 
 @dataclass
@@ -80,36 +59,6 @@ class OrchestrateResult:
     files: list[Path]
     vocab_requested: int | None = None  # --vocab-size, to say when the corpus gave fewer
     max_samples: int | None = None  # --max-samples, to say when the source ran out before it
-
-
-def _check(opts: OrchestrateOptions) -> None:
-    if opts.max_samples is not None and opts.max_samples < 1:
-        raise ConfigError(f"--max-samples: must be at least 1 (given: {opts.max_samples})")
-    if opts.batch_size < 1:
-        raise ConfigError(f"--batch-size: must be at least 1 (given: {opts.batch_size})")
-    if opts.pretokenize and opts.stream:
-        raise ConfigError(
-            "--pretokenize: writes token shards for files mode; drop --stream to train from them, "
-            "or drop --pretokenize to stream"
-        )
-    if opts.max_chars < 1:
-        raise ConfigError(f"--max-chars: must be at least 1 (given: {opts.max_chars})")
-    if opts.seed < 0:
-        raise ConfigError(f"--seed: must be at least 0 (given: {opts.seed})")
-    least = MIN_VOCAB_SIZE + len(SPECIAL_TOKENS_DEFAULT)  # checked again with extra specials
-    if opts.vocab_size < least:
-        raise ConfigError(
-            f"--vocab-size: {opts.vocab_size} is too small; byte-level BPE needs at least {least} "
-            f"(256 bytes + {len(SPECIAL_TOKENS_DEFAULT)} special tokens)"
-        )
-    if opts.model_size not in PRESETS:
-        raise ConfigError(
-            f"--model-size: unknown size {opts.model_size!r}; choose one of: {', '.join(PRESETS)}"
-        )
-    if not opts.stream and not opts.data_files:
-        raise ConfigError(
-            "no data: pass --stream (to stream --dataset) or --data-files FILE... (files mode)"
-        )
 
 
 def _source(opts: OrchestrateOptions, paths: ExperimentPaths) -> tuple[SourceSpec, StreamingConfig]:
@@ -173,7 +122,6 @@ def _prepare_folders(paths: ExperimentPaths, overwrite: bool, check_only: bool =
 
 def orchestrate(opts: OrchestrateOptions) -> OrchestrateResult:
     """Stream, train the tokenizer and write the experiment's files (see the module docstring)."""
-    _check(opts)
     paths = ExperimentPaths.create(opts.workspace, opts.experiment)
     specials = check_special_tokens(opts.special_tokens)
     spec, stream_cfg = _source(opts, paths)
@@ -288,7 +236,10 @@ def training_yaml_dict(
         return os.path.relpath(path, paths.run_dir)
 
     model = dict(PRESETS[opts.model_size])
-    seq_len = min(2048, model.get("max_position_embeddings", 2048))
+    longest = model.get(
+        "max_position_embeddings", ModelConfig.model_fields["max_position_embeddings"].default
+    )
+    seq_len = min(2048, longest)
     train_shards: list[str] = []
     validation_shards: list[str] = []
     if not opts.stream:
@@ -320,20 +271,18 @@ def training_yaml_dict(
             "validation_documents": holdout_size(opts.max_samples),
         },
         "optimizer": {
-            "algorithm": "adam_w",
+            **_defaults(OptimizerConfig, "algorithm"),
             "learning_rate": 1.8e-4,
             "weight_decay": 0.01,
-            "beta1": 0.9,
-            "beta2": 0.95,
-            "epsilon": 1.0e-8,
+            **_defaults(OptimizerConfig, "beta1", "beta2", "epsilon"),
         },
         "scheduler": {
-            "strategy": "cosine_with_warmup",
+            **_defaults(SchedulerConfig, "strategy"),
             "warmup_steps": 3000,
             "total_steps": 300000,
-            "total_epochs": None,
+            **_defaults(SchedulerConfig, "total_epochs"),
             "min_lr": 1.8e-5,
-            "max_lr": None,
+            **_defaults(SchedulerConfig, "max_lr"),
         },
         "runtime": {
             "seed": opts.seed,
@@ -342,19 +291,18 @@ def training_yaml_dict(
             "checkpoint": {
                 "directory": rel(paths.checkpoints_dir),
                 "every_n_steps": 1500,
-                "every_n_epochs": None,
+                **_defaults(CheckpointConfig, "every_n_epochs"),
                 "max_keep": 10,
             },
             "evaluation": {
                 "every_n_steps": 4500,
-                "every_n_epochs": None,
-                "max_batches": 32,
+                **_defaults(EvaluationConfig, "every_n_epochs", "max_batches"),
                 "best": {"directory": rel(paths.best_dir), "max_keep": 2},
             },
             "logging": {
-                "enable_stdout": True,
+                **_defaults(LoggingConfig, "enable_stdout"),
                 "tensorboard": rel(paths.tensorboard_dir),
-                "tensorboard_flush_every_n": 100,
+                **_defaults(LoggingConfig, "tensorboard_flush_every_n"),
             },
         },
     }
@@ -367,6 +315,11 @@ def training_yaml_dict(
             node[leaf] = value
         out["data"]["num_workers"] = cpu_loader_workers()
     return out
+
+
+def _defaults(section: type[BaseModel], *names: str) -> dict:
+    """The schema's own defaults of these fields, written out in full as the seed's file does."""
+    return {name: section.model_fields[name].default for name in names}
 
 
 def _rel_glob(pattern: str, base: Path) -> str:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from lmstream.errors import LmstreamError
+from lmstream.workspace import METRICS
 
 PANELS = (
     ("Loss", (("loss", "train"), ("val_loss", "validation"))),
@@ -54,7 +55,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     import matplotlib.pyplot as plt
 
     run_dir = Path(run_dir)
-    metrics = run_dir / "metrics.jsonl" if run_dir.is_dir() else run_dir
+    metrics = run_dir / METRICS if run_dir.is_dir() else run_dir
     records = read_metrics(metrics)
     out = Path(out) if out else metrics.parent / "curves.png"
     panels = list(PANELS)

@@ -18,8 +18,6 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from lmstream.config import SPECIAL_TOKENS_DEFAULT
 from lmstream.errors import CheckpointError, ConfigError
 
-EOT_TOKEN = "<|endoftext|>"
-PAD_TOKEN = "<|pad|>"
 MIN_VOCAB_SIZE = 256  # one token per byte, before any merge
 
 
@@ -124,22 +122,6 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
         return Tokenizer.from_file(str(path))
     except Exception as err:  # tokenizers raises a bare Exception for corrupt JSON
         raise CheckpointError(f"{path}: not a valid tokenizer.json ({err})") from None
-
-
-def eot_token_id(tok: Tokenizer) -> int:
-    """The id of ``<|endoftext|>`` (the document separator); ConfigError if absent."""
-    token_id = tok.token_to_id(EOT_TOKEN)
-    if token_id is None:
-        raise ConfigError(f"the tokenizer has no {EOT_TOKEN} token; retrain it with orchestrate")
-    return token_id
-
-
-def vocab_summary(tok: Tokenizer) -> dict:
-    """Size and special token ids, for summaries and logs."""
-    specials = {
-        t.content: tok.token_to_id(t.content) for t in tok.get_added_tokens_decoder().values()
-    }
-    return {"vocab_size": tok.get_vocab_size(), "special_tokens": specials}
 
 
 def dump_special_tokens(tokens: list[str], path: str | Path) -> None:

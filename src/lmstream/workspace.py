@@ -25,6 +25,15 @@ WORKSPACE_ENV = "LMSTREAM_WORKSPACE"
 DEFAULT_WORKSPACE = "workspace"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
+# A run folder's files, named here only (config defaults, checkpoints and tools use these).
+TRAINING_YAML = "training.yaml"
+STREAMING_CONFIG = "streaming_config.json"
+SPECIAL_TOKENS = "special_tokens.txt"
+CHECKPOINTS = "checkpoints"
+BEST = "best"
+TENSORBOARD = "tensorboard"
+METRICS = "metrics.jsonl"
+
 
 def resolve_workspace(flag: str | os.PathLike | None = None) -> Path:
     """The workspace folder: the flag, else $LMSTREAM_WORKSPACE, else ./workspace."""
@@ -83,27 +92,27 @@ class ExperimentPaths:
 
     @property
     def streaming_config(self) -> Path:
-        return self.run_dir / "streaming_config.json"
+        return self.run_dir / STREAMING_CONFIG
 
     @property
     def special_tokens(self) -> Path:
-        return self.run_dir / "special_tokens.txt"
+        return self.run_dir / SPECIAL_TOKENS
 
     @property
     def training_yaml(self) -> Path:
-        return self.run_dir / "training.yaml"
+        return self.run_dir / TRAINING_YAML
 
     @property
     def checkpoints_dir(self) -> Path:
-        return self.run_dir / "checkpoints"
+        return self.run_dir / CHECKPOINTS
 
     @property
     def best_dir(self) -> Path:
-        return self.run_dir / "best"
+        return self.run_dir / BEST
 
     @property
     def tensorboard_dir(self) -> Path:
-        return self.run_dir / "tensorboard"
+        return self.run_dir / TENSORBOARD
 
     @property
     def cache_dir(self) -> Path:

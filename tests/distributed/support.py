@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.support.training import apply_overrides
+from tests.support.training import tiny_training_config
 
 TOTAL = 20
 JOB_TIMEOUT_S = 240  # a healthy job takes 15-25 s here; a hang must fail the test, not CI
@@ -23,36 +23,24 @@ JOB_TIMEOUT_S = 240  # a healthy job takes 15-25 s here; a hang must fail the te
 def tiny_config(corpus: Path, **overrides) -> dict:
     """training.yaml for a 2-rank job (global batch 4 x 2 x 2 = 16 sequences); dotted keys
     override, e.g. ``**{"runtime.parallelism": "fsdp"}``."""
-    cfg = {
-        "model": {
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_layers": 2,
-            "num_attention_heads": 4,
-            "max_position_embeddings": 32,
-            "residual_dropout": 0.1,  # dropout draws from each rank's RNG: it must resume too
-        },
-        "tokenizer": {"tokenizer_json": str(corpus / "tok" / "tokenizer.json")},
-        "data": {
-            "train_shards": [str(corpus / "train.jsonl")],
-            "batch_size": 4,
-            "gradient_accumulation_steps": 2,
-            "sequence_length": 16,
-            "validation_documents": 20,
-            "shuffle_buffer_size": 64,
-        },
-        "optimizer": {"learning_rate": 3.0e-3, "weight_decay": 0.1},
-        "scheduler": {"strategy": "cosine_with_warmup", "warmup_steps": 3, "total_steps": TOTAL},
-        "runtime": {
-            "seed": 7,
-            "log_every_n_steps": 1,
-            "parallelism": "ddp",
-            "checkpoint": {"every_n_steps": 10, "max_keep": 3},
-            "evaluation": {"every_n_steps": 10, "max_batches": 2},
-            "logging": {"tensorboard": "tb"},
-        },
-    }
-    return apply_overrides(cfg, overrides)
+    return tiny_training_config(corpus, TOTAL, **{
+        "model.hidden_size": 32,
+        "model.intermediate_size": 64,
+        "model.max_position_embeddings": 32,
+        "model.residual_dropout": 0.1,  # dropout draws from each rank's RNG: it must resume too
+        "data.gradient_accumulation_steps": 2,
+        "data.sequence_length": 16,
+        "data.validation_documents": 20,
+        "data.shuffle_buffer_size": 64,
+        "optimizer.weight_decay": 0.1,
+        "scheduler.warmup_steps": 3,
+        "runtime.device": "auto",
+        "runtime.parallelism": "ddp",
+        "runtime.checkpoint": {"every_n_steps": 10, "max_keep": 3},
+        "runtime.evaluation": {"every_n_steps": 10, "max_batches": 2},
+        "runtime.logging": {"tensorboard": "tb"},
+        **overrides,
+    })  # fmt: skip
 
 
 def job_env() -> dict[str, str]:

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.support.models import tiny_model
 from tokenizers import Tokenizer
 
 from lmstream.cli import main
-from lmstream.config import ModelConfig, parse_training_config
+from lmstream.config import parse_training_config
 from lmstream.errors import ConfigError
 from lmstream.export import TOLERANCE, choose_architecture, export_model, verify_export
 from lmstream.generate import generate_tokens
@@ -31,19 +32,16 @@ def _tokenizer() -> Tokenizer:
 
 def _model(**overrides) -> Transformer:
     """A small model with non-trivial norms (weights and biases away from 1 and 0)."""
-    torch.manual_seed(0)
     base = dict(
         hidden_size=64,
         intermediate_size=96,
-        num_layers=2,
-        num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=64,
         rope_theta=500.0,
         norm_eps=1e-6,
         init_std=0.1,
     )
-    model = Transformer(ModelConfig(**{**base, **overrides}), VOCAB)
+    model = tiny_model(VOCAB, **{**base, **overrides})
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "norm" in name:

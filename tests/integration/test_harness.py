@@ -13,6 +13,7 @@ import pytest
 import torch
 from tests.support.harness_task import TASK, task_documents, write_task
 from tests.support.training import tiny_training_config, write_kjv_corpus, write_run
+from tests.support.training import train_in_process as train  # the real CLI, one thread
 
 from lmstream.cli import main as cli_main
 
@@ -30,15 +31,6 @@ def corpus(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def task_dir(tmp_path_factory) -> Path:
     return write_task(tmp_path_factory.mktemp("tasks"))
-
-
-def train(config: Path, *extra: str) -> int:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return cli_main(["train", "--config", str(config), *extra])
-    finally:
-        torch.set_num_threads(threads)
 
 
 def by_hand(hf_dir: Path) -> dict[str, float]:

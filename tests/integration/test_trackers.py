@@ -14,10 +14,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
-import torch
 from tests.support.training import tiny_training_config, write_kjv_corpus, write_run
-
-from lmstream.cli import main as cli_main
+from tests.support.training import train_in_process as train  # the real CLI, one thread
 
 wandb = pytest.importorskip("wandb")
 pytest.importorskip("trackio")
@@ -50,15 +48,6 @@ def wandb_env(tmp_path: Path, monkeypatch) -> Path:
     # test from a fresh one, or its runs land in the previous test's folder.
     wandb.teardown()
     return tmp_path / "wandb-dir"
-
-
-def train(config: Path, *extra: str) -> int:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return cli_main(["train", "--config", str(config), *extra])
-    finally:
-        torch.set_num_threads(threads)
 
 
 def jsonl_by_step(run_dir: Path) -> dict[int, dict]:

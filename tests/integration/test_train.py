@@ -9,7 +9,6 @@ every process) so CPU fp32 arithmetic is deterministic across processes.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import os
 import signal
@@ -23,11 +22,14 @@ import torch
 import yaml
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tests.support.training import apply_overrides, write_kjv_corpus, write_run
+from tests.support.training import (
+    tiny_training_config,
+    train_in_process,
+    write_kjv_corpus,
+    write_run,
+)
 
 from lmstream.cli import main as cli_main
-from lmstream.corpus import kjv_documents
-from lmstream.tokenizer import save_tokenizer, train_bpe
 from lmstream.train import checkpoint as ck
 from lmstream.train.precision import cpu_has_fast_bf16
 
@@ -42,45 +44,21 @@ def corpus(tmp_path_factory) -> Path:
 
 
 def tiny_config(corpus: Path, **overrides) -> dict:
-    cfg = {
-        "model": {
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_layers": 2,
-            "num_attention_heads": 4,
-            "max_position_embeddings": 64,
-            "residual_dropout": 0.1,  # dropout draws from the RNG: its state must resume too
-        },
-        "tokenizer": {"tokenizer_json": str(corpus / "tok" / "tokenizer.json")},
-        "data": {
-            "train_shards": [str(corpus / "train.jsonl")],
-            "batch_size": 4,
-            "gradient_accumulation_steps": 2,
-            "sequence_length": 32,
-            "validation_documents": 20,
-            "shuffle_buffer_size": 64,
-        },
-        "optimizer": {"learning_rate": 3.0e-3, "weight_decay": 0.1},
-        "scheduler": {"strategy": "cosine_with_warmup", "warmup_steps": 5, "total_steps": TOTAL},
-        "runtime": {
-            "seed": 7,
-            "log_every_n_steps": 1,
-            "checkpoint": {"every_n_steps": 5, "max_keep": 2},
-            "evaluation": {"every_n_steps": 20, "max_batches": 4, "best": {"max_keep": 2}},
-            "logging": {"tensorboard": "tb", "enable_stdout": True},
-        },
-    }
-    return apply_overrides(cfg, overrides)
-
-
-def train_in_process(config: Path, *extra: str) -> int:
-    """The CLI in this process with one torch thread (as the subprocesses use)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return cli_main(["train", "--config", str(config), *extra])
-    finally:
-        torch.set_num_threads(threads)
+    """The shared tiny run with dropout, accumulation, periodic checkpoints and evaluations,
+    and TensorBoard (the sections given whole here keep the schema's other defaults)."""
+    return tiny_training_config(corpus, TOTAL, **{
+        "model.residual_dropout": 0.1,  # dropout draws from the RNG: its state must resume too
+        "data.gradient_accumulation_steps": 2,
+        "data.validation_documents": 20,
+        "data.shuffle_buffer_size": 64,
+        "optimizer.weight_decay": 0.1,
+        "scheduler.warmup_steps": 5,
+        "runtime.device": "auto",
+        "runtime.checkpoint": {"every_n_steps": 5, "max_keep": 2},
+        "runtime.evaluation": {"every_n_steps": 20, "max_batches": 4, "best": {"max_keep": 2}},
+        "runtime.logging": {"tensorboard": "tb", "enable_stdout": True},
+        **overrides,
+    })  # fmt: skip
 
 
 def start_subprocess(config: Path) -> subprocess.Popen:
@@ -294,12 +272,8 @@ def test_total_epochs_sizes_the_schedule_and_checkpoints_per_epoch(tmp_path, cap
     """total_steps null + total_epochs: the epoch is measured, the run stops after 2 epochs,
     checkpoints and evaluates every epoch, and the LR ends near min_lr."""
     root = tmp_path / "small"
-    docs = list(itertools.islice(kjv_documents(), 25))
     root.mkdir()
-    with open(root / "train.jsonl", "w") as f:
-        for doc in docs:
-            f.write(json.dumps({"text": doc}) + "\n")
-    save_tokenizer(train_bpe(docs, 300, ["<|endoftext|>", "<|pad|>"]), root / "tok")
+    write_kjv_corpus(root, 25, 300)
     cfg = tiny_config(
         root,
         **{

@@ -21,10 +21,9 @@ from tests.integration.test_train import (
     corpus,  # noqa: F401 (fixture)
     start_subprocess,
     tiny_config,
-    train_in_process,
     wait_for_step,
 )
-from tests.support.training import write_run
+from tests.support.training import train_in_process, write_run
 
 from lmstream.cli import main as cli_main
 from lmstream.config import load_training_config

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tests.reliability.support import tiny_config, train_in_process
-from tests.support.training import write_kjv_corpus, write_run
+from tests.reliability.support import tiny_config
+from tests.support.training import train_in_process, write_kjv_corpus, write_run
 
 
 @pytest.fixture(scope="session")

@@ -21,9 +21,8 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
-from tests.support.training import apply_overrides
+from tests.support.training import tiny_training_config
 
-from lmstream.cli import main as cli_main
 from lmstream.train import checkpoint as ckpt
 
 TOTAL = 40  # optimizer steps of the reference run
@@ -33,44 +32,19 @@ ROOT = Path(__file__).resolve().parents[2]
 def tiny_config(corpus: Path, **overrides) -> dict:
     """A ~60k-parameter model, sequences of 32, checkpoints every 2 steps (small and frequent,
     so faults land in and between checkpoint writes)."""
-    cfg = {
-        "model": {
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_layers": 2,
-            "num_attention_heads": 4,
-            "max_position_embeddings": 32,
-            "residual_dropout": 0.1,  # dropout draws from the RNG: its state must resume too
-        },
-        "tokenizer": {"tokenizer_json": str(corpus / "tok" / "tokenizer.json")},
-        "data": {
-            "train_shards": [str(corpus / "train.jsonl")],
-            "batch_size": 4,
-            "gradient_accumulation_steps": 2,
-            "sequence_length": 32,
-            "validation_documents": 10,
-            "shuffle_buffer_size": 32,
-        },
-        "optimizer": {"learning_rate": 3.0e-3, "weight_decay": 0.1},
-        "scheduler": {"strategy": "constant_with_warmup", "warmup_steps": 3, "total_steps": TOTAL},
-        "runtime": {
-            "seed": 11,
-            "log_every_n_steps": 1,
-            "checkpoint": {"every_n_steps": 2, "max_keep": 3},
-            "evaluation": {"every_n_steps": 20, "max_batches": 2, "best": {"max_keep": 1}},
-        },
-    }
-    return apply_overrides(cfg, overrides)
-
-
-def train_in_process(config: Path, *extra: str) -> int:
-    """The real CLI in this process, with one torch thread like the subprocesses."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return cli_main(["train", "--config", str(config), *extra])
-    finally:
-        torch.set_num_threads(threads)
+    return tiny_training_config(corpus, TOTAL, **{
+        "model.max_position_embeddings": 32,
+        "model.residual_dropout": 0.1,  # dropout draws from the RNG: its state must resume too
+        "data.gradient_accumulation_steps": 2,
+        "optimizer.weight_decay": 0.1,
+        "scheduler.strategy": "constant_with_warmup",
+        "scheduler.warmup_steps": 3,
+        "runtime.seed": 11,
+        "runtime.device": "auto",
+        "runtime.checkpoint": {"every_n_steps": 2, "max_keep": 3},
+        "runtime.evaluation": {"every_n_steps": 20, "max_batches": 2, "best": {"max_keep": 1}},
+        **overrides,
+    })  # fmt: skip
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:

@@ -13,28 +13,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tests.reliability.support import tiny_config, train_in_process, tree
-
-DELETE = object()
-
-
-def _set(cfg: dict, dotted: str, value) -> None:
-    *parents, leaf = dotted.split(".")
-    node = cfg
-    for key in parents:
-        node = node[key]
-    if value is DELETE:
-        del node[leaf]
-    else:
-        node[leaf] = value
+from tests.reliability.support import tiny_config, tree
+from tests.support.training import DELETE, apply_overrides, train_in_process
 
 
 def change(**values):
     """A case that edits the tiny config (``model__hidden_size=...`` sets model.hidden_size)."""
 
     def apply(cfg: dict, run_dir: Path, corpus: Path) -> None:
-        for key, value in values.items():
-            _set(cfg, key.replace("__", "."), value)
+        apply_overrides(cfg, {key.replace("__", "."): value for key, value in values.items()})
         (run_dir / "training.yaml").write_text(yaml.safe_dump(cfg))
 
     return apply
@@ -56,7 +43,8 @@ def beside(name: str, content: str, **values):
     def apply(cfg: dict, run_dir: Path, corpus: Path) -> None:
         (run_dir / name).write_text(content)
         for key, value in values.items():
-            _set(cfg, key.replace("__", "."), str(run_dir / value) if value == name else value)
+            value = str(run_dir / value) if value == name else value
+            apply_overrides(cfg, {key.replace("__", "."): value})
         (run_dir / "training.yaml").write_text(yaml.safe_dump(cfg))
 
     return apply

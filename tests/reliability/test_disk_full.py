@@ -18,9 +18,8 @@ from tests.reliability.support import (
     start_train,
     subprocess_env,
     tiny_config,
-    train_in_process,
 )
-from tests.support.training import write_run
+from tests.support.training import train_in_process, write_run
 
 from lmstream.train import checkpoint as ckpt
 

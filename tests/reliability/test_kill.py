@@ -24,10 +24,9 @@ from tests.reliability.support import (
     logged_steps,
     start_train,
     tiny_config,
-    train_in_process,
     wait_until,
 )
-from tests.support.training import write_run
+from tests.support.training import train_in_process, write_run
 
 from lmstream.train import checkpoint as ckpt
 

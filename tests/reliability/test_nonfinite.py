@@ -18,9 +18,8 @@ from tests.reliability.support import (
     final_weights,
     logged_steps,
     tiny_config,
-    train_in_process,
 )
-from tests.support.training import write_run
+from tests.support.training import train_in_process, write_run
 
 from lmstream.errors import ConfigError
 from lmstream.train import checkpoint as ckpt

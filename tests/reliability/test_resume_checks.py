@@ -9,8 +9,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from tests.reliability.support import tiny_config, train_in_process, tree
-from tests.support.training import write_run
+from tests.reliability.support import tiny_config, tree
+from tests.support.training import train_in_process, write_run
 
 from lmstream.cli import main as cli_main
 from lmstream.train import checkpoint as ckpt

@@ -19,11 +19,10 @@ from tests.reliability.support import (
     logged_steps,
     start_train,
     tiny_config,
-    train_in_process,
     tree,
     wait_until,
 )
-from tests.support.training import write_run
+from tests.support.training import train_in_process, write_run
 
 from lmstream.train import checkpoint as ckpt
 from lmstream.train.run_folder import ABANDONED_DIR, RunFolderError, RunLock

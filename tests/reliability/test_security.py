@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.reliability.support import tiny_config, train_in_process, tree
-from tests.support.training import write_run
+from tests.reliability.support import tiny_config, tree
+from tests.support.training import train_in_process, write_run
 
 from lmstream.cli import main as cli_main
 from lmstream.train import checkpoint as ckpt

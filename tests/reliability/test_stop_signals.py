@@ -18,11 +18,10 @@ from tests.reliability.support import (
     start_train,
     subprocess_env,
     tiny_config,
-    train_in_process,
     wait_until,
 )
 from tests.support.http_server import Faults, FileServer
-from tests.support.training import short_document_files, write_run
+from tests.support.training import short_document_files, train_in_process, write_run
 
 from lmstream.data import sources
 from lmstream.train import checkpoint as ckpt

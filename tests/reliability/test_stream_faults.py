@@ -22,10 +22,9 @@ from tests.reliability.support import (
     assert_checkpoints_complete,
     assert_same_weights,
     tiny_config,
-    train_in_process,
 )
 from tests.support.http_server import FAULT_KINDS, Faults, FileServer
-from tests.support.training import apply_overrides, write_run
+from tests.support.training import apply_overrides, train_in_process, write_run
 
 from lmstream.data import sources
 from lmstream.train import checkpoint as ckpt

@@ -16,10 +16,9 @@ from tests.reliability.support import (
     logged_steps,
     start_train,
     tiny_config,
-    train_in_process,
     wait_until,
 )
-from tests.support.training import write_run
+from tests.support.training import train_in_process, write_run
 
 # The kill lands at a random moment: torch's SIGCHLD handler then raises inside the loader's
 # fetch, the model step or a checkpoint write; each must end as the same one line.

@@ -7,8 +7,10 @@ import itertools
 import json
 from pathlib import Path
 
+import torch
 import yaml
 
+from lmstream.cli import main as cli_main
 from lmstream.corpus import kjv_documents
 from lmstream.tokenizer import save_tokenizer, train_bpe
 
@@ -24,16 +26,32 @@ def write_kjv_corpus(root: Path, n_docs: int, vocab_size: int) -> Path:
     return root
 
 
+DELETE = object()  # an override value that removes the key (a missing field)
+
+
 def apply_overrides(cfg: dict, overrides: dict) -> dict:
     """Set dotted keys in a nested config dict, e.g. ``{"runtime.parallelism": "fsdp"}``
-    (missing sections are created)."""
+    (missing sections are created; the value DELETE removes the key)."""
     for dotted, value in overrides.items():
         *parents, leaf = dotted.split(".")
         node = cfg
         for key in parents:
             node = node.setdefault(key, {})
-        node[leaf] = value
+        if value is DELETE:
+            del node[leaf]
+        else:
+            node[leaf] = value
     return cfg
+
+
+def train_in_process(config: Path, *extra: str) -> int:
+    """The real CLI in this process, with one torch thread like the subprocesses."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return cli_main(["train", "--config", str(config), *extra])
+    finally:
+        torch.set_num_threads(threads)
 
 
 def write_run(run_dir: Path, cfg: dict) -> Path:

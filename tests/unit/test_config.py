@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tests.support.training import DELETE, apply_overrides
 
 from lmstream.cli import main
 from lmstream.config import (
@@ -77,33 +78,20 @@ def test_relative_paths_resolve_against_yaml_folder(tmp_path: Path, seed_yaml_te
     assert cfg.data.train_shards == [str(run / "corpus/*.jsonl"), "https://example.org/a.jsonl"]
 
 
-def _set(data: dict, dotted: str, value) -> None:
-    *parents, last = dotted.split(".")
-    node = data
-    for p in parents:
-        node = node[p]
-    if value is _DELETE:
-        del node[last]
-    else:
-        node[last] = value
-
-
-_DELETE = object()
-
 # (dotted key to change, new value, dotted path expected in the error, words expected in it)
 BAD_CONFIGS = [
     ("model.hidden_size", "big", "model.hidden_size", "integer"),
     ("model.hidden_size", 0, "model.hidden_size", "greater than or equal to 1"),
     ("model.hidden_size", 2050, "model.hidden_size", "divisible by num_attention_heads"),
     ("model.num_key_value_heads", 5, "model.num_key_value_heads", "divisible"),
-    ("model.num_layers", _DELETE, "model.num_layers", "missing"),
+    ("model.num_layers", DELETE, "model.num_layers", "missing"),
     ("model.num_layer", 4, "model.num_layer", "did you mean 'num_layers'"),
     ("model.rope_mode", "yarn", "model.rope_mode", "standard"),
     ("model.rope_theta", -1.0, "model.rope_theta", "greater than 0"),
     ("model.attn_dropout", 1.5, "model.attn_dropout", "less than 1"),
     ("model.activation", "relu", "model.activation", "gelu"),
     ("model.max_position_embeddings", 1024, "data.sequence_length", "exceeds"),
-    ("tokenizer.tokenizer_json", _DELETE, "tokenizer.tokenizer_json", "missing"),
+    ("tokenizer.tokenizer_json", DELETE, "tokenizer.tokenizer_json", "missing"),
     ("tokenizer.vocab_file", "x", "tokenizer.vocab_file", "unknown key"),
     ("data.batch_size", -2, "data.batch_size", "greater than or equal to 1"),
     ("data.batch_size", 2.5, "data.batch_size", "integer"),
@@ -151,7 +139,7 @@ BAD_CONFIGS = [
     ("runtime.parallelism", "tp", "runtime.parallelism", "ddp"),
     ("runtime.checkpoint", "every step", "runtime.checkpoint", "dictionary"),
     ("trainer", {}, "trainer", "unknown key"),
-    ("optimizer", _DELETE, "optimizer", "missing"),
+    ("optimizer", DELETE, "optimizer", "missing"),
 ]
 
 
@@ -164,7 +152,7 @@ def test_bad_config_names_the_field(
     tmp_path: Path, seed_yaml_text: str, key, value, path, words
 ) -> None:
     data = _seed(seed_yaml_text)
-    _set(data, key, value)
+    apply_overrides(data, {key: value})
     cfg_path = tmp_path / "training.yaml"
     cfg_path.write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError) as info:

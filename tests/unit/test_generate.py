@@ -6,15 +6,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.support.models import tiny_model
 from tokenizers import Tokenizer
 
-from lmstream.config import ModelConfig, parse_training_config
+from lmstream.config import parse_training_config
+from lmstream.distributed import pick_device
 from lmstream.errors import CheckpointError, ConfigError
 from lmstream.generate import (
     generate_tokens,
     load_checkpoint_model,
     load_checkpoint_tokenizer,
-    pick_device,
     sample_next,
     stop_token_ids,
     stream_text,
@@ -40,16 +41,8 @@ def _tokenizer() -> Tokenizer:
 
 
 def _model(**overrides) -> Transformer:
-    torch.manual_seed(0)
-    cfg = dict(
-        hidden_size=32,
-        intermediate_size=64,
-        num_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=48,
-    )
-    return Transformer(ModelConfig(**{**cfg, **overrides}), 300).eval()
+    base = dict(num_key_value_heads=2, max_position_embeddings=48)
+    return tiny_model(300, **{**base, **overrides}).eval()
 
 
 @pytest.mark.parametrize("activation", ["gelu", "swiglu"])

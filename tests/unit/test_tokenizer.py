@@ -7,8 +7,9 @@ import json
 import pytest
 from tokenizers import Tokenizer
 
+from lmstream.data.packing import eot_id
 from lmstream.errors import CheckpointError, ConfigError
-from lmstream.tokenizer import eot_token_id, load_tokenizer, save_tokenizer, train_bpe
+from lmstream.tokenizer import load_tokenizer, save_tokenizer, train_bpe
 
 CORPUS = [
     "In the beginning God created the heaven and the earth.",
@@ -39,7 +40,7 @@ def trained(tmp_path_factory):
 
 def test_special_tokens_first_and_vocab_size(trained):
     tok, _ = trained
-    assert tok.token_to_id("<|endoftext|>") == 0 == eot_token_id(tok)
+    assert tok.token_to_id("<|endoftext|>") == 0 == eot_id(tok)
     assert tok.token_to_id("<|pad|>") == 1
     assert tok.token_to_id("<|user|>") == 2
     assert tok.get_vocab_size() == 300
@@ -87,4 +88,4 @@ def test_bad_inputs(tmp_path):
         '{"version":"1.0","model":{"type":"BPE","vocab":{"a":0},"merges":[]}}'
     )
     with pytest.raises(ConfigError, match="endoftext"):
-        eot_token_id(plain)
+        eot_id(plain)

@@ -103,7 +103,8 @@ def register(sub: argparse._SubParsersAction, formatter: type) -> None:
 def run_tasks(args: argparse.Namespace) -> int:
     """`--tasks`: the harness on the checkpoint's model, a table, eval_results.json beside it."""
     from lmstream import harness
-    from lmstream.generate import load_checkpoint_model, load_checkpoint_tokenizer, pick_device
+    from lmstream.distributed import pick_device
+    from lmstream.generate import load_checkpoint_model, load_checkpoint_tokenizer
 
     harness.require_harness("--tasks")
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]

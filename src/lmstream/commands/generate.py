@@ -72,12 +72,13 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lmstream.config import EOT_TOKEN
+    from lmstream.distributed import pick_device
     from lmstream.generate import (
         context_room,
         generate_tokens,
         load_checkpoint_model,
         load_checkpoint_tokenizer,
-        pick_device,
         prompt_tail,
         stop_token_ids,
         stream_text,
@@ -91,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"# {folder} on {device}", file=sys.stderr)
     # Every training document follows an <|endoftext|>: starting the context with one tells the
     # model a document begins here (GPT-2 does the same), instead of dropping it mid-stream.
-    eot = tokenizer.token_to_id("<|endoftext|>")
+    eot = tokenizer.token_to_id(EOT_TOKEN)
     context = ([eot] if eot is not None else []) + tokenizer.encode(args.prompt).ids
     echo = args.prompt
     limit = model.config.max_position_embeddings

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from lmstream.config import TrainingConfig, dump_training_config, load_training_config
 from lmstream.errors import ConfigError, LmstreamError
+from lmstream.workspace import TRAINING_YAML
 
 EXAMPLES = """examples:
   lmstream train --config workspace/runs/my-exp/training.yaml --dry-run
@@ -253,7 +254,7 @@ def _train(
     from lmstream.train.setup import build_run, resolve_vocab_size
 
     started = time.perf_counter()
-    config_path = config_path or run_dir / "training.yaml"
+    config_path = config_path or run_dir / TRAINING_YAML
     if env.is_main:  # before building: a model too large for this CPU takes minutes to build
         vocab = resolve_vocab_size(cfg, load_tokenizer(cfg.tokenizer.tokenizer_json))
         warning = report.slow_cpu_warning(cfg, vocab, env.world_size)

@@ -23,8 +23,7 @@ from lmstream.data.sources import SourceSpec, open_dataset
 from lmstream.data.stream import DocumentStream
 from lmstream.data.token_shards import is_token_shards
 from lmstream.errors import ConfigError
-
-STREAMING_CONFIG = "streaming_config.json"
+from lmstream.workspace import STREAMING_CONFIG
 
 
 def document_hash(text: str) -> bytes:

@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from lmstream.config import EOT_TOKEN
 from lmstream.errors import ConfigError
 from lmstream.tokenizer import special_tokens_as_text
 
 TOKEN_DTYPE = np.int64
-EOT_TOKEN = "<|endoftext|>"
 
 
 @dataclass

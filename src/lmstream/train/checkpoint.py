@@ -34,13 +34,14 @@ from lmstream.config import (
 )
 from lmstream.errors import CheckpointError, ConfigError
 from lmstream.train.folders import remove_folder, writer_gone
+from lmstream.workspace import CHECKPOINTS, SPECIAL_TOKENS
 
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"
 TOKENIZER_FILE = "tokenizer.json"
-SPECIAL_TOKENS_FILE = "special_tokens.txt"
+SPECIAL_TOKENS_FILE = SPECIAL_TOKENS
 TRAINER_STATE_FILE = "trainer_state.pt"
 MANIFEST_FILE = "manifest.json"
 SHARDED_DIR = "sharded"  # torch.distributed.checkpoint files of an FSDP checkpoint
@@ -365,8 +366,8 @@ def resolve_checkpoint(path: str | os.PathLike, *, check_hashes: bool = False) -
             raise CheckpointError(f"{err}; {_newest_intact(path, check_hashes)}") from None
         return path
     candidates = list_checkpoints(path)
-    if not candidates and (path / "checkpoints").is_dir():
-        path = path / "checkpoints"
+    if not candidates and (path / CHECKPOINTS).is_dir():
+        path = path / CHECKPOINTS
         candidates = list_checkpoints(path)
     for candidate in reversed(candidates):
         try:

@@ -59,11 +59,9 @@ def build_optimizer(
 
 
 def _has_dtensor(groups: list[dict]) -> bool:
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # torch 2.5
-        from torch.distributed._tensor import DTensor
-    return any(isinstance(p, DTensor) for g in groups for p in g["params"])
+    from lmstream.distributed import is_dtensor
+
+    return any(is_dtensor(p) for g in groups for p in g["params"])
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -65,16 +65,9 @@ class Run:
 
 def resolve_vocab_size(cfg: TrainingConfig, tokenizer) -> int:
     """model.vocab_size when set (at least the tokenizer's), else the tokenizer's vocabulary."""
-    actual = tokenizer.get_vocab_size()
-    configured = cfg.model.vocab_size
-    if configured is None:
-        return actual
-    if configured < actual:
-        raise ConfigError(
-            f"model.vocab_size: {configured} is smaller than the tokenizer's vocabulary ({actual}); "
-            "set it to null to take the tokenizer's size"
-        )
-    return configured
+    from lmstream.data.packing import check_vocab  # the one rule, shared with the data loader
+
+    return check_vocab(tokenizer, cfg.model.vocab_size)
 
 
 def build_model(cfg: TrainingConfig, vocab_size: int, device: torch.device) -> nn.Module:

@@ -7,21 +7,15 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from tests.support.models import tiny_model_config
 
 from lmstream.config import ModelConfig
 from lmstream.model.layers import MLP, Attention, KVCache, apply_rope, build_norm, rope_tables
 
 
 def _cfg(**overrides) -> ModelConfig:
-    base = dict(
-        hidden_size=32,
-        intermediate_size=48,
-        num_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    return ModelConfig(**{**base, **overrides})
+    base = dict(intermediate_size=48, num_key_value_heads=2, max_position_embeddings=64)
+    return tiny_model_config(**{**base, **overrides})
 
 
 def _rope_reference(x: torch.Tensor, theta: float, layout: str) -> torch.Tensor:

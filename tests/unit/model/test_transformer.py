@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 from safetensors.torch import load, save
+from tests.support.models import tiny_model_config
 
 from lmstream.config import ModelConfig
 from lmstream.errors import ConfigError
@@ -19,15 +20,7 @@ V = 50
 
 
 def _cfg(**overrides) -> ModelConfig:
-    base = dict(
-        hidden_size=32,
-        intermediate_size=64,
-        num_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=32,
-    )
-    return ModelConfig(**{**base, **overrides})
+    return tiny_model_config(**{"num_key_value_heads": 2, **overrides})
 
 
 def test_shapes_and_loss_with_ignored_positions() -> None:

@@ -6,8 +6,9 @@ import math
 
 import pytest
 import torch
+from tests.support.models import tiny_model
 
-from lmstream.config import ModelConfig, OptimizerConfig, SchedulerConfig
+from lmstream.config import OptimizerConfig, SchedulerConfig
 from lmstream.data.packing import Batch
 from lmstream.model.transformer import Transformer
 from lmstream.train.loop import forward_backward, optimizer_step
@@ -60,15 +61,7 @@ def test_schedule_without_warmup_starts_at_peak_and_checks_length():
 
 
 def _model(seed: int = 0) -> Transformer:
-    torch.manual_seed(seed)
-    cfg = ModelConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=16,
-    )
-    return Transformer(cfg, 64)
+    return tiny_model(64, seed, max_position_embeddings=16)
 
 
 def test_weight_decay_on_matrices_only():

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.support.models import tiny_model
 from tests.support.training import write_kjv_corpus
 
-from lmstream.config import ModelConfig, OptimizerConfig, parse_training_config
+from lmstream.config import OptimizerConfig, parse_training_config
 from lmstream.data.packing import Batch
 from lmstream.distributed import DistEnv
 from lmstream.model.transformer import Transformer
@@ -26,15 +27,10 @@ CPU = torch.device("cpu")
 
 
 def _model() -> Transformer:
-    torch.manual_seed(0)
-    cfg = ModelConfig(
-        hidden_size=16,
-        intermediate_size=32,
-        num_layers=1,
-        num_attention_heads=2,
+    return tiny_model(
+        64, hidden_size=16, intermediate_size=32, num_layers=1, num_attention_heads=2,
         max_position_embeddings=16,
-    )
-    return Transformer(cfg, 64)
+    )  # fmt: skip
 
 
 def _fp16(init_scale: float) -> Precision:
