@@ -114,7 +114,7 @@ def test_in_loop_tasks_are_logged_and_leave_the_run_unchanged(
     losses = [(r["step"], r.get("loss"), r.get("val_loss")) for r in records(plain)]
     assert [(r["step"], r.get("loss"), r.get("val_loss")) for r in records(with_tasks)] == losses
 
-    # Resumed from step 2 (after that step's tasks ran): the same losses and scores again.
+    # Rolled back to step 2 (after that step's tasks ran): the same losses and scores again.
     def exact(run: Path) -> list[tuple]:
         keys = ("step", "loss", "val_loss", f"eval/{TASK}/acc", f"eval/{TASK}/acc_norm")
         return [tuple(r.get(k) for k in keys) for r in records(run)]
@@ -122,7 +122,7 @@ def test_in_loop_tasks_are_logged_and_leave_the_run_unchanged(
     first = exact(with_tasks)
     step2 = str(with_tasks / "checkpoints" / "step-00000002")
     assert train(write_run(with_tasks, tiny_training_config(corpus, 4, **base, **tasks)),
-                 "--resume", step2) == 0  # fmt: skip
+                 "--resume", step2, "--rollback") == 0  # fmt: skip
     assert exact(with_tasks) == first
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -136,7 +136,10 @@ def test_wandb_and_trackio_get_the_jsonl_metrics_and_resume_continues_the_wandb_
     resume_from = str(run_dir / "checkpoints" / "step-00000002")
     assert (
         train(
-            write_run(run_dir, tiny_training_config(corpus, 6, **trackers)), "--resume", resume_from
+            write_run(run_dir, tiny_training_config(corpus, 6, **trackers)),
+            "--resume",
+            resume_from,
+            "--rollback",  # step 4 exists: going back to step 2 is a rollback
         )
         == 0
     )

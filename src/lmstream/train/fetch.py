@@ -6,12 +6,12 @@ already taken are returned, to be saved as the checkpoint's ``pending`` ones); o
 stop signal (:meth:`StopRequest.interruptible`: a source retrying or stalled can hold a fetch for
 minutes, beyond a pod's 30 s grace period). A cut fetch may have moved the loader past batches
 that never reached the loop, so the loop saves the loader's position from *before* the fetch:
-:meth:`StepFetcher.position`, a serialized copy (the loader changes its state in place).
+:meth:`StepFetcher.position`, a deep copy (the loader changes its state in place).
 """
 
 from __future__ import annotations
 
-import pickle
+import copy
 from collections.abc import Iterator
 
 from lmstream.errors import DataSourceError
@@ -29,11 +29,12 @@ class StepFetcher:
         # checkpoint's pending ones): while any is left, no loader position is exact.
         self._backlog = run.prefetched
 
-    def position(self) -> bytes | None:
-        """The loader's position now, serialized, or None while it is not exact."""
+    def position(self) -> dict | None:
+        """A copy of the loader's position now, or None while it is not exact. A deep copy,
+        not a pickle round trip: nothing in lmstream unpickles, even its own bytes."""
         if self._backlog:
             return None
-        return pickle.dumps(self.run.loader.state_dict(), protocol=pickle.HIGHEST_PROTOCOL)
+        return copy.deepcopy(self.run.loader.state_dict())
 
     def fetch(self, accum: int, stop: StopRequest) -> tuple[list, DataSourceError | None, bool]:
         """The step's micro-batches, or those fetched before the source failed and its error;

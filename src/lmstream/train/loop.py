@@ -14,7 +14,6 @@ and norms cross to the host only at log steps.
 from __future__ import annotations
 
 import math
-import pickle
 import time
 from dataclasses import dataclass
 
@@ -225,7 +224,7 @@ class Trainer:
                 if failed:
                     self._save_after_source_failure(micro, failure)
                 if cut:  # this step is abandoned: every rank saves the last finished one
-                    return self._save_after_stop(stop, None if inexact else pickle.loads(position))
+                    return self._save_after_stop(stop, None if inexact else position)
                 epoch, stopping = int(epoch), bool(stopping)
                 if not busy:  # every rank has used up its part: the epoch is complete
                     run.loader.end_pass()
