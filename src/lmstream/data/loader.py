@@ -70,6 +70,14 @@ __all__ = [
 
 STATE_VERSION = 2  # 2: per-pass epochs (epoch, drained, worker "done")
 
+# The settings that decide which documents a pass holds and where the holdout ends (keys of
+# ``DataPlan.identity``): a saved position means nothing once one of them changes. How the
+# source is read (stream_batch_size, retries) may change.
+_SOURCE_KEYS = (
+    "mode", "dataset", "subset", "revision", "data_files", "split", "text_field",
+    "validation_split", "max_samples", "max_chars", "train",
+)  # fmt: skip
+
 
 def _worker_init(_worker_id: int) -> None:
     # One tokenizer thread per worker process (docs/ARCHITECTURE.md, decision 7): the workers are the
@@ -196,6 +204,7 @@ class TrainLoader:
             drained, epoch = False, epoch + 1
         return {
             **self._meta(),
+            "source": self._source(),
             "rank": self.dataset.settings.rank,
             "skipped": dict(self._skipped),
             "epoch": epoch,
@@ -204,6 +213,15 @@ class TrainLoader:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        version = state.get("version")
+        if version != STATE_VERSION:
+            which = "an older" if (version or 0) < STATE_VERSION else "a newer"
+            raise CheckpointError(
+                f"the checkpoint's data state (version {version}) was written by {which} "
+                f"lmstream whose data order differs (this one reads version {STATE_VERSION}: an "
+                "epoch is a whole pass since issue #20); it cannot resume exactly: finish that run "
+                "with the lmstream that wrote it, or start a new run without --resume"
+            )
         saved = {k: state.get(k) for k in self._meta()}
         if saved != self._meta():
             diff = ", ".join(
@@ -214,11 +232,34 @@ class TrainLoader:
                 "with the same number of ranks, data.num_workers, data.shuffle_buffer_size and "
                 "runtime.seed"
             )
+        self._check_source(state.get("source"))
         self._skipped = {int(k): dict(v) for k, v in state.get("skipped", {}).items()}
         self.epoch, self._drained = int(state["epoch"]), bool(state["drained"])
         self._advance = False
         if state["loader"] is not None:
             self._loader.load_state_dict(state["loader"])
+
+    def _source(self) -> dict:
+        identity = self.dataset.settings.plan.identity
+        return {k: identity[k] for k in _SOURCE_KEYS if k in identity}
+
+    def _check_source(self, saved: dict | None) -> None:
+        """Refuse a resume whose source settings changed (e.g. orchestrate re-run with another
+        --max-chars or --max-samples): the saved positions would point at other documents and
+        the holdout could move into training. A state saved without them is not checked."""
+        current = self._source()
+        if saved is None or saved == current:
+            return
+        diff = "; ".join(
+            f"{k}: {saved.get(k)!r} -> {current.get(k)!r}"
+            for k in _SOURCE_KEYS
+            if saved.get(k) != current.get(k)
+        )
+        raise CheckpointError(
+            f"the training source changed since the checkpoint ({diff}); its data position "
+            "would point at other documents: restore streaming_config.json / data.train_shards, "
+            "or start a new run without --resume"
+        )
 
 
 def _stop_workers(it: Any) -> None:
