@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from tests.distributed.support import JOB_TIMEOUT_S, job_env, metrics, run_job, tiny_config
 from tests.support.doc_trace import docs, write_uneven
-from tests.support.training import write_run
+from tests.support.training import pass_tokens, write_run
 
 from lmstream.tokenizer import save_tokenizer, train_bpe
 from lmstream.train import checkpoint as ckpt
@@ -56,6 +56,10 @@ def test_total_epochs_on_two_ranks(corpus, tmp_path):
     steps = [json.loads((p / ckpt.MANIFEST_FILE).read_text())["step"]
              for p in ckpt.list_checkpoints(run_dir / "checkpoints")]  # fmt: skip
     assert steps == evals
+    # Padding and a drained rank's idle micro-batches are not tokens seen: both passes' real
+    # tokens over both ranks (before, every step counted as full).
+    per_pass = sum(pass_tokens(config, rank, 2)[1] for rank in (0, 1))
+    assert trainer["state"]["tokens_seen"] == 2 * per_pass
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
 """Shared builders for the end-to-end, distributed and reliability tests: a tiny KJV corpus with
-its tokenizer, dotted-key overrides of a config dict, and a run folder holding training.yaml."""
+its tokenizer, dotted-key overrides of a config dict, a run folder holding training.yaml, and
+what one pass of a run's training loader holds."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ import torch
 import yaml
 
 from lmstream.cli import main as cli_main
+from lmstream.config import load_training_config
 from lmstream.corpus import kjv_documents
-from lmstream.tokenizer import save_tokenizer, train_bpe
+from lmstream.data.loader import build_train_loader
+from lmstream.tokenizer import load_tokenizer, save_tokenizer, train_bpe
 
 
 def write_kjv_corpus(root: Path, n_docs: int, vocab_size: int) -> Path:
@@ -104,3 +107,21 @@ def short_document_files(corpus: Path, parts: int) -> dict[str, bytes]:
     sentences = [s.strip() + "." for p in paragraphs for s in p.split(".") if len(s.strip()) > 20]
     lines = [json.dumps({"text": s}).encode() + b"\n" for s in sentences]
     return {f"part-{k:03d}.jsonl": b"".join(lines[k::parts]) for k in range(parts)}
+
+
+def pass_tokens(config: Path, rank: int = 0, world_size: int = 1) -> tuple[int, int]:
+    """(micro-batches, real target tokens) in one pass of ``rank``'s training loader for the
+    run whose training.yaml is ``config`` (padding of a worker's final batch not counted)."""
+    cfg = load_training_config(config)
+    tokenizer = load_tokenizer(cfg.tokenizer.tokenizer_json)
+    loader = build_train_loader(cfg, tokenizer, config.parent, rank=rank, world_size=world_size)
+    micro = tokens = 0
+    try:
+        for batch in loader:
+            if batch.epoch > 0:
+                break
+            micro += 1
+            tokens += int((batch.targets != -100).sum())
+    finally:
+        loader.close()  # its worker processes end now, not when collected
+    return micro, tokens

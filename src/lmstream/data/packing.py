@@ -46,6 +46,11 @@ class Batch:
         rows = torch.as_tensor(rows, dtype=torch.long)
         return cls(rows[:, :-1].contiguous(), rows[:, 1:].contiguous(), int(epoch))
 
+    @property
+    def tokens(self) -> int:
+        """Real target tokens: padding (-100) and idle batches (weight 0) count for nothing."""
+        return round(self.weight * int((self.targets != -100).sum()))
+
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         return Batch(
             self.inputs.to(device, non_blocking=non_blocking),

@@ -129,7 +129,7 @@ class _Clock:
     tenth of the real training throughput (issue #22)."""
 
     start: float
-    tokens: int = 0
+    tokens: int = 0  # real tokens (padding and idle micro-batches excluded), all ranks
     data_wait: float = 0.0
     paused: float = 0.0
 
@@ -156,6 +156,7 @@ class Trainer:
         self.peak = peak_flops(self.device, rt.peak_tflops, kind)  # of the precision in use
         self.fetcher = StepFetcher(run)
         self._saved_step: int | None = None
+        self._evaluated_step: int | None = None
         self._parent = run.lineage_parent  # the checkpoint the next one continues from
         self._start = run.state.step  # 0, or the step resumed from (already on disk)
         # Sharded (FSDP) saves are collective and stay synchronous.
@@ -210,7 +211,7 @@ class Trainer:
                 # a fetch cut short by a signal and on whether any rank still has data this
                 # pass: all then take the same branches below, so no rank waits in a collective
                 # that its peers skip.
-                epoch, stopping, failed, busy, cut, inexact = dist.agree_max(
+                epoch, stopping, failed, busy, cut, inexact, partial = dist.agree_max(
                     [
                         max((b.epoch for b in micro), default=0),
                         stop.requested,
@@ -218,6 +219,7 @@ class Trainer:
                         any(b.weight > 0 for b in micro),
                         cut,
                         position is None,
+                        any(b.tokens < b.targets.numel() for b in micro),
                     ],
                     self.device,
                 )
@@ -248,8 +250,14 @@ class Trainer:
                     self.cfg.optimizer.max_grad_norm,
                 )
                 st.micro_batches_seen += accum
-                st.tokens_seen += tokens_per_step
-                clock.tokens += tokens_per_step
+                # A pass's last steps hold padding and idle micro-batches: count real tokens
+                # (one more collective, only at those steps, which every rank sees as partial).
+                real = tokens_per_step
+                if partial:
+                    local = torch.tensor([sum(b.tokens for b in micro)], dtype=torch.float64)
+                    real = int(dist.all_reduce_sum(local.to(self.device)).item())
+                st.tokens_seen += real
+                clock.tokens += real
                 if not ok:
                     self._on_nonfinite(loss)
                     continue
@@ -390,15 +398,18 @@ class Trainer:
         end comes after its last step (``epoch_ended``): only the per-epoch settings apply."""
         rt, st = self.cfg.runtime, self.run.state
         ev, ck = rt.evaluation, rt.checkpoint
-        if final and self._saved_step == st.step:
-            return  # the last step was already evaluated and saved
         steps = not epoch_ended  # the per-step settings were applied at this step already
         want_eval = final or (steps and self._due(st.step, ev.every_n_steps))
         want_eval |= epoch_ended and self._due(st.epoch, ev.every_n_epochs)
         want_save = final or stopping or (steps and self._due(st.step, ck.every_n_steps))
         want_save |= epoch_ended and self._due(st.epoch, ck.every_n_epochs)
-        want_save &= not (epoch_ended and self._saved_step == st.step)  # saved at this step
-        val = self._evaluate() if want_eval and not stopping else None
+        # A step comes here again at its epoch's end and when the run ends by epochs: what was
+        # done for it is not redone (the final evaluation still runs if it was only saved).
+        want_save &= self._saved_step != st.step
+        want_eval &= self._evaluated_step != st.step
+        val = None
+        if want_eval and not stopping:
+            val, self._evaluated_step = self._evaluate(), st.step
         keep_best = False
         if val is not None and math.isfinite(val):
             self._report(self.writer.wait())  # earlier writes settled before best is judged

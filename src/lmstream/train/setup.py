@@ -92,17 +92,14 @@ def _measure_steps_per_epoch(cfg: TrainingConfig, tokenizer, run_dir: Path, env)
         micro += 1
     # Ranks' parts of the stream differ in length: an epoch lasts as long as the longest (the
     # others step on idle batches meanwhile, see lmstream.data.loader), its last step maybe
-    # partly idle.
+    # partly idle, so a pass shorter than one step is one step.
     micro = int(dist.agree_max([micro], env.device)[0])
-    accum = cfg.data.gradient_accumulation_steps
-    steps = -(-micro // accum) if micro >= accum else 0
-    if steps == 0:
+    if micro == 0:
         raise ConfigError(
-            "scheduler.total_epochs: one epoch holds fewer batches than one optimizer step "
-            f"({micro} micro-batches < gradient_accumulation_steps "
-            f"{cfg.data.gradient_accumulation_steps}); add data or lower batch settings"
+            "scheduler.total_epochs: one epoch holds no batches; add data or lower "
+            "data.validation_documents"
         )
-    return steps
+    return -(-micro // cfg.data.gradient_accumulation_steps)
 
 
 def build_run(
