@@ -160,7 +160,10 @@ def test_source_down_mid_run_checkpoints_every_rank_and_resumes_exactly(
     monkeypatch.setenv(sources.MAX_RETRIES_ENV, "2")
     lines = (corpus / "train.jsonl").read_bytes().splitlines(keepends=True)
     files = {f"part-{k}.jsonl": b"".join(lines[k::4]) for k in range(4)}
-    steps = 300  # the second pass over the files begins around step 200
+    # A pass is about 200 steps. A shuffled pass fetches its (small) files when it opens them;
+    # the second pass re-opens each file mid-pass (it reads it from a drawn point first) and the
+    # third opens them all again at its start: the source goes down between those moments.
+    steps = 500
 
     def streaming_job(run_dir: Path, server: FileServer) -> Path:
         cfg = tiny_config(corpus, **{"scheduler.total_steps": steps, "data.train_shards": []})
@@ -168,8 +171,6 @@ def test_source_down_mid_run_checkpoints_every_rank_and_resumes_exactly(
         cfg["runtime"]["evaluation"]["every_n_steps"] = None
         config = write_run(run_dir, cfg)
         urls = [server.url(name) for name in files]
-        # Small source reads, so each rank (reading every file, one after another) opens the
-        # later files mid-pass, after the source went down.
         streaming = {"dataset": urls[0], "data_files": urls, "split": "train",
                      "stream_batch_size": 20}  # fmt: skip
         (run_dir / "streaming_config.json").write_text(json.dumps(streaming))
@@ -182,7 +183,7 @@ def test_source_down_mid_run_checkpoints_every_rank_and_resumes_exactly(
         run_dir = tmp_path / "run"
         config = streaming_job(run_dir, server)
         proc = start_job("train", "--config", str(config))
-        wait_for_step(run_dir, proc, 10)  # the first pass is open: its files are being read
+        wait_for_step(run_dir, proc, 215, timeout=300)  # in the second pass, after its start
         server.faults = Faults(kinds=("503",), rate=1.0)  # down from now on
         out, _ = finish(proc, time.monotonic())
         assert proc.returncode != 0, out
