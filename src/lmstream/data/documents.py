@@ -220,15 +220,9 @@ class TextSource:
             text = next(self._it, None)
             if text is None:
                 break
-            index = (
-                stream.documents - 1 - self.skip_first
-            )  # this document's number after the holdout
-            if index < 0 or index % self.workers != self.worker:
-                continue
-            if self.exclude and document_hash(text) in self.exclude:
-                self._copies += 1
-                continue
-            out.append(text)
+            index = stream.documents - 1 - self.skip_first  # its number after the holdout
+            if index >= 0 and self._keeps(index, text):
+                out.append(text)
         return out
 
     def _read_shuffled(self, n: int) -> list[str]:
@@ -239,10 +233,16 @@ class TextSource:
             if text is None:
                 break
             index, self._dealt = self._dealt, self._dealt + 1
-            if index % self.workers != self.worker:
-                continue
-            if self.exclude and document_hash(text) in self.exclude:
-                self._copies += 1
-                continue
-            out.append(text)
+            if self._keeps(index, text):
+                out.append(text)
         return out
+
+    def _keeps(self, index: int, text: str) -> bool:
+        """Whether pass document ``index`` is this worker's (the round-robin deal) and not a
+        copy of a held-out document (counted when dropped)."""
+        if index % self.workers != self.worker:
+            return False
+        if self.exclude and document_hash(text) in self.exclude:
+            self._copies += 1
+            return False
+        return True

@@ -73,7 +73,7 @@ STATE_VERSION = 2  # 2: per-pass epochs (epoch, drained, worker "done")
 # The settings that decide which documents a pass holds and where the holdout ends (keys of
 # ``DataPlan.identity``): a saved position means nothing once one of them changes. How the
 # source is read (stream_batch_size, retries) may change.
-_SOURCE_KEYS = (
+SOURCE_KEYS = (
     "mode", "dataset", "subset", "revision", "data_files", "split", "text_field",
     "validation_split", "max_samples", "max_chars", "train",
 )  # fmt: skip
@@ -241,7 +241,7 @@ class TrainLoader:
 
     def _source(self) -> dict:
         identity = self.dataset.settings.plan.identity
-        return {k: identity[k] for k in _SOURCE_KEYS if k in identity}
+        return {k: identity[k] for k in SOURCE_KEYS if k in identity}
 
     def _check_source(self, saved: dict | None) -> None:
         """Refuse a resume whose source settings changed (e.g. orchestrate re-run with another
@@ -252,7 +252,7 @@ class TrainLoader:
             return
         diff = "; ".join(
             f"{k}: {saved.get(k)!r} -> {current.get(k)!r}"
-            for k in _SOURCE_KEYS
+            for k in SOURCE_KEYS
             if saved.get(k) != current.get(k)
         )
         raise CheckpointError(

@@ -16,6 +16,7 @@ from torch import nn
 
 from lmstream import distributed as dist
 from lmstream.config import TrainingConfig
+from lmstream.data.loader import SOURCE_KEYS
 from lmstream.errors import CheckpointError
 
 
@@ -162,22 +163,12 @@ def check_resume_config(saved: TrainingConfig, current: TrainingConfig) -> list[
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed]
 
 
-# What the data source must keep on resume (streaming_config.json, or files mode's marker).
-# Changing any of these feeds the resumed run other documents, or another validation set whose
-# val_loss would be compared with the old one's in best/. A later mixture feature may allow
-# some changes (weights): add the rule here, one line each.
-_SOURCE_BREAKING_FIELDS = (
-    "mode",
-    "dataset",
-    "subset",
-    "split",
-    "validation_split",
-    "text_field",
-    "data_files",
-    "revision",
-    "max_samples",
-    "max_chars",
-)
+# What the data source must keep on resume (streaming_config.json, or files mode's marker):
+# the loader's own list, which it also checks against its saved position. Changing any of these
+# feeds the resumed run other documents, or another validation set whose val_loss would be
+# compared with the old one's in best/. A later mixture feature may allow some changes
+# (weights): add the rule in that one list.
+_SOURCE_BREAKING_FIELDS = SOURCE_KEYS
 
 
 def check_resume_data_source(saved: dict | None, current: dict | None) -> list[str]:
