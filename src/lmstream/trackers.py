@@ -175,6 +175,16 @@ class TrackioLogger(TrackerLogger):
         except Exception as exc:
             self._fail("start", exc)
 
+    def _finish(self, run) -> None:
+        # trackio.finish(), not run.finish(): it also clears Trackio's "current run", which
+        # Trackio otherwise finishes a second time at interpreter exit.
+        import trackio
+
+        try:
+            trackio.finish()
+        except RuntimeError:  # no current run in this context: finish ours directly
+            run.finish()
+
     def state_dict(self) -> dict:
         return {"trackio_run_name": self._run_name} if self._run_name is not None else {}
 

@@ -9,24 +9,56 @@ import json
 import os
 import shutil
 import struct
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import pytest
-from tests.support.training import tiny_training_config, write_kjv_corpus, write_run
-from tests.support.training import train_in_process as train  # the real CLI, one thread
+from tests.support.training import (
+    tiny_training_config,
+    train_in_process,
+    write_kjv_corpus,
+    write_run,
+)
 
-wandb = pytest.importorskip("wandb")
-pytest.importorskip("trackio")
-
-# Trackio reads TRACKIO_DIR once, when it is first imported: point it at a scratch folder
-# before any test imports it, so tests never write to the user's ~/.cache.
+# Trackio reads TRACKIO_DIR once, when it is first imported (importorskip imports it): point it
+# at a scratch folder first, so that this process, which reads the runs back, and the training
+# processes, which write them, use the same folder and never the user's ~/.cache.
 if "TRACKIO_DIR" not in os.environ:
     os.environ["TRACKIO_DIR"] = tempfile.mkdtemp(prefix="lmstream-test-trackio-")
     atexit.register(shutil.rmtree, os.environ["TRACKIO_DIR"], True)
 
+wandb = pytest.importorskip("wandb")
+pytest.importorskip("trackio")
+
 pytestmark = pytest.mark.slow
+
+
+def train(config: Path, *extra: str) -> subprocess.CompletedProcess:
+    """`lmstream train` in its own process, as users run it: a tracker library that keeps the
+    process alive after training (an exit handler waiting on a thread or a server) fails here
+    instead of hanging whatever ran it."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "lmstream", "train", "--config", str(config), *extra],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(
+            f"lmstream train did not exit within 300 s; output:\n{exc.stdout}\n{exc.stderr}"
+        )
+
+
+def trained(config: Path, *extra: str) -> str:
+    """Run `lmstream train`, require exit 0, return its stderr."""
+    proc = train(config, *extra)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stderr
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +76,6 @@ def wandb_env(tmp_path: Path, monkeypatch) -> Path:
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     (tmp_path / "wandb-dir").mkdir()
-    # wandb reads WANDB_DIR and the mode once per process (its setup singleton): start each
-    # test from a fresh one, or its runs land in the previous test's folder.
-    wandb.teardown()
     return tmp_path / "wandb-dir"
 
 
@@ -119,7 +148,7 @@ def trackio_by_step(project: str, name: str) -> dict[int, dict]:
 
 
 def test_wandb_and_trackio_get_the_jsonl_metrics_and_resume_continues_the_wandb_run(
-    corpus: Path, tmp_path: Path, wandb_env: Path, capsys
+    corpus: Path, tmp_path: Path, wandb_env: Path
 ) -> None:
     project = f"lmstream-{tmp_path.name}"
     trackers = {
@@ -131,19 +160,16 @@ def test_wandb_and_trackio_get_the_jsonl_metrics_and_resume_continues_the_wandb_
     first_cfg = tiny_training_config(
         corpus, 4, **trackers, **{"runtime.checkpoint.every_n_steps": 2}
     )
-    assert train(write_run(run_dir, first_cfg)) == 0
+    err = trained(write_run(run_dir, first_cfg))
     # Resumed from step 2, as after a crash past the last checkpoint: steps 3-4 are logged again.
     resume_from = str(run_dir / "checkpoints" / "step-00000002")
-    assert (
-        train(
-            write_run(run_dir, tiny_training_config(corpus, 6, **trackers)),
-            "--resume",
-            resume_from,
-            "--rollback",  # step 4 exists: going back to step 2 is a rollback
-        )
-        == 0
+    err += trained(
+        write_run(run_dir, tiny_training_config(corpus, 6, **trackers)),
+        "--resume",
+        resume_from,
+        "--rollback",  # step 4 exists: going back to step 2 is a rollback
     )
-    assert "warning" not in capsys.readouterr().err
+    assert "warning" not in err
 
     expected = jsonl_by_step(run_dir)
     assert sorted(expected) == [1, 2, 3, 4, 5, 6]
@@ -159,7 +185,7 @@ def test_wandb_and_trackio_get_the_jsonl_metrics_and_resume_continues_the_wandb_
 
 
 def test_a_failing_tracker_warns_once_and_training_goes_on(
-    corpus: Path, tmp_path: Path, wandb_env: Path, monkeypatch, capsys
+    corpus: Path, tmp_path: Path, wandb_env: Path, monkeypatch
 ) -> None:
     # Online with no API key and an unreachable server: wandb.init refuses, as for a bad key.
     monkeypatch.setenv("WANDB_MODE", "online")
@@ -177,8 +203,7 @@ def test_a_failing_tracker_warns_once_and_training_goes_on(
         },
     )
     run_dir = tmp_path / "run"
-    assert train(write_run(run_dir, cfg)) == 0
-    err = capsys.readouterr().err
+    err = trained(write_run(run_dir, cfg))
     warnings = [line for line in err.splitlines() if line.startswith("warning:")]
     assert warnings == [
         "warning: W&B start failed (UsageError: No API key configured. Use `wandb login` to "
@@ -197,7 +222,7 @@ def test_a_missing_tracker_package_is_one_line_naming_field_and_extra(
 ) -> None:
     monkeypatch.setitem(sys.modules, module, None)  # what `import` sees without the package
     cfg = tiny_training_config(corpus, 2, **{f"runtime.logging.{field}": section})
-    assert train(write_run(tmp_path / "run", cfg)) == 2
+    assert train_in_process(write_run(tmp_path / "run", cfg)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
         f"lmstream train: error: runtime.logging.{field}: the {module} package is not "
@@ -207,7 +232,7 @@ def test_a_missing_tracker_package_is_one_line_naming_field_and_extra(
 
 
 def test_a_resume_while_wandb_is_down_keeps_the_run_id_for_the_next_resume(
-    corpus: Path, tmp_path: Path, wandb_env: Path, monkeypatch, capsys
+    corpus: Path, tmp_path: Path, wandb_env: Path, monkeypatch
 ) -> None:
     """W&B failing on one resume (no network, key expired) must not lose the run id from the
     checkpoints that resume writes: the next resume, with W&B back, continues the same W&B run
@@ -215,18 +240,18 @@ def test_a_resume_while_wandb_is_down_keeps_the_run_id_for_the_next_resume(
     wandb_cfg = {"runtime.logging.wandb": {"project": "p", "name": "tiny", "mode": "offline"}}
     every = {"runtime.checkpoint.every_n_steps": 2}
     run_dir = tmp_path / "run"
-    assert train(write_run(run_dir, tiny_training_config(corpus, 2, **wandb_cfg, **every))) == 0
+    trained(write_run(run_dir, tiny_training_config(corpus, 2, **wandb_cfg, **every)))
 
     monkeypatch.setenv("WANDB_MODE", "online")  # W&B down: init refuses (no key, no server)
     monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
     down = {"runtime.logging.wandb": {"project": "p", "name": "tiny", "mode": "online"}}
     config = write_run(run_dir, tiny_training_config(corpus, 4, **down, **every))
-    assert train(config, "--resume", str(run_dir / "checkpoints" / "step-00000002")) == 0
-    assert "W&B start failed" in capsys.readouterr().err
+    err = trained(config, "--resume", str(run_dir / "checkpoints" / "step-00000002"))
+    assert "W&B start failed" in err
 
     monkeypatch.setenv("WANDB_MODE", "offline")  # W&B back
     config = write_run(run_dir, tiny_training_config(corpus, 5, **wandb_cfg, **every))
-    assert train(config, "--resume", str(run_dir / "checkpoints" / "step-00000004")) == 0
+    trained(config, "--resume", str(run_dir / "checkpoints" / "step-00000004"))
 
     runs = wandb_runs(wandb_env)
     assert len(runs) == 2 and runs[0][0] == runs[1][0]
