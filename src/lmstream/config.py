@@ -13,22 +13,26 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
-    AfterValidator,
     BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     ValidationInfo,
     model_validator,
 )
 
+from lmstream.config_base import ResolvedGlob, ResolvedPath, _Section
+from lmstream.config_sources import (
+    FilesSourceConfig,
+    StreamSourceConfig,
+    check_mixture,
+    normalised_weights,
+)
 from lmstream.errors import ConfigError
 from lmstream.workspace import BEST, CHECKPOINTS, METRICS
 
@@ -36,35 +40,6 @@ EOT_TOKEN = "<|endoftext|>"  # the document separator, the one special token the
 PAD_TOKEN = "<|pad|>"
 SPECIAL_TOKENS_DEFAULT = [EOT_TOKEN, PAD_TOKEN]
 DEFAULT_ROPE_THETA = 10000.0
-
-
-def _resolve_path(value: Path, info: ValidationInfo) -> Path:
-    """Relative paths resolve against the folder of the file they were written in."""
-    value = Path(value).expanduser()
-    base = (info.context or {}).get("base_dir")
-    if not value.is_absolute() and base is not None:
-        value = Path(base) / value
-    # normpath (not resolve): "a/../b" and "b" are the same file, symlinks stay as written.
-    return Path(os.path.normpath(Path(value).absolute())) if base is not None else value
-
-
-ResolvedPath = Annotated[Path, AfterValidator(_resolve_path)]
-
-
-def _resolve_glob(value: str, info: ValidationInfo) -> str:
-    """Like ResolvedPath for file globs and URLs (URLs and hub paths are left alone)."""
-    if "://" in value:
-        return value
-    return str(_resolve_path(Path(value), info))
-
-
-ResolvedGlob = Annotated[str, AfterValidator(_resolve_glob)]
-
-
-class _Section(BaseModel):
-    """Base for every section: unknown keys are errors, assignments are validated."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
 
 # --------------------------------------------------------------------------------------- model
@@ -200,6 +175,10 @@ class DataConfig(_Section):
     validation_shards: list[ResolvedGlob] = Field(
         default_factory=list, description="Files mode only: validation files or globs."
     )
+    mixture: list[FilesSourceConfig] | None = Field(
+        default=None,
+        description="Files mode only, instead of train_shards: several sources, each with name, weight (token share), train_shards and validation_shards.",
+    )
     batch_size: int = Field(ge=1, description="Sequences per micro-batch per rank.")
     gradient_accumulation_steps: int = Field(
         default=1, ge=1, description="Micro-batches per optimizer step."
@@ -224,6 +203,20 @@ class DataConfig(_Section):
         ge=0,
         description="Documents held out for validation when the source has no validation split: the first N clean documents (within streaming_config.json's max_samples); orchestrate sizes it from --max-samples (5%, at most 1,000).",
     )
+
+    @model_validator(mode="after")
+    def _check_mixture(self) -> DataConfig:
+        if self.mixture is not None:
+            if self.train_shards or self.validation_shards:
+                raise ValueError(
+                    "data.mixture: give the files under each source's train_shards and "
+                    "validation_shards, not also data.train_shards/validation_shards"
+                )
+            try:
+                check_mixture(self.mixture)
+            except ValueError as exc:
+                raise ValueError(f"data.mixture: {exc}") from None
+        return self
 
 
 # ----------------------------------------------------------------------------------- optimizer
@@ -513,11 +506,17 @@ class TrainingConfig(_Section):
 class StreamingConfig(_Section):
     """streaming_config.json, written by `lmstream orchestrate --stream` beside training.yaml."""
 
-    version: int = Field(default=1, description="Schema version of this file.")
+    version: Literal[1, 2] = Field(
+        default=1,
+        description="Schema version of this file: 1 = one source, its fields at the top level; 2 = a mixture, its sources under `sources`.",
+    )
     streaming: bool = Field(
         default=True, description="Stream from the source while training (always true here)."
     )
-    dataset: str = Field(description="Hub dataset id, local file/glob/folder, or http(s) URL.")
+    dataset: str | None = Field(
+        default=None,
+        description="Version 1: hub dataset id, local file/glob/folder, or http(s) URL.",
+    )
     subset: str | None = Field(
         default=None, description="The dataset's configuration name (hub `name`)."
     )
@@ -530,6 +529,10 @@ class StreamingConfig(_Section):
         default=None, description="Explicit data files (local paths or URLs) for the source."
     )
     revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit).")
+    sources: list[StreamSourceConfig] | None = Field(
+        default=None,
+        description="Version 2: the mixture's sources, each with name, weight and the per-source fields above (dataset, subset, split, validation_split, text_field, data_files, revision, max_samples).",
+    )
     trust_remote_code: bool = Field(
         default=False,
         description="Allow the dataset's own loading script (only when asked on the command line).",
@@ -552,6 +555,45 @@ class StreamingConfig(_Section):
         default=None, description="Folder of the experiment's tokenizer files."
     )
     experiment: str | None = Field(default=None, description="Experiment name.")
+
+    @model_validator(mode="after")
+    def _check_version(self) -> StreamingConfig:
+        if self.version == 1:
+            if self.sources is not None:
+                raise ValueError("sources: a mixture needs version: 2")
+            if self.dataset is None:
+                raise ValueError("dataset: missing (the source to stream)")
+            return self
+        misplaced = sorted(_PER_SOURCE_FIELDS & self.model_fields_set)
+        if misplaced:
+            raise ValueError(
+                f"{misplaced[0]}: version 2 gives each source its own fields under `sources`"
+            )
+        if not self.sources:
+            raise ValueError("sources: version 2 needs a non-empty list of sources")
+        try:
+            check_mixture(self.sources)
+        except ValueError as exc:
+            raise ValueError(f"sources: {exc}") from None
+        return self
+
+    def source_list(self) -> list[StreamSourceConfig]:
+        """The sources, named: version 1's one source (weight 1) or version 2's list."""
+        if self.sources is not None:
+            return list(self.sources)
+        one = StreamSourceConfig(**{f: getattr(self, f) for f in _PER_SOURCE_FIELDS})
+        check_mixture([one])
+        return [one]
+
+    def weights(self) -> list[float]:
+        """The sources' token proportions (sum 1), in source_list() order."""
+        return normalised_weights(self.source_list())
+
+
+_PER_SOURCE_FIELDS = frozenset(
+    {"dataset", "subset", "split", "validation_split", "text_field", "data_files", "revision",
+     "max_samples"}
+)  # fmt: skip
 
 
 # --------------------------------------------------------------------------------- load / dump
@@ -685,8 +727,12 @@ def load_streaming_config(path: str | Path) -> StreamingConfig:
 
 
 def dump_streaming_config(cfg: StreamingConfig, path: str | Path) -> None:
+    """Version 1 as it always was (no `sources`); version 2 without the top-level per-source
+    fields, which its sources hold."""
+    exclude = {"sources"} if cfg.version == 1 else set(_PER_SOURCE_FIELDS)
     Path(path).write_text(
-        json.dumps(cfg.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8"
+        json.dumps(cfg.model_dump(mode="json", exclude=exclude), indent=2) + "\n",
+        encoding="utf-8",
     )
 
 

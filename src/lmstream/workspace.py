@@ -41,21 +41,38 @@ def resolve_workspace(flag: str | os.PathLike | None = None) -> Path:
     return Path(chosen).expanduser().absolute()
 
 
-def check_experiment_name(name: str) -> str:
-    """Return ``name`` if it is a safe single folder name, else raise a ConfigError saying why."""
+def name_problem(name: str) -> str | None:
+    """Why ``name`` is not a safe single folder (or metric) name, or None when it is."""
     if not name:
-        raise ConfigError("--experiment: the experiment name is empty")
+        return "is empty"
     if "/" in name or "\\" in name or os.sep in name:
-        raise ConfigError(
-            f"--experiment: {name!r} contains a path separator; use a plain name like 'my-run'"
-        )
+        return f"{name!r} contains a path separator; use a plain name like 'my-run'"
     if ".." in name:
-        raise ConfigError(f"--experiment: {name!r} contains '..'; use a plain name like 'my-run'")
+        return f"{name!r} contains '..'; use a plain name like 'my-run'"
     if not _NAME_RE.match(name):
-        raise ConfigError(
-            f"--experiment: {name!r} is not a valid name; use 1-128 letters, digits, '.', '_' or '-', "
+        return (
+            f"{name!r} is not a valid name; use 1-128 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
         )
+    return None
+
+
+def check_experiment_name(name: str) -> str:
+    """Return ``name`` if it is a safe single folder name, else raise a ConfigError saying why."""
+    problem = name_problem(name)
+    if problem == "is empty":
+        raise ConfigError("--experiment: the experiment name is empty")
+    if problem is not None:
+        raise ConfigError(f"--experiment: {problem}")
+    return name
+
+
+def check_name(name: str, what: str) -> str:
+    """Like check_experiment_name for other names (a mixture's sources): ValueError, so that a
+    config schema reports it at the field."""
+    problem = name_problem(name)
+    if problem is not None:
+        raise ValueError(f"the {what} {problem}" if problem == "is empty" else problem)
     return name
 
 

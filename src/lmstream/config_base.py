@@ -1,0 +1,39 @@
+"""The building blocks every config section shares: strict sections and paths that resolve
+against the folder of the file they were written in."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo
+
+
+def _resolve_path(value: Path, info: ValidationInfo) -> Path:
+    """Relative paths resolve against the folder of the file they were written in."""
+    value = Path(value).expanduser()
+    base = (info.context or {}).get("base_dir")
+    if not value.is_absolute() and base is not None:
+        value = Path(base) / value
+    # normpath (not resolve): "a/../b" and "b" are the same file, symlinks stay as written.
+    return Path(os.path.normpath(Path(value).absolute())) if base is not None else value
+
+
+ResolvedPath = Annotated[Path, AfterValidator(_resolve_path)]
+
+
+def _resolve_glob(value: str, info: ValidationInfo) -> str:
+    """Like ResolvedPath for file globs and URLs (URLs and hub paths are left alone)."""
+    if "://" in value:
+        return value
+    return str(_resolve_path(Path(value), info))
+
+
+ResolvedGlob = Annotated[str, AfterValidator(_resolve_glob)]
+
+
+class _Section(BaseModel):
+    """Base for every section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)

@@ -1,0 +1,155 @@
+"""The sources of a data mixture: one schema for streaming_config.json version 2's ``sources``
+(streamed datasets) and training.yaml's ``data.mixture`` (files mode), with the rules they share:
+names default to the dataset's last path component and are made unique, weights are finite,
+non-negative and not all zero, and are normalised to token proportions.
+
+Version 1 of streaming_config.json (one source, its fields at the top level) is read as a
+mixture of that one source with weight 1, so the loader only ever sees a list of sources.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import PurePosixPath
+
+from pydantic import Field, field_validator
+
+from lmstream.config_base import ResolvedGlob, _Section
+from lmstream.workspace import check_name
+
+# Extensions dropped from a dataset's last path component to name it (several may stack:
+# "wiki.jsonl.gz" -> "wiki").
+_DATA_EXTENSIONS = {
+    ".jsonl", ".json", ".txt", ".parquet", ".csv", ".tsv", ".arrow",
+    ".gz", ".zst", ".bz2", ".xz", ".lz4", ".bin", ".npy", ".tokens",
+}  # fmt: skip
+_GLOB_CHARS = re.compile(r"[*?\[\]{}]")
+
+
+class _SourceCommon(_Section):
+    """What every source of a mixture has besides where its data lives."""
+
+    name: str | None = Field(
+        default=None,
+        description="The source's name in metrics (val_loss/NAME, tokens_seen/NAME); null = the dataset's last path component without extensions, made unique with -2, -3.",
+    )
+    weight: float = Field(
+        default=1.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="Share of the training tokens (weights are normalised to sum to 1).",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_name(value, "source name")
+        return value
+
+
+class StreamSourceConfig(_SourceCommon):
+    """One streamed source: everything a version-1 streaming_config.json holds for its one
+    source, plus ``name`` and ``weight``."""
+
+    dataset: str = Field(description="Hub dataset id, local file/glob/folder, or http(s) URL.")
+    subset: str | None = Field(
+        default=None, description="The dataset's configuration name (hub `name`)."
+    )
+    split: str = Field(default="train", description="Split to train on.")
+    validation_split: str | None = Field(
+        default=None, description="Split to validate on; null = a fixed holdout from the stream."
+    )
+    text_field: str = Field(default="text", description="Record field holding the document text.")
+    data_files: list[str] | None = Field(
+        default=None, description="Explicit data files (local paths or URLs) for the source."
+    )
+    revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit).")
+    max_samples: int | None = Field(
+        default=None,
+        ge=1,
+        description="Documents per pass of this source: its first N clean documents; null = the whole (possibly endless) stream.",
+    )
+
+    @property
+    def location(self) -> str:
+        """What names the source by default: its files when it is given by files."""
+        return self.data_files[0] if self.data_files else self.dataset
+
+
+class FilesSourceConfig(_SourceCommon):
+    """One source of a files-mode mixture (training.yaml ``data.mixture``)."""
+
+    train_shards: list[ResolvedGlob] = Field(
+        min_length=1,
+        description="Local files or globs (txt, jsonl, parquet, csv, .gz/.zst) or token shards of this source.",
+    )
+    validation_shards: list[ResolvedGlob] = Field(
+        default_factory=list,
+        description="This source's validation files or globs; empty = a holdout of its first documents.",
+    )
+
+    @property
+    def location(self) -> str:
+        return self.train_shards[0]
+
+
+def default_source_name(location: str) -> str:
+    """The dataset's last path component without extensions: ``HuggingFaceFW/fineweb-edu`` ->
+    ``fineweb-edu``, ``/data/shakespeare.jsonl`` -> ``shakespeare``, ``/data/web/*.jsonl`` ->
+    ``web`` (a glob names its folder). Characters a name may not hold become ``-``."""
+    path = location.split("://", 1)[-1].split("?", 1)[0].rstrip("/")
+    parts = [p for p in PurePosixPath(path.replace("\\", "/")).parts if p not in ("/", "")]
+    while parts and _GLOB_CHARS.search(parts[-1]):
+        parts.pop()
+    stem = parts[-1] if parts else "source"
+    while (suffix := PurePosixPath(stem).suffix.lower()) in _DATA_EXTENSIONS and stem != suffix:
+        stem = stem[: -len(suffix)]
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-.") or "source"
+    if not stem[0].isalnum():
+        stem = "s" + stem
+    return stem[:128]
+
+
+def name_sources(sources: list[_SourceCommon]) -> list[str]:
+    """Each source's name: its own, else the default from its location; defaults that collide
+    get ``-2``, ``-3``. Raises ValueError for two sources given the same name."""
+    given = [s.name for s in sources if s.name is not None]
+    duplicates = sorted({n for n in given if given.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"duplicate source name {duplicates[0]!r}; give each source its own name")
+    taken = set(given)
+    names = []
+    for source in sources:
+        if source.name is not None:
+            names.append(source.name)
+            continue
+        base = default_source_name(source.location)
+        name, k = base, 1
+        while name in taken:
+            k += 1
+            name = f"{base}-{k}"
+        taken.add(name)
+        names.append(name)
+    return names
+
+
+def normalised_weights(sources: list[_SourceCommon]) -> list[float]:
+    """Weights as token proportions summing to 1; ValueError when they sum to zero."""
+    total = math.fsum(s.weight for s in sources)
+    if not total > 0:
+        raise ValueError(
+            "the source weights sum to zero; give at least one source a weight above 0"
+        )
+    return [s.weight / total for s in sources]
+
+
+def check_mixture(sources: list[_SourceCommon]) -> None:
+    """Fill in each source's name (in place) and check the weights; ValueError says what is wrong."""
+    if not sources:
+        raise ValueError("a mixture needs at least one source")
+    names = name_sources(sources)
+    normalised_weights(sources)
+    for source, name in zip(sources, names, strict=True):
+        source.name = name

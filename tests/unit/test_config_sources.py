@@ -1,0 +1,126 @@
+"""The mixture schema: default source names, unique names, weights, streaming_config versions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from tests.support.training import tiny_training_config
+
+from lmstream.config import (
+    dump_streaming_config,
+    load_streaming_config,
+    parse_training_config,
+)
+from lmstream.config_sources import default_source_name
+from lmstream.errors import ConfigError
+
+
+@pytest.mark.parametrize(
+    ("location", "name"),
+    [
+        ("HuggingFaceFW/fineweb-edu", "fineweb-edu"),
+        ("/data/shakespeare.jsonl", "shakespeare"),
+        ("/data/wiki.jsonl.gz", "wiki"),
+        ("/data/web/*.jsonl", "web"),
+        ("https://example.org/files/code.parquet?download=1", "code"),
+        ("s3://bucket/math/part-*.jsonl.zst", "math"),
+        ("/data/my corpus.txt", "my-corpus"),
+    ],
+)
+def test_a_source_is_named_after_its_last_path_component(location: str, name: str) -> None:
+    assert default_source_name(location) == name
+
+
+def write(path: Path, data: dict) -> Path:
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_version_2_names_sources_uniquely_and_normalises_weights(tmp_path: Path) -> None:
+    cfg = load_streaming_config(
+        write(
+            tmp_path / "sc.json",
+            {
+                "version": 2,
+                "sources": [
+                    {"dataset": "/a/web.jsonl", "weight": 3},
+                    {"dataset": "/b/web.jsonl", "weight": 1},
+                    {"dataset": "org/code", "name": "code", "weight": 0},
+                ],
+            },
+        )
+    )
+    assert [s.name for s in cfg.source_list()] == ["web", "web-2", "code"]
+    assert cfg.weights() == [0.75, 0.25, 0.0]
+    dump_streaming_config(cfg, tmp_path / "again.json")
+    written = json.loads((tmp_path / "again.json").read_text())
+    assert "dataset" not in written and len(written["sources"]) == 3
+    assert load_streaming_config(tmp_path / "again.json") == cfg
+
+
+def test_version_1_is_one_source_and_dumps_as_before(tmp_path: Path) -> None:
+    data = {"dataset": "HuggingFaceFW/fineweb", "max_samples": 10}
+    cfg = load_streaming_config(write(tmp_path / "sc.json", data))
+    (only,) = cfg.source_list()
+    assert (only.name, only.dataset, only.max_samples, cfg.weights()) == (
+        "fineweb", "HuggingFaceFW/fineweb", 10, [1.0]
+    )  # fmt: skip
+    dump_streaming_config(cfg, tmp_path / "again.json")
+    written = json.loads((tmp_path / "again.json").read_text())
+    assert "sources" not in written and written["dataset"] == "HuggingFaceFW/fineweb"
+
+
+@pytest.mark.parametrize(
+    ("sources", "message"),
+    [
+        ([{"dataset": "a", "weight": -1}], "sources.0.weight"),
+        ([{"dataset": "a", "weight": 0}], "sum to zero"),
+        ([{"dataset": "a", "weight": "nan"}], "sources.0.weight"),
+        (
+            [{"dataset": "a", "name": "x"}, {"dataset": "b", "name": "x"}],
+            "duplicate source name 'x'",
+        ),
+        ([{"dataset": "a", "name": "../x"}], "contains a path separator"),
+        ([{"dataset": "a", "colour": "red"}], "sources.0.colour"),
+        ([], "non-empty list"),
+    ],
+)
+def test_bad_mixtures_are_one_line_naming_the_field(
+    tmp_path: Path, sources: list, message: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_streaming_config(write(tmp_path / "sc.json", {"version": 2, "sources": sources}))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_version_2_refuses_top_level_source_fields(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="dataset: version 2 gives each source"):
+        load_streaming_config(
+            write(
+                tmp_path / "sc.json", {"version": 2, "dataset": "a", "sources": [{"dataset": "b"}]}
+            )
+        )
+    with pytest.raises(ConfigError, match="sources: a mixture needs version: 2"):
+        load_streaming_config(
+            write(tmp_path / "sc.json", {"dataset": "a", "sources": [{"dataset": "b"}]})
+        )
+    with pytest.raises(ConfigError, match="dataset: missing"):
+        load_streaming_config(write(tmp_path / "sc.json", {}))
+
+
+def test_files_mode_mixture_in_training_yaml(tmp_path: Path) -> None:
+    cfg = tiny_training_config(tmp_path / "unused.jsonl", 2)
+    cfg["data"].pop("train_shards", None)
+    cfg["data"]["mixture"] = [
+        {"train_shards": ["web/*.jsonl"], "weight": 2},
+        {"train_shards": ["code.jsonl"], "validation_shards": ["code-val.jsonl"]},
+    ]
+    parsed = parse_training_config(cfg, tmp_path)
+    mixture = parsed.data.mixture
+    assert [s.name for s in mixture] == ["web", "code"]
+    assert mixture[0].train_shards == [str(tmp_path / "web" / "*.jsonl")]
+    cfg["data"]["train_shards"] = ["x.jsonl"]
+    with pytest.raises(ConfigError, match="data.mixture: give the files under each source"):
+        parse_training_config(cfg, tmp_path)
