@@ -110,6 +110,22 @@ class SourceSpec:
         )
 
     @classmethod
+    def from_source(cls, source: Any, cfg: Any, cache_dir: str | Path | None = None) -> SourceSpec:
+        """One source of a mixture (a StreamSourceConfig) with the file-wide settings of its
+        streaming_config.json (batch size, longest document, remote code)."""
+        return cls(
+            path=source.dataset,
+            subset=source.subset,
+            data_files=tuple(source.data_files) if source.data_files else None,
+            text_field=source.text_field,
+            revision=source.revision,
+            trust_remote_code=cfg.trust_remote_code,
+            cache_dir=str(cache_dir) if cache_dir else None,
+            batch_size=cfg.stream_batch_size,
+            max_chars=cfg.max_chars,
+        )
+
+    @classmethod
     def from_files(
         cls, globs: list[str], text_field: str = "text", cache_dir: str | Path | None = None
     ) -> SourceSpec:
