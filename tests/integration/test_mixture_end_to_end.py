@@ -1,6 +1,7 @@
 """A mixture from the command line to a trained run: `lmstream orchestrate --stream --dataset A
 --dataset B --weights 0.75 0.25` and then `lmstream train` on what it wrote, on local files and on
-a hub id served by the loopback Hub stand-in (tests/support/hub_server.py, via HF_ENDPOINT).
+a hub id served by the loopback Hub stand-in (tests/support/hub_server.py, via HF_ENDPOINT):
+README's worked example, run as written.
 
 The training half needs the loader's side of mixtures (lmstream.data.mixture); where that is not
 installed, the test stops after orchestrate with a skip that says so.
@@ -10,7 +11,8 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +28,7 @@ from lmstream.config import load_streaming_config
 from lmstream.corpus import kjv_documents
 
 pytestmark = pytest.mark.slow
+README = Path(__file__).resolve().parents[2] / "README.md"
 WEIGHTS = ("0.75", "0.25")
 # orchestrate's tiny recipe cut to a seconds-long run with evaluation and checkpoint at its end
 SHORT = {
@@ -89,15 +92,27 @@ def test_local_files(tmp_path, capsys):
     assert set(seen) == {"prose", "code"} and seen["prose"] > seen["code"] > 0
 
 
-def test_hub_id_through_the_stand_in(tmp_path):
-    """One source is a hub dataset (streamed from the stand-in by id, as from the Hub), the
-    other a local file; both commands run as subprocesses, as huggingface_hub reads its endpoint
-    once, at import."""
+def readme_example() -> list[list[str]]:
+    """The commands of README.md's worked example (its "Data mixtures" section's sh block)."""
+    text = README.read_text(encoding="utf-8").split("## Data mixtures", 1)[1]
+    block = re.search(r"```sh\n(.*?)```", text, flags=re.S).group(1)
+    return [shlex.split(line) for line in block.replace("\\\n", " ").splitlines() if line]
+
+
+def test_readme_example_with_a_hub_id_through_the_stand_in(tmp_path):
+    """README's worked example as written (a hub id and a local file), its hub dataset served by
+    the stand-in under the same id; /workspace is a temporary folder, orchestrate gets
+    --model-size tiny and its training.yaml is cut short. Both commands run as subprocesses, as
+    huggingface_hub reads its endpoint once, at import."""
+    commands = readme_example()
+    assert [c[:2] for c in commands] == [["lmstream", "orchestrate"], ["lmstream", "train"]]
+    ws = tmp_path / "workspace"
+    (ws / "data").mkdir(parents=True)
+    _code(ws / "data" / "code.jsonl")
     prose = _prose(tmp_path / "prose.jsonl").read_bytes().splitlines(keepends=True)
-    code = _code(tmp_path / "code.jsonl")
-    ws = tmp_path / "ws"
+    hub_id = next(a for a in commands[0] if "/" in a and not a.startswith("/"))
     with HubStandIn() as hub:
-        hub.datasets["acme/kjv"] = {
+        hub.datasets[hub_id] = {
             "data/train-00000.jsonl": b"".join(prose[:90]),
             "data/train-00001.jsonl": b"".join(prose[90:]),
         }
@@ -106,22 +121,31 @@ def test_hub_id_through_the_stand_in(tmp_path):
         env |= {"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf-home"),
                 "HF_HUB_DISABLE_TELEMETRY": "1"}  # fmt: skip
 
-        def lmstream(*args: str) -> subprocess.CompletedProcess:
+        def lmstream(argv: list[str]) -> subprocess.CompletedProcess:
+            args = [a.replace("/workspace", str(ws)) for a in argv[1:]]
+            if args[0] == "orchestrate":
+                args += ["--model-size", "tiny", "--no-progress"]
             return subprocess.run(
                 [sys.executable, "-m", "lmstream", *args], env=env, capture_output=True,
-                text=True, timeout=300, cwd=os.getcwd(),
+                text=True, timeout=300,
             )  # fmt: skip
 
-        done = lmstream(*_orchestrate_args(ws, "acme/kjv", str(code)))
+        done = lmstream(commands[0])
         assert done.returncode == 0, done.stderr
-        assert "  kjv: " in done.stdout and "  code: " in done.stdout  # each source's share
-        run = ws / "runs" / "mix"
-        cfg = load_streaming_config(run / "streaming_config.json")
-        assert [s.dataset for s in cfg.source_list()] == ["acme/kjv", str(code)]
-        assert any("/datasets/acme/kjv/resolve/" in r[1] for r in hub.requests)
-        _shorten(run / "training.yaml")
+        names = [
+            s.name
+            for s in load_streaming_config(_run_dir(ws) / "streaming_config.json").source_list()
+        ]
+        assert names == ["fineweb-edu", "code"]
+        assert "  fineweb-edu: " in done.stdout and "  code: " in done.stdout  # shares reported
+        assert any(f"/datasets/{hub_id}/resolve/" in r[1] for r in hub.requests)
+        _shorten(_run_dir(ws) / "training.yaml")
         _need_mixture_loader()
-        done = lmstream("train", "--config", str(run / "training.yaml"))
+        done = lmstream(commands[1])
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    seen = _per_source_tokens(run)
-    assert set(seen) == {"kjv", "code"} and seen["kjv"] > seen["code"] > 0
+    seen = _per_source_tokens(_run_dir(ws))
+    assert set(seen) == {"fineweb-edu", "code"} and seen["fineweb-edu"] > seen["code"] > 0
+
+
+def _run_dir(ws: Path) -> Path:
+    return ws / "runs" / "edu-code"
