@@ -149,3 +149,22 @@ def test_readme_example_with_a_hub_id_through_the_stand_in(tmp_path):
 
 def _run_dir(ws: Path) -> Path:
     return ws / "runs" / "edu-code"
+
+
+def test_hf_url_glob_through_the_stand_in(tmp_path):
+    """An hf:// glob (huggingface_hub's filesystem) is a source like an s3:// one."""
+    prose = _prose(tmp_path / "prose.jsonl").read_bytes().splitlines(keepends=True)
+    with HubStandIn() as hub:
+        hub.datasets["acme/kjv"] = {"data/a.jsonl": b"".join(prose[:100]),
+                                    "data/b.jsonl": b"".join(prose[100:])}  # fmt: skip
+        env = {k: v for k, v in subprocess_env().items()
+               if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_TOKEN")}  # fmt: skip
+        env |= {"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf-home")}
+        done = subprocess.run(
+            [sys.executable, "-m", "lmstream", "orchestrate", "--stream", "--no-progress",
+             "--dataset", "hf://datasets/acme/kjv/data/*.jsonl", "--vocab-size", "300",
+             "--experiment", "hf", "--workspace", str(tmp_path / "ws")],
+            env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "samples: 300 documents" in done.stdout  # both files, every line

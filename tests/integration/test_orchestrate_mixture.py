@@ -159,3 +159,19 @@ def test_a_source_without_documents_is_named(tmp_path, capsys):
     assert code == 3
     assert f"source 'blank' ({empty}): no usable documents (skipped: empty 5)" in err
     assert not (ws / "runs" / "e" / "streaming_config.json").exists()
+
+
+def test_a_source_without_its_text_field_is_named(tmp_path, capsys):
+    good = _jsonl(tmp_path / "good.jsonl", _prose(50))
+    other = _jsonl(tmp_path / "other.jsonl", _code(50), field="content")
+    ws = tmp_path / "ws"
+    code, _, err = _orchestrate(
+        capsys, "--dataset", str(good), "--dataset", str(other), "--experiment", "e",
+        "--workspace", str(ws),
+    )  # fmt: skip
+    lines = err.strip().splitlines()
+    assert code == 3 and len(lines) == 1, err
+    assert (
+        f"{other}: text field 'text' not found" in lines[0] and "records have: content" in lines[0]
+    )
+    assert not (ws / "runs" / "e" / "streaming_config.json").exists()
