@@ -79,12 +79,15 @@ def test_missing_object_is_one_line(s3, tmp_path, capsys):
     assert code == 3 and len(err) == 1 and f"{url}: file not found" in err[0], err
 
 
-def test_missing_extra_names_the_source_and_the_install(tmp_path):
-    """Without s3fs (hidden from this interpreter: it is installed here), one line says what
-    to install, naming the source."""
-    url = "s3://some-bucket/data/*.jsonl"
+@pytest.mark.parametrize(
+    ("url", "module", "extra"),
+    [("s3://some-bucket/data/*.jsonl", "s3fs", "s3"), ("gs://some-bucket/data/", "gcsfs", "gcs")],
+)
+def test_missing_extra_names_the_source_and_the_install(tmp_path, url, module, extra):
+    """Without s3fs or gcsfs (hidden from this interpreter: both are installed here), one line
+    says what to install, naming the source; nothing is written."""
     script = (
-        "import sys; sys.modules['s3fs'] = None\n"
+        f"import sys; sys.modules[{module!r}] = None\n"
         "from lmstream.cli import main\n"
         f"sys.exit(main(['orchestrate', '--stream', '--no-progress', '--dataset', {url!r}, "
         f"'--experiment', 'x', '--workspace', {str(tmp_path / 'ws')!r}]))\n"
@@ -95,7 +98,7 @@ def test_missing_extra_names_the_source_and_the_install(tmp_path):
     )  # fmt: skip
     err = done.stderr.strip().splitlines()
     assert done.returncode == 3, done.stderr
-    assert len(err) == 1 and url in err[0] and "pip install 'lmstream[s3]'" in err[0], err
+    assert len(err) == 1 and url in err[0] and f"pip install 'lmstream[{extra}]'" in err[0], err
     assert not (tmp_path / "ws").exists()
 
 
