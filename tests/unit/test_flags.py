@@ -68,7 +68,7 @@ def test_bad_values_are_one_line_naming_the_flag(values, line):
 
 
 def test_a_new_flag_is_one_field():
-    """The mixture flags to come (repeated --dataset, --weights W1 W2, --sources FILE) are one
+    """Flags like the mixture's (repeated --dataset, --weights W1 W2, --sources FILE) are one
     field each: argparse, defaults and range checks follow from it."""
 
     class Mixture(Options):
