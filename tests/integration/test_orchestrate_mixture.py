@@ -173,3 +173,28 @@ def test_a_source_without_its_text_field_is_named(tmp_path, capsys):
     assert code == 3 and len(lines) == 1, err
     assert f"{other}: text field 'text' not found" in lines[0]
     assert not (ws / "runs" / "e" / "streaming_config.json").exists()
+
+
+def test_the_seed_command_plans_what_it_wrote_before(tmp_path):
+    """The seed's own command (a hub id, nothing streamed here): its streaming_config.json is
+    byte for byte the file written before mixtures (tests/fixtures/orchestrate_v1, made from
+    the code before them), and its source is opened with the same settings."""
+    from lmstream.cli import build_parser
+    from lmstream.config import dump_streaming_config
+    from lmstream.flags import from_args
+    from lmstream.orchestrate_options import OrchestrateOptions
+    from lmstream.orchestrate_sources import plan_sources
+    from lmstream.workspace import ExperimentPaths
+
+    argv = ["orchestrate", "--stream", "--dataset", "HuggingFaceFW/fineweb", "--split", "train",
+            "--max-samples", "1000000", "--vocab-size", "50000", "--experiment",
+            "runpod-1b-streaming", "--workspace", str(tmp_path / "ws")]  # fmt: skip
+    opts = from_args(OrchestrateOptions, build_parser().parse_args(argv))
+    cfg, sources, specs = plan_sources(
+        opts, ExperimentPaths.create(opts.workspace, opts.experiment)
+    )
+    dump_streaming_config(cfg, tmp_path / "streaming_config.json")
+    expected = (FIXTURES / "seed_streaming_config.json").read_text(encoding="utf-8")
+    assert (tmp_path / "streaming_config.json").read_text(encoding="utf-8") == expected
+    assert [s.name for s in sources] == ["fineweb"] and specs[0].path == "HuggingFaceFW/fineweb"
+    assert (specs[0].subset, specs[0].data_files, specs[0].batch_size) == (None, None, 1000)
