@@ -515,7 +515,7 @@ class StreamingConfig(_Section):
     )
     dataset: str | None = Field(
         default=None,
-        description="Version 1: hub dataset id, local file/glob/folder, or http(s) URL.",
+        description="Version 1: hub dataset id, local file/glob/folder, http(s) URL, or s3://, gs:// or hf:// URL (globs allowed).",
     )
     subset: str | None = Field(
         default=None, description="The dataset's configuration name (hub `name`)."

@@ -52,12 +52,27 @@ def _nested_model(annotation) -> type[BaseModel] | None:
     return None
 
 
+def _list_model(annotation) -> type[BaseModel] | None:
+    """The section type of a list of sections (``list[Model]``, optional or not)."""
+    for candidate in (annotation, *typing.get_args(annotation)):
+        if typing.get_origin(candidate) is list:
+            return _nested_model(typing.get_args(candidate)[0])
+    return None
+
+
 def _rows(model: type[BaseModel], prefix: str) -> list[str]:
     rows = []
     for name, field in model.model_fields.items():
         nested = _nested_model(field.annotation)
         if nested is not None:
             rows.extend(_rows(nested, f"{prefix}{name}."))
+            continue
+        item = _list_model(field.annotation)
+        if item is not None:  # a list of sections (a mixture's sources): one row per item field
+            doc = (field.description or "").replace("|", "\\|")
+            kind = "list[section]" + (" \\| null" if field.default is None else "")
+            rows.append(f"| `{prefix}{name}` | {kind} | {_default(field)} | {doc} |")
+            rows.extend(_rows(item, f"{prefix}{name}[]."))
             continue
         doc = (field.description or "").replace("|", "\\|")
         optional = [a for a in typing.get_args(field.annotation) if _nested_model(a)]

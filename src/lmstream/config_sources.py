@@ -53,7 +53,9 @@ class StreamSourceConfig(_SourceCommon):
     """One streamed source: everything a version-1 streaming_config.json holds for its one
     source, plus ``name`` and ``weight``."""
 
-    dataset: str = Field(description="Hub dataset id, local file/glob/folder, or http(s) URL.")
+    dataset: str = Field(
+        description="Hub dataset id, local file/glob/folder, http(s) URL, or s3://, gs:// or hf:// URL (globs allowed)."
+    )
     subset: str | None = Field(
         default=None, description="The dataset's configuration name (hub `name`)."
     )

@@ -14,7 +14,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -27,7 +27,6 @@ from lmstream.config import (
     ModelConfig,
     OptimizerConfig,
     SchedulerConfig,
-    StreamingConfig,
     dump_streaming_config,
     load_training_config,
 )
@@ -36,6 +35,7 @@ from lmstream.data.validation import holdout_size
 from lmstream.errors import ConfigError, DataSourceError
 from lmstream.model.presets import CPU_RECIPES, PRESETS, cpu_loader_workers
 from lmstream.orchestrate_options import OrchestrateOptions
+from lmstream.orchestrate_sources import plan_sources
 from lmstream.tokenizer import (
     check_special_tokens,
     count_special_text,
@@ -43,6 +43,7 @@ from lmstream.tokenizer import (
     save_tokenizer,
     train_bpe,
 )
+from lmstream.tokenizer_sample import MixtureSample
 from lmstream.workspace import ExperimentPaths
 
 
@@ -59,44 +60,7 @@ class OrchestrateResult:
     files: list[Path]
     vocab_requested: int | None = None  # --vocab-size, to say when the corpus gave fewer
     max_samples: int | None = None  # --max-samples, to say when the source ran out before it
-
-
-def _source(opts: OrchestrateOptions, paths: ExperimentPaths) -> tuple[SourceSpec, StreamingConfig]:
-    files = [_absolute(f) for f in opts.data_files] if opts.data_files else None
-    dataset = opts.dataset
-    if files and (not opts.stream or all(_is_file_entry(f) for f in files)):
-        dataset = files[0]  # local files or URLs: they are the source, not a hub dataset's files
-    cfg = StreamingConfig(
-        dataset=_absolute(dataset) if os.path.exists(dataset) else dataset,
-        subset=opts.subset,
-        split=opts.split,
-        validation_split=opts.validation_split,
-        text_field=opts.text_field,
-        data_files=files,
-        revision=opts.revision,
-        trust_remote_code=opts.trust_remote_code,
-        max_samples=opts.max_samples,
-        max_chars=opts.max_chars,
-        stream_batch_size=opts.batch_size,
-        seed=opts.seed,
-        tokenizer_dir=os.path.relpath(paths.tokenizer_dir, paths.run_dir),
-        experiment=paths.experiment,
-    )
-    return SourceSpec.from_streaming_config(cfg), cfg
-
-
-def _is_file_entry(entry: str) -> bool:
-    pattern = entry.partition("=")[2] if "=" in entry and not os.path.exists(entry) else entry
-    return "://" in pattern or Path(pattern).is_absolute()
-
-
-def _absolute(path: str) -> str:
-    if "://" in path:
-        return path
-    name, sep, rest = path.partition("=")
-    if sep and name.isidentifier() and not os.path.exists(path):
-        return f"{name}={_absolute(rest)}"
-    return str(Path(path).expanduser().absolute())
+    mixture: list[str] = field(default_factory=list)  # per-source lines of a mixture's sample
 
 
 def _prepare_folders(paths: ExperimentPaths, overwrite: bool, check_only: bool = False) -> None:
@@ -124,24 +88,27 @@ def orchestrate(opts: OrchestrateOptions) -> OrchestrateResult:
     """Stream, train the tokenizer and write the experiment's files (see the module docstring)."""
     paths = ExperimentPaths.create(opts.workspace, opts.experiment)
     specials = check_special_tokens(opts.special_tokens)
-    spec, stream_cfg = _source(opts, paths)
+    stream_cfg, sources, specs = plan_sources(opts, paths)
     if paths.run_dir.exists() or paths.tokenizer_dir.exists():
         _prepare_folders(paths, opts.overwrite, check_only=True)  # fail before streaming
     start = time.perf_counter()
-    dataset = open_dataset(spec, opts.split)
-    if opts.validation_split:
-        open_dataset(spec, opts.validation_split)  # fail now if it does not exist
-    docs = DocumentStream(
-        dataset, opts.text_field, max_chars=opts.max_chars, batch_size=opts.batch_size
+    streams = []
+    for source, spec in zip(sources, specs, strict=True):
+        dataset = open_dataset(spec, source.split)
+        if source.validation_split:
+            open_dataset(spec, source.validation_split)  # fail now if it does not exist
+        streams.append(
+            DocumentStream(dataset, source.text_field, max_chars=opts.max_chars,
+                           batch_size=opts.batch_size)
+        )  # fmt: skip
+    sample = MixtureSample(
+        streams, [s.weight for s in sources], [s.max_samples for s in sources], opts.batch_size
     )
-    progress = _Progress(docs, opts.max_samples, enabled=opts.progress, specials=specials)
+    limit = opts.max_samples if len(sources) == 1 else None
+    progress = _Progress(sample, limit, enabled=opts.progress, specials=specials)
     with progress:
         tok = train_bpe(progress.batches(), opts.vocab_size, specials)
-    if docs.documents == 0:
-        raise DataSourceError(
-            f"{spec.path}: no usable documents (skipped: {_reasons(docs.skipped) or 'none'}); "
-            "check --text-field and the source"
-        )
+    _check_documents(sample, sources, specs)
     _prepare_folders(paths, opts.overwrite)
     save_tokenizer(tok, paths.tokenizer_dir)
     dump_special_tokens(specials, paths.special_tokens)
@@ -149,22 +116,51 @@ def orchestrate(opts: OrchestrateOptions) -> OrchestrateResult:
     if opts.stream:
         dump_streaming_config(stream_cfg, paths.streaming_config)
         files.append(paths.streaming_config)
-    shards = _pretokenize(opts, spec, tok, paths) if opts.pretokenize else None
-    write_training_yaml(paths, opts, tok.get_vocab_size(), stream_cfg.data_files, shards)
+    shards = _pretokenize(opts, specs[0], tok, paths) if opts.pretokenize else None
+    holdout = min(holdout_size(s.max_samples) for s in sources)
+    write_training_yaml(paths, opts, tok.get_vocab_size(), stream_cfg.data_files, shards, holdout)
     files.append(paths.training_yaml)
     return OrchestrateResult(
         paths=paths,
-        documents=docs.documents,
-        bytes=docs.bytes,
-        skipped=dict(docs.skipped),
+        documents=sample.documents,
+        bytes=sample.bytes,
+        skipped=dict(sample.skipped),
         special_text=progress.special_text,
-        retries=docs.retries,
+        retries=sample.retries,
         vocab_size=tok.get_vocab_size(),
         seconds=time.perf_counter() - start,
         files=files,
         vocab_requested=opts.vocab_size,
-        max_samples=opts.max_samples,
+        max_samples=limit,
+        mixture=_mixture_lines(sample, sources) if len(sources) > 1 else [],
     )
+
+
+def _check_documents(sample: MixtureSample, sources: list, specs: list[SourceSpec]) -> None:
+    """A source (of weight above 0) that gave the tokenizer no document: one line naming it."""
+    for stream, source, spec in zip(sample.streams, sources, specs, strict=True):
+        if stream.documents == 0 and source.weight > 0:
+            where = spec.path if len(sources) == 1 else f"source {source.name!r} ({spec.path})"
+            raise DataSourceError(
+                f"{where}: no usable documents (skipped: {_reasons(stream.skipped) or 'none'}); "
+                "check --text-field and the source"
+            )
+
+
+def _mixture_lines(sample: MixtureSample, sources: list) -> list[str]:
+    """What each source gave the tokenizer, and which source's end stopped the sample."""
+    lines = ["tokenizer sample (characters, share vs weight):"]
+    total_weight = sum(s.weight for s in sources)
+    for source, stream, chars, share in zip(
+        sources, sample.streams, sample.chars, sample.shares(), strict=True
+    ):
+        lines.append(
+            f"  {source.name}: {stream.documents:,} documents, {chars:,} characters, "
+            f"{share:.1%} vs {source.weight / total_weight:.1%}"
+        )
+    if sample.ended is not None:
+        lines.append(f"  (the sample ended with source {sources[sample.ended].name!r}'s pass)")
+    return lines
 
 
 def _reasons(skipped: dict[str, int]) -> str:
@@ -172,10 +168,10 @@ def _reasons(skipped: dict[str, int]) -> str:
 
 
 class _Progress:
-    """tqdm bar over the stream with samples/s and MB/s; stops at --max-samples."""
+    """tqdm bar over the sample with samples/s and MB/s (out of --max-samples for one source)."""
 
     def __init__(
-        self, docs: DocumentStream, max_samples: int | None, enabled: bool, specials: list[str]
+        self, docs: MixtureSample, max_samples: int | None, enabled: bool, specials: list[str]
     ):
         self.docs, self.max_samples, self.enabled = docs, max_samples, enabled
         self.specials, self.special_text = specials, 0
@@ -194,25 +190,10 @@ class _Progress:
             self.bar.close()
 
     def batches(self) -> Iterator[list[str]]:
-        """Document batches for the trainer; stops pulling from the source at the limit."""
-        limit, size = self.max_samples, self.docs.batch_size
-        stream = iter(self.docs)
-        out: list[str] = []
-        try:
-            for text in stream:
-                out.append(text)
-                done = limit is not None and self.docs.documents >= limit
-                if len(out) >= size or done:
-                    self._update(out)
-                    yield out
-                    out = []
-                if done:
-                    return
-            if out:
-                self._update(out)
-                yield out
-        finally:
-            stream.close()
+        """Document batches for the trainer, counted as they pass."""
+        for batch in self.docs.batches():
+            self._update(batch)
+            yield batch
 
     def _update(self, batch: list[str]) -> None:
         self.special_text += count_special_text(batch, self.specials)
@@ -227,10 +208,14 @@ class _Progress:
 
 
 def training_yaml_dict(
-    paths: ExperimentPaths, opts: OrchestrateOptions, data_files: list[str] | None
+    paths: ExperimentPaths,
+    opts: OrchestrateOptions,
+    data_files: list[str] | None,
+    validation_documents: int | None = None,
 ) -> dict:
     """The seed's training.yaml with this experiment's paths, relative to runs/EXP/; a preset
-    meant for CPUs (tiny) gets its CPU recipe instead of the seed's GPU settings."""
+    meant for CPUs (tiny) gets its CPU recipe instead of the seed's GPU settings.
+    ``validation_documents``: each source's holdout (default: sized from --max-samples)."""
 
     def rel(path: Path) -> str:
         return os.path.relpath(path, paths.run_dir)
@@ -268,7 +253,11 @@ def training_yaml_dict(
             "num_workers": 8,
             "cache_dir": rel(paths.cache_dir),
             "sequence_length": seq_len,
-            "validation_documents": holdout_size(opts.max_samples),
+            "validation_documents": (
+                holdout_size(opts.max_samples)
+                if validation_documents is None
+                else validation_documents
+            ),
         },
         "optimizer": {
             **_defaults(OptimizerConfig, "algorithm"),
@@ -350,8 +339,10 @@ def write_training_yaml(
     vocab_size: int,
     data_files: list[str] | None,
     token_shards: dict[str, Path] | None = None,
+    validation_documents: int | None = None,
 ) -> None:
-    """Write training.yaml and check that it loads with the project's own schema."""
+    """Write training.yaml and check that it loads with the project's own schema; a mixture's
+    holdout (``validation_documents``, per source) is sized for its smallest source."""
     text = (
         f"# Written by `lmstream orchestrate` for experiment {paths.experiment!r} "
         f"(model size {opts.model_size}, tokenizer vocabulary {vocab_size}).\n"
@@ -363,7 +354,7 @@ def write_training_yaml(
         + "# Paths are relative to this file's folder. Edit freely, then run:\n"
         f"#   lmstream train --config {paths.training_yaml}\n"
     )
-    data = training_yaml_dict(paths, opts, data_files)
+    data = training_yaml_dict(paths, opts, data_files, validation_documents)
     if token_shards:
         data["data"]["train_shards"] = [os.path.relpath(token_shards["train"], paths.run_dir)]
         if "validation" in token_shards:
@@ -397,6 +388,7 @@ def summary(result: OrchestrateResult, seconds: float | None = None) -> str:
         f"run folder: {result.paths.run_dir}",
     ]
     lines += [f"  wrote {f}" for f in result.files]
+    lines += result.mixture
     lines += notes(result)
     lines.append(f"next: lmstream train --config {result.paths.training_yaml}")
     return "\n".join(lines)

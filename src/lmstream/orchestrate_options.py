@@ -8,6 +8,7 @@ or training code, so `lmstream --help` stays fast.
 from __future__ import annotations
 
 import json
+import math
 
 from pydantic import field_validator, model_validator
 
@@ -17,6 +18,7 @@ from lmstream.model.presets import PRESETS
 from lmstream.tokenizer import MIN_VOCAB_SIZE
 
 SOURCE, TOKENIZER, EXPERIMENT = "source", "tokenizer", "experiment"
+DEFAULT_DATASET = "HuggingFaceFW/fineweb"
 
 
 class OrchestrateOptions(Options):
@@ -25,10 +27,25 @@ class OrchestrateOptions(Options):
     stream: bool = flag(
         False, "stream the source while training too (writes streaming_config.json)", group=SOURCE
     )
-    dataset: str = flag(
-        "HuggingFaceFW/fineweb",
-        "hub dataset id, local file/glob/folder, or http(s) URL",
+    dataset: list[str] | None = flag(
+        None,
+        "hub dataset id, local file/glob/folder, or http(s)/s3/gs/hf URL; repeat the flag for a "
+        "mixture (default: HuggingFaceFW/fineweb)",
         group=SOURCE,
+        repeat=True,
+    )
+    weights: list[float] | None = flag(
+        None,
+        "a mixture's token proportions, one per --dataset (default: equal)",
+        group=SOURCE,
+        metavar="W",
+    )
+    sources: str | None = flag(
+        None,
+        "YAML or JSON list of sources (name, weight, dataset, subset, split, ...): per-source "
+        "control of a mixture; the other source flags fill in what a source leaves out",
+        group=SOURCE,
+        metavar="FILE",
     )
     subset: str | None = flag(
         None, "the dataset's configuration name", group=SOURCE, names=("--name",)
@@ -114,8 +131,53 @@ class OrchestrateOptions(Options):
                 "--pretokenize: writes token shards for files mode; drop --stream to train from "
                 "them, or drop --pretokenize to stream"
             )
+        self._check_mixture()
         if not self.stream and not self.data_files:
             raise ValueError(
                 "no data: pass --stream (to stream --dataset) or --data-files FILE... (files mode)"
             )
         return self
+
+    def _check_mixture(self) -> None:
+        datasets = self.dataset or []
+        if self.sources is not None and (self.dataset or self.weights or self.data_files):
+            raise ValueError(
+                "--sources: the file lists every source; drop --dataset, --weights and "
+                "--data-files (or drop --sources)"
+            )
+        if self.weights is not None:
+            if len(datasets) < 2:
+                raise ValueError(
+                    "--weights: weights mix several sources; repeat --dataset once per source "
+                    "(or list them in --sources FILE)"
+                )
+            if len(self.weights) != len(datasets):
+                raise ValueError(
+                    f"--weights: {len(self.weights)} weights for {len(datasets)} datasets; "
+                    "give one weight per --dataset, in the same order"
+                )
+            for dataset, weight in zip(datasets, self.weights, strict=True):
+                if not math.isfinite(weight) or weight < 0:
+                    raise ValueError(
+                        f"--weights: {weight} for --dataset {dataset}: a weight is a finite "
+                        "number >= 0"
+                    )
+            if not math.fsum(self.weights) > 0:
+                raise ValueError(
+                    "--weights: the weights sum to zero; give at least one dataset a weight above 0"
+                )
+        if len(datasets) > 1 and self.data_files:
+            raise ValueError(
+                "--data-files: with several --dataset it is unclear which source the files "
+                "belong to; give each source its data_files in --sources FILE"
+            )
+        if (len(datasets) > 1 or self.sources is not None) and not self.stream:
+            raise ValueError(
+                "--stream: a mixture of datasets is streamed; pass --stream (files mode mixes "
+                "through data.mixture in training.yaml)"
+            )
+
+    @property
+    def datasets(self) -> list[str]:
+        """The --dataset values, or the default dataset when none was given."""
+        return list(self.dataset or [DEFAULT_DATASET])

@@ -12,6 +12,15 @@ It answers what huggingface_hub's ``create_repo``, ``create_branch`` and ``uploa
                                                         every file travels base64 in the commit
     POST /api/models/OWNER/NAME/commit/REV              ndjson: a header line, one line per file
 
+It also serves dataset repositories for streaming reads (``datasets`` 5.x with huggingface_hub
+2.x), files given as ``server.datasets[repo_id] = {path: bytes}``:
+
+    GET  /api/datasets/OWNER/NAME[/revision/REV]        info: id, sha, siblings
+    GET  /api/datasets/OWNER/NAME/tree/REV[/DIR]        listing ({type, path, size, oid})
+    POST /api/datasets/OWNER/NAME/paths-info/REV        {type, path, size, oid} of given paths
+    HEAD/GET /datasets/OWNER/NAME/resolve/REV/PATH      a file, with Range (206); 404 with
+                                                        X-Error-Code EntryNotFound when absent
+
 Point a client at it with ``HF_ENDPOINT=server.url`` (and HF_HUB_OFFLINE unset). Received files
 land in ``server.repos[repo_id][revision][path] = bytes``; every request's headers are kept so a
 test can check the token was sent (and nowhere else). ``fail_commit_with`` answers the commit
@@ -21,16 +30,21 @@ with that HTTP status instead.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
+import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlparse
+
+DATASET_SHA = "d" * 40  # the one commit every stand-in dataset is at
 
 
 class HubStandIn:
     def __init__(self, fail_commit_with: int | None = None):
         self.fail_commit_with = fail_commit_with
         self.repos: dict[str, dict[str, dict[str, bytes]]] = {}
+        self.datasets: dict[str, dict[str, bytes]] = {}  # dataset repo id -> {path: bytes}
         self.created: list[dict] = []  # create_repo payloads
         self.private: dict[str, bool] = {}  # visibility per repo (a test may add a repo)
         self.requests: list[
@@ -63,7 +77,7 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         pass
 
-    def _reply(self, status: int, payload: dict) -> None:
+    def _reply(self, status: int, payload: dict | list) -> None:
         body = json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -71,8 +85,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def do_HEAD(self) -> None:
+        self.hub.requests.append((self.command, self.path, dict(self.headers), b""))
+        self._dataset_file(body=False) or self._reply(404, {"error": "not in the stand-in"})
+
     def do_GET(self) -> None:
         self.hub.requests.append((self.command, self.path, dict(self.headers), b""))
+        if self._dataset_file(body=True) or self._dataset_api():
+            return
         parts = unquote(urlparse(self.path).path).strip("/").split("/")
         if parts[:2] == ["api", "models"] and len(parts) >= 4:
             repo_id = f"{parts[2]}/{parts[3]}"
@@ -81,10 +101,99 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._reply(200, info | {"sha": "0" * 40})
         self._reply(404, {"error": "not in the stand-in"})
 
+    # ---- dataset reads
+
+    def _dataset(self, parts: list[str]) -> tuple[str, dict[str, bytes]] | None:
+        repo_id = "/".join(parts[:2])
+        files = self.hub.datasets.get(repo_id)
+        return (repo_id, files) if files is not None and len(parts) >= 2 else None
+
+    def _entry(self, path: str, data: bytes | None) -> dict:
+        if data is None:
+            return {"type": "directory", "path": path, "oid": "0" * 40, "size": 0}
+        return {"type": "file", "path": path, "size": len(data),
+                "oid": hashlib.sha1(data).hexdigest()}  # fmt: skip
+
+    def _dataset_api(self, body: bytes = b"") -> bool:
+        """The dataset info, tree and paths-info endpoints; False when the path is not one."""
+        parts = unquote(urlparse(self.path).path).strip("/").split("/")
+        if parts[:2] != ["api", "datasets"] or (found := self._dataset(parts[2:])) is None:
+            return False
+        repo_id, files = found
+        action = parts[4] if len(parts) > 4 else "revision"
+        if action == "revision":
+            siblings = [{"rfilename": p} for p in sorted(files)]
+            self._reply(200, {"id": repo_id, "sha": DATASET_SHA, "private": False,
+                              "siblings": siblings, "cardData": {}, "tags": []})  # fmt: skip
+        elif action == "tree":
+            folder = "/".join(parts[6:])
+            recursive = "recursive=true" in (urlparse(self.path).query or "").lower()
+            entries, dirs = [], set()
+            for path in sorted(files):
+                if folder and not path.startswith(folder + "/"):
+                    continue
+                rest = path[len(folder) + 1 :] if folder else path
+                if "/" in rest and not recursive:
+                    dirs.add(f"{folder}/{rest.split('/')[0]}".lstrip("/"))
+                    continue
+                for k in range(rest.count("/")):  # the folders on the way, when recursive
+                    dirs.add(f"{folder}/{'/'.join(rest.split('/')[: k + 1])}".lstrip("/"))
+                entries.append(self._entry(path, files[path]))
+            listing = [self._entry(d, None) for d in sorted(dirs)] + entries
+            self._reply(200, listing)
+        elif action == "paths-info":
+            asked = json.loads(body or b"{}").get("paths", [])
+            if isinstance(asked, str):
+                asked = [asked]
+            info = [self._entry(p, files[p]) for p in asked if p in files]
+            info += [self._entry(p, None) for p in asked
+                     if p not in files and any(f.startswith(p + "/") for f in files)]  # fmt: skip
+            self._reply(200, info)
+        else:
+            self._reply(404, {"error": f"unknown dataset endpoint {action}"})
+        return True
+
+    def _dataset_file(self, body: bool) -> bool:
+        """GET/HEAD /datasets/OWNER/NAME/resolve/REV/PATH, with Range; False for other paths."""
+        parts = unquote(urlparse(self.path).path).strip("/").split("/")
+        if parts[:1] != ["datasets"] or len(parts) < 6 or parts[3] != "resolve":
+            return False
+        found = self._dataset(parts[1:])
+        data = found[1].get("/".join(parts[5:])) if found else None
+        if data is None:
+            self.send_response(404)
+            self.send_header("X-Error-Code", "EntryNotFound" if found else "RepoNotFound")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return True
+        start, end, status = 0, len(data), 200
+        match = re.match(r"bytes=(\d*)-(\d*)$", self.headers.get("Range") or "")
+        if match and (match.group(1) or match.group(2)):
+            if match.group(1):
+                start = int(match.group(1))
+                end = min(len(data), int(match.group(2)) + 1) if match.group(2) else len(data)
+            else:
+                start = max(0, len(data) - int(match.group(2)))
+            status = 206
+        chunk = data[start:end]
+        self.send_response(status)
+        self.send_header("X-Repo-Commit", DATASET_SHA)
+        self.send_header("ETag", f'"{hashlib.sha1(data).hexdigest()}"')
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("Content-Length", str(len(chunk)))
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(data)}")
+        self.end_headers()
+        if body:
+            self.wfile.write(chunk)
+        return True
+
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         path = unquote(urlparse(self.path).path)
         self.hub.requests.append((self.command, path, dict(self.headers), body))
+        if path.startswith("/api/datasets/") and self._dataset_api(body):
+            return
         parts = path.strip("/").split("/")
         if path == "/api/repos/create":
             payload = json.loads(body)

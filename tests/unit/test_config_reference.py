@@ -30,3 +30,13 @@ def test_reference_lists_every_seed_field(seed_yaml_text: str) -> None:
     for dotted in walk(yaml.safe_load(seed_yaml_text)):
         assert f"`{dotted}`" in reference, dotted
     assert "model.hidden_size" in reference and TrainingConfig.model_fields
+
+
+def test_lists_of_sections_show_their_fields() -> None:
+    """A mixture's sources are documented field by field, not as one opaque row."""
+    reference = render()
+    for dotted in ("sources[].name", "sources[].weight", "sources[].dataset",
+                   "sources[].max_samples", "data.mixture[].train_shards",
+                   "data.mixture[].validation_shards"):  # fmt: skip
+        assert f"| `{dotted}` |" in reference, dotted
+    assert "| `sources` | list[section] \\| null |" in reference

@@ -38,7 +38,13 @@ def test_orchestrate_flags_parse_into_the_options_model(tmp_path):
     opts = from_args(OrchestrateOptions, args)
     assert opts.data_files == ["a.txt", "b.txt"] and opts.subset == "sub"
     assert opts.special_tokens == ["<|x|>"] and opts.progress is False and opts.max_samples == 7
-    assert opts.dataset == "HuggingFaceFW/fineweb" and opts.vocab_size == 50000  # the defaults
+    assert opts.datasets == ["HuggingFaceFW/fineweb"] and opts.vocab_size == 50000  # the defaults
+    mix = from_args(
+        OrchestrateOptions,
+        parser.parse_args(["--experiment", "e", "--stream", "--dataset", "a", "--dataset", "b",
+                           "--weights", "3", "1"]),
+    )  # fmt: skip
+    assert mix.datasets == ["a", "b"] and mix.weights == [3.0, 1.0] and mix.sources is None
     with pytest.raises(SystemExit):
         parser.parse_args([])  # --experiment is required
 
@@ -62,7 +68,7 @@ def test_bad_values_are_one_line_naming_the_flag(values, line):
 
 
 def test_a_new_flag_is_one_field():
-    """The mixture flags to come (repeated --dataset, --weights W1 W2, --sources FILE) are one
+    """Flags like the mixture's (repeated --dataset, --weights W1 W2, --sources FILE) are one
     field each: argparse, defaults and range checks follow from it."""
 
     class Mixture(Options):

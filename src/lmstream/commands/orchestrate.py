@@ -17,6 +17,11 @@ EXAMPLES = """examples:
       --text-field text --max-samples 100000 --experiment edu-small
   # local files or URLs, streamed (jsonl, json, parquet, txt, csv; .gz/.zst)
   lmstream orchestrate --stream --data-files 'data/*.jsonl.gz' --vocab-size 8000 --experiment local
+  # a mixture: 80% / 20% of the training tokens (or --sources FILE for per-source settings)
+  lmstream orchestrate --stream --dataset HuggingFaceFW/fineweb-edu --dataset code.jsonl \\
+      --weights 0.8 0.2 --max-samples 200000 --experiment edu-code
+  # object storage (credentials from the environment; pip install 'lmstream[s3]')
+  lmstream orchestrate --stream --dataset 's3://bucket/corpus/*.jsonl.gz' --experiment s3
   # files mode (no streaming_config.json: training reads data.train_shards)
   lmstream orchestrate --data-files train=corpus/train.txt validation=corpus/valid.txt \\
       --validation-split validation --vocab-size 8000 --model-size tiny --experiment demo

@@ -27,6 +27,8 @@ from typing import Any
 
 import datasets
 
+from lmstream.data import object_store
+from lmstream.data.object_store import is_object_store
 from lmstream.data.stream import (
     BAD_KEY,
     DEFAULT_BATCH_SIZE,
@@ -110,6 +112,22 @@ class SourceSpec:
         )
 
     @classmethod
+    def from_source(cls, source: Any, cfg: Any, cache_dir: str | Path | None = None) -> SourceSpec:
+        """One source of a mixture (a StreamSourceConfig) with the file-wide settings of its
+        streaming_config.json (batch size, longest document, remote code)."""
+        return cls(
+            path=source.dataset,
+            subset=source.subset,
+            data_files=tuple(source.data_files) if source.data_files else None,
+            text_field=source.text_field,
+            revision=source.revision,
+            trust_remote_code=cfg.trust_remote_code,
+            cache_dir=str(cache_dir) if cache_dir else None,
+            batch_size=cfg.stream_batch_size,
+            max_chars=cfg.max_chars,
+        )
+
+    @classmethod
     def from_files(
         cls, globs: list[str], text_field: str = "text", cache_dir: str | Path | None = None
     ) -> SourceSpec:
@@ -125,11 +143,16 @@ class SourceSpec:
     @property
     def is_files(self) -> bool:
         """True for local files and URLs, False for a hub dataset id."""
-        return bool(self.data_files) or _is_url(self.path) or _looks_local(self.path)
+        return bool(self.data_files) or _is_remote(self.path) or _looks_local(self.path)
 
 
 def _is_url(path: str) -> bool:
     return path.startswith(("http://", "https://"))
+
+
+def _is_remote(path: str) -> bool:
+    """Files read over the network: http(s) URLs and object storage (s3://, gs://, hf://)."""
+    return _is_url(path) or is_object_store(path)
 
 
 def _looks_local(path: str) -> bool:
@@ -153,6 +176,8 @@ def _expand_local(pattern: str) -> list[str]:
     """Files for one local path, folder (recursive) or glob; URLs are kept as they are."""
     if _is_url(pattern):
         return [pattern]
+    if is_object_store(pattern):
+        return object_store.expand(pattern, _suffix, set(_BUILDERS), _listing_transient)
     p = Path(pattern).expanduser()
     if p.is_dir():
         found = sorted(str(f) for f in p.rglob("*") if f.is_file() and _suffix(f.name) in _BUILDERS)
@@ -180,6 +205,14 @@ def _split_files(spec: SourceSpec) -> dict[str, list[str]]:
             split, pattern = "train", entry
         out.setdefault(split, []).extend(_expand_local(pattern))
     return out
+
+
+def _listing_transient(err: BaseException) -> bool:
+    """A bucket listing that may pass: the readers' transient errors, or the connection errors
+    of the object stores' clients (botocore's, aiohttp's), which are not OSErrors by type."""
+    names = {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError",
+             "ClientConnectorError", "ConnectionClosedError"}  # fmt: skip
+    return is_transient(err) or type(err).__name__ in names
 
 
 def _builder_for(files: dict[str, list[str]]) -> tuple[str, str | None]:
@@ -248,19 +281,27 @@ class _TransientOpenError(Exception):
 def _open_once(spec: SourceSpec, split: str) -> datasets.IterableDataset:
     _disable_library_retries()
     kwargs: dict[str, Any] = {"streaming": True, "cache_dir": spec.cache_dir}
-    if spec.is_files and not (spec.data_files and not _looks_local(spec.path)):
-        files = _split_files(spec)
+    file_source = _looks_local(spec.path) or _is_remote(spec.path)
+    if spec.is_files and not (spec.data_files and not file_source):
+        try:
+            files = _split_files(spec)
+        except DataSourceError:
+            raise
+        except Exception as err:  # listing a bucket: retried like a read (open_dataset)
+            if _listing_transient(err):
+                raise _TransientOpenError(spec.path) from err
+            raise
         if split not in files:
             raise DataSourceError(
                 f"unknown split {split!r}; this source has: {', '.join(sorted(files))} "
                 "(name split files as NAME=PATH in --data-files)"
             )
         builder, raw = _builder_for(files)
-        remote = any(_is_url(f) for f in files[split])
+        remote = any(_is_remote(f) for f in files[split])
         if raw:
             return _tag(_lines_dataset(files[split], raw, spec), spec.path, remote)
         kwargs["data_files"] = {split: files[split]}
-        if remote:
+        if any(_is_url(f) for f in files[split]):
             kwargs["storage_options"] = _http_options(spec)
         return _tag(_load(builder, split, spec, kwargs, remote), spec.path, remote)
     kwargs.update(name=spec.subset, revision=spec.revision)

@@ -1,0 +1,53 @@
+"""The tokenizer's sample of a mixture (lmstream.tokenizer_sample): each source's share of the
+characters matches its weight, deterministically, read from real local streams."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from lmstream.data.sources import DocumentStream, SourceSpec, open_dataset
+from lmstream.tokenizer_sample import MixtureSample
+
+
+def _stream(path: Path, texts: list[str]) -> DocumentStream:
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+    return DocumentStream(open_dataset(SourceSpec(path=str(path)), "train"), "text", batch_size=64)
+
+
+def _texts(prefix: str, n: int, shortest: int, longest: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    return [f"{prefix}{i} " + "x" * rng.randint(shortest, longest) for i in range(n)]
+
+
+@pytest.mark.parametrize(
+    "weights", [[0.75, 0.25], [0.7, 0.2, 0.1], [1.0, 0.0, 3.0]], ids=["two", "three", "zero"]
+)
+def test_character_shares_match_the_weights(tmp_path, weights):
+    # unequal document lengths per source: 10-60, 200-900 and 50-3000 characters
+    lengths = [(10, 60), (200, 900), (50, 3000)][: len(weights)]
+    texts = [_texts(f"s{k}-", 3000, lo, hi, k) for k, (lo, hi) in enumerate(lengths)]
+
+    def draw() -> tuple[list[str], MixtureSample]:
+        streams = [_stream(tmp_path / f"s{k}.jsonl", t) for k, t in enumerate(texts)]
+        sample = MixtureSample(streams, weights, [None] * len(weights), batch_size=100)
+        return [d for batch in sample.batches() for d in batch], sample
+
+    docs, sample = draw()
+    total = sum(sample.chars)
+    assert total == sum(len(d) for d in docs) and total > 100_000
+    longest = max(hi for _, hi in lengths) + 10
+    for share, weight in zip(sample.shares(), weights, strict=True):
+        assert abs(share - weight / sum(weights)) <= longest / total  # within one document
+    assert sample.ended is not None and weights[sample.ended] > 0  # a source's end stopped it
+    assert draw()[0] == docs  # deterministic
+
+
+def test_one_source_is_its_first_max_samples_documents_in_order(tmp_path):
+    texts = _texts("d", 500, 5, 50, 0)
+    sample = MixtureSample([_stream(tmp_path / "a.jsonl", texts)], [1.0], [120], batch_size=50)
+    docs = [d for batch in sample.batches() for d in batch]
+    assert docs == texts[:120] and sample.documents == 120 and sample.shares() == [1.0]
