@@ -1,7 +1,7 @@
 """`lmstream train` with model.document_masking through the real CLI: it trains (2 loader
 workers), resumes bit-identically, `lmstream eval` reproduces the logged validation loss (the
-same mask as training), generate runs with the KV cache, export still matches transformers;
-and the same run on 2 ranks under torchrun (gloo)."""
+same mask as training), generate runs with the KV cache, export still matches transformers.
+Two ranks under torchrun: tests/distributed/test_document_masking.py."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.distributed.support import metrics, run_job
-from tests.distributed.support import tiny_config as dist_tiny_config
+from tests.distributed.support import metrics
 from tests.support.models import tiny_model
 from tests.support.training import (
     tiny_training_config,
@@ -102,18 +101,6 @@ def test_eval_generate_and_export_of_a_masked_model(masked_run, tmp_path, capsys
     ids[ids == cfg.model.document_separator_id] += 1  # one document: what transformers computes
     with torch.no_grad():
         assert (model(ids)[0] - hf(ids).logits).abs().max().item() <= TOLERANCE
-
-
-@pytest.mark.distributed
-def test_masked_run_on_two_ranks(corpus, tmp_path) -> None:
-    config = write_run(tmp_path, dist_tiny_config(corpus, **{"model.document_masking": True}))
-    done = run_job("train", "--config", str(config))
-    assert done.returncode == 0, done.stdout
-    assert "world size 2" in done.stdout
-    losses = metrics(tmp_path)
-    assert sorted(losses) == list(range(1, 21)) and losses[20] < losses[1] - 0.3
-    _, cfg = ck.load_model_state(tmp_path / "checkpoints" / "step-00000020")
-    assert cfg.model.document_masking and cfg.model.document_separator_id is not None
 
 
 def test_export_check_feeds_one_document_per_row(tmp_path) -> None:
