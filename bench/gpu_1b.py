@@ -3,6 +3,7 @@ torch.compile and activation checkpointing.
 
     python bench/gpu_1b.py [--batch-size 8] [--record]     # needs a CUDA GPU (H100 / H200)
     python bench/gpu_1b.py --cpu-smoke                      # checks the logic on CPU, tiny model
+    python bench/gpu_1b.py --document-masking [--doc-tokens 600]   # each variant also masked
 
 The model is the "1b" preset (the seed's ``model:`` section exactly) with a 50,000-token
 vocabulary, bf16 autocast over fp32 master weights (what ``runtime.precision: bf16`` does), sequence
@@ -12,6 +13,10 @@ loop applies them. MFU = tokens/s x ``Transformer.flops_per_token(seq)`` / peak,
 bf16 peak of an H100/H200 SXM (989 TFLOPS) unless ``--peak-tflops`` says otherwise.
 Published anchors for a 1B model on one H100: OLMo-core about 55,000 tokens/s (4k context),
 llm-foundry 45,455 tokens/s = 41.8% MFU. Goal: MFU >= 50%.
+
+``--document-masking`` adds, after each variant, the same variant with
+``model.document_masking`` (flex attention on CUDA) on rows packed with documents of mean
+``--doc-tokens`` tokens, and reports its tokens/s relative to plain causal (goal: >= 0.9x).
 
 Without CUDA (and without --cpu-smoke) it exits with status 2 and says so: it never reports a
 GPU number it did not measure.
@@ -26,6 +31,7 @@ import time
 
 import torch
 
+from bench_document_mask import SEPARATOR, packed_rows
 from harness import (
     fmt_int,
     machine_description,
@@ -68,8 +74,13 @@ def measure_variant(
     compile: bool,
     activation_checkpointing: bool,
     peak_tflops: float,
+    doc_tokens: int | None = None,
 ) -> dict:
-    """Median tokens/s, MFU and peak memory of full optimizer steps for one variant."""
+    """Median tokens/s, MFU and peak memory of full optimizer steps for one variant; with
+    ``doc_tokens``, document-masked on rows of documents of that mean length."""
+    if doc_tokens is not None:
+        update = {"document_masking": True, "document_separator_id": SEPARATOR}
+        cfg = cfg.model_copy(update=update)
     torch.manual_seed(0)
     with device:  # build (and init) directly on the device: no 4 GiB CPU detour for 1B
         model = Transformer(cfg, vocab)
@@ -78,7 +89,10 @@ def measure_variant(
     if compile:
         apply_compile(model.blocks)
     optimizer = build_optimizer(model, OptimizerConfig(learning_rate=1e-4), 1e-4, device)
-    tokens = torch.randint(0, vocab, (batch, seq + 1), device=device)
+    if doc_tokens is None:
+        tokens = torch.randint(0, vocab, (batch, seq + 1), device=device)
+    else:
+        tokens = packed_rows(batch, seq, vocab, doc_tokens).to(device)
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
@@ -121,14 +135,21 @@ def run_variants(args: argparse.Namespace, device: torch.device) -> dict[str, di
     else:
         cfg, dtype = model_preset("1b"), torch.bfloat16
     results = {}
-    for name in args.variants:
-        compile, ac = VARIANTS[name]
+    runs = [(name, None) for name in args.variants]
+    if args.document_masking:
+        runs = [run for name in args.variants for run in ((name, None), (name, args.doc_tokens))]
+    for base, doc_tokens in runs:
+        compile, ac = VARIANTS[base]
+        name = base if doc_tokens is None else f"{base} + document mask"
         try:
             results[name] = measure_variant(
                 cfg, vocab=args.vocab, seq=args.seq, batch=args.batch_size, steps=args.steps,
                 warmup=args.warmup, device=device, dtype=dtype, compile=compile,
-                activation_checkpointing=ac, peak_tflops=args.peak_tflops,
+                activation_checkpointing=ac, peak_tflops=args.peak_tflops, doc_tokens=doc_tokens,
             )  # fmt: skip
+            if doc_tokens is not None and "tokens_per_s" in results.get(base, {}):
+                ratio = results[name]["tokens_per_s"] / results[base]["tokens_per_s"]
+                results[name]["vs_causal"] = ratio
         except torch.cuda.OutOfMemoryError:
             results[name] = {"error": f"out of memory at batch size {args.batch_size}"}
         gc.collect()
@@ -148,7 +169,8 @@ def report(results: dict[str, dict], args: argparse.Namespace, device: torch.dev
         rows.append(
             [
                 name,
-                fmt_int(r["tokens_per_s"]),
+                fmt_int(r["tokens_per_s"])
+                + (f" ({r['vs_causal']:.2f}x causal)" if "vs_causal" in r else ""),
                 f"{100 * r['mfu']:.1f}%",
                 peak,
                 f"{r['warmup_s']:.0f}",
@@ -187,6 +209,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--variants", default=",".join(VARIANTS), help="comma-separated: " + ", ".join(VARIANTS)
     )
+    p.add_argument(
+        "--document-masking",
+        action="store_true",
+        help="also time each variant with model.document_masking (flex attention)",
+    )
+    p.add_argument("--doc-tokens", type=int, default=600, help="mean document length in tokens")
     p.add_argument("--record", action="store_true", help="write the section in BENCHMARKS.md")
     args = p.parse_args(argv)
     args.argv = list(argv if argv is not None else sys.argv[1:])

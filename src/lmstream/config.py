@@ -97,6 +97,22 @@ class ModelConfig(_Section):
     vocab_size: int | None = Field(
         default=None, ge=2, description="Vocabulary size; null = taken from the tokenizer."
     )
+    document_masking: bool = Field(
+        default=False,
+        description="Document-aware attention: in a packed row a token attends only to earlier "
+        "tokens of its own document (documents end at <|endoftext|>); false = plain causal.",
+    )
+    document_positions: Literal["restart", "continue"] | None = Field(
+        default=None,
+        description="With document_masking: RoPE positions 'restart' at 0 in each document or "
+        "'continue' along the row; null = restart. Needs document_masking.",
+    )
+    document_separator_id: int | None = Field(
+        default=None,
+        ge=0,
+        description="With document_masking: the token id that ends a document; null = the "
+        "tokenizer's <|endoftext|> (filled in at training setup, saved with checkpoints).",
+    )
 
     @model_validator(mode="after")
     def _check_heads(self) -> ModelConfig:
@@ -113,6 +129,21 @@ class ModelConfig(_Section):
         if self.head_dim % 2:
             raise ValueError(
                 f"hidden_size: head size hidden_size/num_attention_heads = {self.head_dim} must be even for RoPE"
+            )
+        return self._check_documents()
+
+    def _check_documents(self) -> ModelConfig:
+        for name in ("document_positions", "document_separator_id"):
+            if getattr(self, name) is not None and not self.document_masking:
+                raise ValueError(
+                    f"{name}: applies only with document masking; set model.document_masking: "
+                    f"true or remove {name}"
+                )
+        sep, vocab = self.document_separator_id, self.vocab_size
+        if sep is not None and vocab is not None and sep >= vocab:
+            raise ValueError(
+                f"document_separator_id: {sep} is not a token id of the {vocab}-token "
+                "vocabulary; set it to null to take the tokenizer's <|endoftext|>"
             )
         return self
 
@@ -131,6 +162,11 @@ class ModelConfig(_Section):
     @property
     def rope_layout(self) -> str:
         return self.rope_mode or "standard"
+
+    @property
+    def restart_positions(self) -> bool:
+        """RoPE positions count from each document's start (document masking's default)."""
+        return self.document_masking and self.document_positions != "continue"
 
     @property
     def attention_dropout(self) -> float:

@@ -200,6 +200,11 @@ def _sample_batch(model: Transformer, tokenizer: Tokenizer | None) -> torch.Tens
     if tokenizer is not None:
         ids = tokenizer.encode(SAMPLE_TEXT).ids[:length]
         rows[0, : len(ids)] = torch.tensor(ids)
+    separator = model.config.document_separator_id
+    if model.config.document_masking and separator is not None:
+        # One document per row: the exported model attends causally over the whole input, as
+        # the masked model does within one document (the transformers model has no mask).
+        rows[rows == separator] = (separator + 1) % model.vocab_size
     return rows
 
 

@@ -9,6 +9,10 @@ The carry is kept as pieces tagged with where their document came from, so the l
 it as a *position* (the document holding the next token, and the offset into it) instead of a
 token list: a checkpoint stays a few hundred bytes however long the documents are, and resume
 re-tokenizes that one document (see ``lmstream.data.loader``).
+
+The ``<|endoftext|>`` after each document is the only one in a row (``encode_documents`` encodes
+a document's own text of it as plain text), so it is also all that ``model.document_masking``
+needs to find document boundaries (``lmstream.model.attention_mask``): nothing else is handed on.
 """
 
 from __future__ import annotations

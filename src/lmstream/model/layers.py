@@ -8,7 +8,8 @@ Performance choices (the model is benchmarked against transformers' Llama):
 - RoPE cos/sin tables precomputed once as non-persistent buffers, rotated on q and k together
   in a single elementwise pass;
 - attention through ``F.scaled_dot_product_attention`` with ``is_causal`` (flash /
-  memory-efficient kernels on GPU) and ``enable_gqa`` instead of materialising repeated k/v.
+  memory-efficient kernels on GPU) and ``enable_gqa`` instead of materialising repeated k/v;
+  with ``model.document_masking`` through ``attention_mask.attend`` (flex attention on CUDA).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmstream.config import ModelConfig
+from lmstream.model.attention_mask import DocumentMask, attend
 
 
 def build_norm(cfg: ModelConfig) -> nn.Module:
@@ -61,8 +63,9 @@ def _rotate(x: torch.Tensor, layout: str) -> torch.Tensor:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layout: str) -> torch.Tensor:
-    """Rotate ``x`` (B, T, heads, E) by position; cos/sin are (T, E) in x's dtype."""
-    cos, sin = cos[:, None, :], sin[:, None, :]  # (T, 1, E): broadcast over heads
+    """Rotate ``x`` (B, T, heads, E) by position; cos/sin are (T, E), or (B, T, E) when each
+    row has its own positions (document masking), in x's dtype."""
+    cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)  # (T, 1, E) / (B, T, 1, E): over heads
     return x * cos + _rotate(x, layout) * sin
 
 
@@ -99,6 +102,10 @@ class RotaryEmbedding(nn.Module):
             dtype
         )
 
+    def at(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin (B, T, E) at per-token ``positions`` (B, T), each below max_positions."""
+        return self.cos[positions].to(dtype), self.sin[positions].to(dtype)
+
 
 # ------------------------------------------------------------------------------------ KV cache
 
@@ -119,6 +126,12 @@ class KVCache:
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.max_len = max_len
         self.pos = 0  # tokens already cached; advanced by the model after each forward
+        # Document masking finds documents in the token ids, so the cache keeps them too.
+        self.tokens = (
+            torch.zeros((batch_size, max_len), device=device, dtype=torch.long)
+            if cfg.document_masking
+            else None
+        )
 
     def update(
         self, layer: int, k: torch.Tensor, v: torch.Tensor
@@ -156,6 +169,7 @@ class Attention(nn.Module):
         cos: torch.Tensor,
         sin: torch.Tensor,
         cache: KVCache | None = None,
+        documents: DocumentMask | None = None,
     ) -> torch.Tensor:
         B, T, _ = x.shape
         qkv = self.qkv(x).view(B, T, self.n_heads + 2 * self.n_kv, self.head_dim)  # (B, T, H+2K, E)
@@ -164,6 +178,18 @@ class Attention(nn.Module):
         k = qk[:, :, self.n_heads :].transpose(1, 2)  # (B, K, T, E)
         v = qkv[:, :, self.n_heads + self.n_kv :].transpose(1, 2)  # (B, K, T, E)
 
+        if cache is not None and documents is not None:
+            k, v = cache.update(self.layer_index, k, v)  # (B, K, S, E)
+        if documents is not None:
+            y = attend(
+                q,
+                k,
+                v,
+                documents,
+                dropout=self.dropout if self.training else 0.0,
+                enable_gqa=self.n_kv != self.n_heads,
+            )  # (B, H, T, E)
+            return self.proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
         mask, causal = None, True
         if cache is not None:
             past = cache.pos
@@ -231,8 +257,9 @@ class Block(nn.Module):
         cos: torch.Tensor,
         sin: torch.Tensor,
         cache: KVCache | None = None,
+        documents: DocumentMask | None = None,
     ) -> torch.Tensor:
-        x = x + self.dropout(self.attn(self.attn_norm(x), cos, sin, cache))  # (B, T, D)
+        x = x + self.dropout(self.attn(self.attn_norm(x), cos, sin, cache, documents))  # (B, T, D)
         return x + self.dropout(self.mlp(self.mlp_norm(x)))  # (B, T, D)
 
     def init_weights(self, std: float, residual_std: float) -> None:

@@ -8,6 +8,9 @@ and :meth:`Transformer.init_weights` to materialise.
 With tied embeddings the head reuses ``embed.weight`` through ``F.linear`` instead of a second
 module sharing the tensor, so ``state_dict()`` holds each tensor once and saves to safetensors
 as is.
+
+With ``model.document_masking`` the forward finds each row's documents from the
+``document_separator_id`` tokens in its input and attends within them (see attention_mask.py).
 """
 
 from __future__ import annotations
@@ -17,6 +20,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmstream.config import ModelConfig
+from lmstream.model.attention_mask import (
+    DocumentMask,
+    build_document_mask,
+    document_ids,
+    document_positions,
+    use_flex,
+)
 from lmstream.model.layers import Block, KVCache, RotaryEmbedding, build_norm, residual_init_std
 
 
@@ -68,9 +78,13 @@ class Transformer(nn.Module):
         start = kv_cache.pos if kv_cache is not None else 0
         T = input_ids.shape[1]
         x = self.embed(input_ids)  # (B, T, D)
-        cos, sin = self.rope(start, T, self._compute_dtype(x))  # (T, E) each
+        documents = None
+        if self.config.document_masking:
+            documents, cos, sin = self._documents(input_ids, kv_cache, self._compute_dtype(x))
+        else:
+            cos, sin = self.rope(start, T, self._compute_dtype(x))  # (T, E) each
         for block in self.blocks:
-            x = block(x, cos, sin, kv_cache)  # (B, T, D)
+            x = block(x, cos, sin, kv_cache, documents)  # (B, T, D)
         if kv_cache is not None:
             kv_cache.pos += T
         x = self.norm(x)
@@ -83,6 +97,39 @@ class Transformer(nn.Module):
                 logits.float().view(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100
             )
         return logits, loss
+
+    def _documents(
+        self, input_ids: torch.Tensor, kv_cache: KVCache | None, dtype: torch.dtype
+    ) -> tuple[DocumentMask, torch.Tensor, torch.Tensor]:
+        """The document mask and RoPE cos/sin of this forward's tokens (document masking)."""
+        separator = self.config.document_separator_id
+        if separator is None:
+            raise ValueError(
+                "model.document_separator_id is unset: document masking needs the id of "
+                "<|endoftext|> (training setup fills it in from the tokenizer)"
+            )
+        past = kv_cache.pos if kv_cache is not None else 0
+        seen = past + input_ids.shape[1]
+        if seen > self.rope.max_positions:  # the messages of RotaryEmbedding and KVCache
+            raise ValueError(
+                f"sequence of {seen} positions exceeds max_position_embeddings "
+                f"({self.rope.max_positions})"
+            )
+        if kv_cache is not None and seen > kv_cache.max_len:
+            raise ValueError(f"KV cache holds {kv_cache.max_len} positions; {seen} requested")
+        tokens = input_ids
+        if kv_cache is not None:  # the documents may have begun in the cached prefix
+            kv_cache.tokens[:, past:seen] = input_ids
+            tokens = kv_cache.tokens[:, :seen]  # (B, S)
+        docs = document_ids(tokens, separator)  # (B, S)
+        dropout = self.config.attention_dropout if self.training else 0.0
+        flex = kv_cache is None and use_flex(input_ids.device, dropout)
+        mask = build_document_mask(docs, past, flex=flex)
+        if self.config.restart_positions:
+            cos, sin = self.rope.at(document_positions(docs)[:, past:], dtype)  # (B, T, E) each
+        else:
+            cos, sin = self.rope(past, input_ids.shape[1], dtype)  # (T, E) each
+        return mask, cos, sin
 
     @staticmethod
     def _compute_dtype(x: torch.Tensor) -> torch.dtype:

@@ -120,6 +120,10 @@ def build_run(
     tokenizer = load_tokenizer(cfg.tokenizer.tokenizer_json)
     cfg = cfg.model_copy(deep=True)
     cfg.model.vocab_size = resolve_vocab_size(cfg, tokenizer)
+    if cfg.model.document_masking and cfg.model.document_separator_id is None:
+        from lmstream.data.packing import eot_id  # the separator the packer writes
+
+        cfg.model.document_separator_id = eot_id(tokenizer)  # saved, like vocab_size
     # Refuse an incompatible checkpoint before spending minutes building a large model.
     opened = _open_resume(resume, env, cfg, rollback) if resume is not None else None
     source = data_source(run_dir)
