@@ -1,0 +1,40 @@
+"""A newcomer's first hour, tried by someone who did not write it (issue #22 review): what the
+reports and `orchestrate --overwrite` claim, checked where the first tests did not look."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+from tests.integration.test_train import corpus, tiny_config  # noqa: F401 (fixture)
+from tests.support.training import DELETE, train_in_process, write_run
+
+pytestmark = pytest.mark.slow
+
+
+def _records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_throughput_leaves_an_epoch_end_evaluation_out(corpus, tmp_path):  # noqa: F811
+    """Evaluation at an epoch's end (every_n_epochs) is evaluation time too: it was counted
+    into the next logged step's tokens/s, which fell to a fraction of the others."""
+    run_dir = tmp_path / "run"
+    config = write_run(
+        run_dir,
+        tiny_config(
+            corpus, **{"scheduler.total_steps": DELETE, "scheduler.total_epochs": 2,
+                       "data.validation_documents": 300, "data.gradient_accumulation_steps": 1,
+                       "runtime.evaluation": {"every_n_epochs": 1, "max_batches": 150},
+                       "runtime.checkpoint": {"every_n_steps": 100000}},
+        ),
+    )  # fmt: skip
+    assert train_in_process(config) == 0
+    rows = [r for r in _records(run_dir) if "tokens_per_s" in r]
+    first_of_epoch_2 = next(r for r in rows if r["epoch"] == 1)
+    others = [r["tokens_per_s"] for r in rows[1:] if r is not first_of_epoch_2]
+    assert first_of_epoch_2["eval_checkpoint_s"] > 0.05, first_of_epoch_2
+    assert first_of_epoch_2["tokens_per_s"] > 0.1 * statistics.median(others), (
+        first_of_epoch_2, statistics.median(others))
