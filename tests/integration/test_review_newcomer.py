@@ -18,9 +18,12 @@ def _records(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_throughput_leaves_an_epoch_end_evaluation_out(corpus, tmp_path):  # noqa: F811
+def test_an_epochs_run_leaves_its_epoch_end_evaluation_out_of_throughput(
+    corpus, tmp_path, capsys  # noqa: F811
+):
     """Evaluation at an epoch's end (every_n_epochs) is evaluation time too: it was counted
-    into the next logged step's tokens/s, which fell to a fraction of the others."""
+    into the next logged step's tokens/s, which fell to a fraction of the others. The end
+    summary of a run planned in epochs says which field to raise to go on."""
     run_dir = tmp_path / "run"
     config = write_run(
         run_dir,
@@ -32,6 +35,8 @@ def test_throughput_leaves_an_epoch_end_evaluation_out(corpus, tmp_path):  # noq
         ),
     )  # fmt: skip
     assert train_in_process(config) == 0
+    summary = capsys.readouterr().out.split("== done: ")[1]
+    assert "--resume    # after raising scheduler.total_epochs" in summary
     rows = [r for r in _records(run_dir) if "tokens_per_s" in r]
     first_of_epoch_2 = next(r for r in rows if r["epoch"] == 1)
     others = [r["tokens_per_s"] for r in rows[1:] if r is not first_of_epoch_2]

@@ -259,6 +259,8 @@ def final_summary(run: Any, config_path: Path, seconds: float) -> str:
     best = f"; best validation loss {min(vals):.3f}" if vals else ""
     ckpts = rt.checkpoint.directory
     finished = st.step >= run.total_steps
+    # the field that planned the run is the one to raise (total_steps is derived from epochs)
+    plan = "total_epochs" if cfg.scheduler.total_epochs is not None else "total_steps"
     state = "done" if finished else "stopped"
     lines = [
         f"== {state}: step {st.step:,} of {run.total_steps:,} in {_duration(seconds)} ==",
@@ -277,6 +279,6 @@ def final_summary(run: Any, config_path: Path, seconds: float) -> str:
         f"  lmstream plot {Path(config_path).parent}",
         f"  lmstream export --checkpoint {ckpts} --out EXPORT_DIR",
         f"  lmstream train --config {config_path} --resume"
-        + ("    # after raising scheduler.total_steps" if finished else ""),
+        + (f"    # after raising scheduler.{plan}" if finished else ""),
     ]
     return "\n".join(lines)
