@@ -18,9 +18,7 @@ def _records(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_an_epochs_run_leaves_its_epoch_end_evaluation_out_of_throughput(
-    corpus, tmp_path, capsys  # noqa: F811
-):
+def test_epoch_end_evaluation_is_not_training_time(corpus, tmp_path, capsys):  # noqa: F811
     """Evaluation at an epoch's end (every_n_epochs) is evaluation time too: it was counted
     into the next logged step's tokens/s, which fell to a fraction of the others. The end
     summary of a run planned in epochs says which field to raise to go on."""
@@ -42,4 +40,6 @@ def test_an_epochs_run_leaves_its_epoch_end_evaluation_out_of_throughput(
     others = [r["tokens_per_s"] for r in rows[1:] if r is not first_of_epoch_2]
     assert first_of_epoch_2["eval_checkpoint_s"] > 0.05, first_of_epoch_2
     assert first_of_epoch_2["tokens_per_s"] > 0.1 * statistics.median(others), (
-        first_of_epoch_2, statistics.median(others))
+        first_of_epoch_2,
+        statistics.median(others),
+    )
