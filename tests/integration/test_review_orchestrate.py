@@ -4,14 +4,12 @@ shards, and `--overwrite` on a run folder that cannot be written."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 from tests.integration.test_train import corpus  # noqa: F401 (fixture)
+from tests.support.read_only import read_only
 
 from lmstream.cli import main
 from lmstream.train.run_folder import ABANDONED_DIR
@@ -60,29 +58,6 @@ def test_overwrite_moves_pretokenized_shards_aside_too(corpus, tmp_path, capsys)
     assert {p.name: p.read_bytes() for p in shards.iterdir()} != old  # the new tokenizer's
 
 
-@contextlib.contextmanager
-def _read_only(folder: Path):
-    """``folder`` made read-only for real: its mode for a normal user; a read-only bind mount
-    for root (whom modes do not stop), skipped where mounting is not allowed."""
-    if os.geteuid() != 0:
-        folder.chmod(0o555)
-        try:
-            yield
-        finally:
-            folder.chmod(0o755)
-        return
-    mount = subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True)
-    if mount.returncode != 0:
-        pytest.skip(f"running as root and cannot bind-mount: {mount.stderr.decode().strip()}")
-    try:
-        remount = ["mount", "-o", "remount,bind,ro", str(folder)]
-        if subprocess.run(remount, capture_output=True).returncode != 0:
-            pytest.skip("running as root and cannot remount read-only")
-        yield
-    finally:
-        subprocess.run(["umount", str(folder)], check=True)
-
-
 def test_overwrite_of_a_read_only_run_folder(corpus, tmp_path, capsys):  # noqa: F811
     """One line naming the folder, before streaming. It streamed the source and trained the
     tokenizer, then died in a traceback (OSError: Read-only file system) when it came to move
@@ -93,7 +68,7 @@ def test_overwrite_of_a_read_only_run_folder(corpus, tmp_path, capsys):  # noqa:
     run_dir = ws / "runs" / "e"
     (run_dir / "metrics.jsonl").write_text('{"step": 1}\n')
     before = sorted(p.name for p in run_dir.iterdir())
-    with _read_only(run_dir):
+    with read_only(run_dir):
         code, out, err = _orchestrate(capsys, ws, data, "--overwrite")
     assert code != 0
     lines = err.strip().splitlines()
