@@ -67,5 +67,17 @@ def test_cli_tasks_equal_lm_eval_hf_model_on_the_export(tmp_path: Path) -> None:
         assert set(theirs) <= set(ours[name]), name
         for metric, value in theirs.items():
             assert ours[name][metric] == pytest.approx(value, rel=1e-6), (name, metric)
-    assert {"acc", "acc_norm", "acc_stderr"} <= set(ours[TASK])
-    assert {"word_perplexity", "byte_perplexity", "bits_per_byte"} <= set(ours[rolling])
+    assert set(ours[TASK]) == {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr"}
+    assert set(ours[rolling]) == {"word_perplexity", "byte_perplexity", "bits_per_byte"}
+
+    # The export's card lists those scores as the Hub's model-index, and nothing else: the
+    # harness's example count (sample_len) is not a benchmark score.
+    from huggingface_hub import ModelCard
+
+    listed = {
+        (r.dataset_type, r.metric_type)
+        for r in ModelCard.load(hf_dir / "README.md").data.eval_results
+    }
+    assert listed == {(TASK, "acc"), (TASK, "acc_norm")} | {
+        (rolling, m) for m in ("word_perplexity", "byte_perplexity", "bits_per_byte")
+    }
