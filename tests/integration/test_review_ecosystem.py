@@ -43,3 +43,31 @@ def test_tasks_on_a_read_only_checkpoint_print_the_results_then_one_line(
     assert errors == err.strip().splitlines()[-1:]  # one line, the last (after the progress)
     assert str(checkpoint / "eval_results.json") in errors[0]
     assert not (checkpoint / "eval_results.json").exists()
+
+
+def test_the_card_of_a_mixture_lists_each_source_and_its_weight(tmp_path: Path) -> None:
+    """streaming_config.json version 2 (a mixture, the schema's other form): export's model
+    card read its top-level ``dataset``, which a mixture does not have, and crashed
+    (TypeError); the issue asks for the sources and their weights."""
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    pytest.importorskip("transformers")
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    write_kjv_corpus(corpus, 60, 300)
+    run = tmp_path / "run"
+    assert train(write_run(run, tiny_training_config(corpus, 2))) == 0
+    mixture = {
+        "version": 2,
+        "sources": [
+            {"dataset": "HuggingFaceFW/fineweb-edu", "name": "web", "weight": 3},
+            {"dataset": str(corpus / "train.jsonl"), "name": "kjv", "weight": 1},
+        ],
+    }
+    (run / "streaming_config.json").write_text(json.dumps(mixture))
+    out = tmp_path / "hf"
+    assert cli_main(["export", "--checkpoint", str(run), "--out", str(out)]) == 0
+    card = huggingface_hub.ModelCard.load(out / "README.md")
+    assert card.data.datasets == ["HuggingFaceFW/fineweb-edu"]
+    assert "- web: HuggingFaceFW/fineweb-edu, split train (weight 0.75)" in card.text
+    assert "- kjv: train.jsonl, split train (weight 0.25)" in card.text
+    assert str(corpus) not in card.text  # a local path is shown by its name only
