@@ -8,8 +8,11 @@ import statistics
 from pathlib import Path
 
 import pytest
+import torch
 from tests.integration.test_train import corpus, tiny_config  # noqa: F401 (fixture)
 from tests.support.training import DELETE, train_in_process, write_run
+
+from lmstream.cli import main as cli_main
 
 pytestmark = pytest.mark.slow
 
@@ -43,3 +46,17 @@ def test_epoch_end_evaluation_is_not_training_time(corpus, tmp_path, capsys):  #
         first_of_epoch_2,
         statistics.median(others),
     )
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_dry_run_of_a_gpu_config_on_a_cpu_machine(corpus, tmp_path, capsys):  # noqa: F811
+    """Planning a GPU run on a laptop: the dry-run ended in a traceback (AssertionError: Torch
+    not compiled with CUDA enabled) while measuring a matmul on the absent device. It shows the
+    plan and says the device is not here, with no time estimate."""
+    config = write_run(tmp_path / "run", tiny_config(corpus, **{"runtime.device": "cuda"}))
+    assert cli_main(["train", "--config", str(config), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "planned tokens: " in out and any(x.startswith("data: ") for x in out.splitlines())
+    device = next(line for line in out.splitlines() if line.startswith("device: "))
+    assert "not available on this machine" in device
+    assert not any(line.startswith("time estimate:") for line in out.splitlines())

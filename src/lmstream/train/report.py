@@ -80,6 +80,12 @@ def _duration(seconds: float) -> str:
 def describe_time(cfg: TrainingConfig, vocab_size: int, total_steps: int | None) -> list[str]:
     """The device line and the time estimate (dry-run and start of training)."""
     device = resolve_device(cfg.runtime.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        # A GPU run planned on a machine without one: the plan stands, the rate cannot be had.
+        return [
+            f"device: {device} (runtime.device {cfg.runtime.device}) is not available on this "
+            "machine; no time estimate (training here would stop at start)"
+        ]
     rate = measure_matmul_flops(device)
     per_step = estimate_step_seconds(flops_per_step(cfg, vocab_size), rate)
     lines = [
