@@ -153,10 +153,15 @@ def _lm_class():
     return LmstreamLM
 
 
+# Entries of a task's results that are not scores: the number of examples evaluated would
+# otherwise be logged, tabled and put in the model card's model-index as a benchmark result.
+_NOT_METRICS = frozenset({"alias", "name", "sample_len", "sample_count"})
+
+
 def _short_metrics(raw: dict) -> dict[str, float]:
     out = {}
     for key, value in raw.items():
-        if key == "alias" or isinstance(value, bool) or not isinstance(value, int | float):
+        if key in _NOT_METRICS or isinstance(value, bool) or not isinstance(value, int | float):
             continue
         name, _, filt = key.partition(",")
         label = name if filt in ("", "none") else f"{name}_{filt}"

@@ -53,24 +53,37 @@ def _is_hub_id(dataset: str) -> bool:
     )
 
 
+def _describe_source(src) -> str:
+    """One source of streaming_config.json: dataset, subset, split."""
+    # A local path is shown by its name: the card is written to be published, and the user's
+    # absolute paths (home folder, mounts) are theirs, not the reader's.
+    local = "://" not in src.dataset and not _is_hub_id(src.dataset)
+    parts = [Path(src.dataset).name if local else src.dataset]
+    if src.subset:
+        parts.append(f"subset {src.subset}")
+    parts.append(f"split {src.split}")
+    return ", ".join(parts)
+
+
 def _sources(cfg: TrainingConfig, run_dir: Path | None) -> tuple[list[str], list[str]]:
     """(human-readable sources, Hub dataset ids) from streaming_config.json or data.train_shards."""
     stream_file = run_dir / STREAMING_CONFIG if run_dir is not None else None
     if stream_file is not None and stream_file.is_file():
         try:
             stream = StreamingConfig.model_validate_json(stream_file.read_text(encoding="utf-8"))
-        except ValueError:
+            sources = stream.source_list()  # version 1's one source, or a mixture's
+            weights = stream.weights()
+        except ValueError:  # damaged: the card falls back to data.train_shards
             stream = None
         if stream is not None:
-            # A local path is shown by its name: the card is written to be published, and the
-            # user's absolute paths (home folder, mounts) are theirs, not the reader's.
-            local = "://" not in stream.dataset and not _is_hub_id(stream.dataset)
-            parts = [Path(stream.dataset).name if local else stream.dataset]
-            if stream.subset:
-                parts.append(f"subset {stream.subset}")
-            parts.append(f"split {stream.split}")
-            hub = [stream.dataset] if _is_hub_id(stream.dataset) and not stream.data_files else []
-            return [", ".join(parts)], hub
+            lines = [_describe_source(src) for src in sources]
+            if len(sources) > 1:
+                lines = [
+                    f"{src.name}: {line} (weight {weight:.3g})"
+                    for src, line, weight in zip(sources, lines, weights, strict=True)
+                ]
+            hub = [src.dataset for src in sources if _is_hub_id(src.dataset) and not src.data_files]
+            return lines, list(dict.fromkeys(hub))
     shards = list(cfg.data.train_shards)
     return [Path(s).name if "://" not in s else s for s in shards], []
 

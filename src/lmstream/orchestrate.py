@@ -69,7 +69,8 @@ def _prepare_folders(paths: ExperimentPaths, overwrite: bool, check_only: bool =
     never deleted. ``check_only``: refuse now, move nothing yet (before the long streaming)."""
     from lmstream.train.run_folder import abandon_experiment, check_unlocked
 
-    existing = [p for p in (paths.tokenizer_dir, paths.run_dir) if p.exists() and any(p.iterdir())]
+    folders = (paths.tokenizer_dir, paths.run_dir, _token_root(paths))
+    existing = [p for p in folders if p.exists() and any(p.iterdir())]
     if existing and not overwrite:
         raise ConfigError(
             f"experiment {paths.experiment!r} already exists ({existing[0]}); pass --overwrite "
@@ -77,8 +78,16 @@ def _prepare_folders(paths: ExperimentPaths, overwrite: bool, check_only: bool =
         )
     if existing and check_only:
         check_unlocked(paths.run_dir)  # a training run holds it: refuse before streaming
+        # Moving needs write access to each folder (root included: a read-only mount stops it
+        # too); found now, not as a traceback after the streaming and the tokenizer.
+        for folder in {paths.run_dir, *existing}:
+            if folder.exists() and not os.access(folder, os.W_OK | os.X_OK):
+                raise ConfigError(
+                    f"--overwrite: {folder} is not writable, so the previous files cannot be "
+                    "moved into RUN/abandoned/; nothing was moved or deleted"
+                )
     elif existing:
-        moved = abandon_experiment(paths.run_dir, paths.tokenizer_dir)
+        moved = abandon_experiment(paths.run_dir, paths.tokenizer_dir, _token_root(paths))
         if moved:
             print(moved, flush=True)
     paths.ensure()
@@ -89,7 +98,7 @@ def orchestrate(opts: OrchestrateOptions) -> OrchestrateResult:
     paths = ExperimentPaths.create(opts.workspace, opts.experiment)
     specials = check_special_tokens(opts.special_tokens)
     stream_cfg, sources, specs = plan_sources(opts, paths)
-    if paths.run_dir.exists() or paths.tokenizer_dir.exists():
+    if any(p.exists() for p in (paths.run_dir, paths.tokenizer_dir, _token_root(paths))):
         _prepare_folders(paths, opts.overwrite, check_only=True)  # fail before streaming
     start = time.perf_counter()
     streams = []
@@ -117,7 +126,13 @@ def orchestrate(opts: OrchestrateOptions) -> OrchestrateResult:
         dump_streaming_config(stream_cfg, paths.streaming_config)
         files.append(paths.streaming_config)
     shards = _pretokenize(opts, specs[0], tok, paths) if opts.pretokenize else None
-    holdout = min(holdout_size(s.max_samples) for s in sources)
+    # The holdout is a share of what each source holds within its max_samples: the source
+    # whose end stopped the sample is known to hold no more than it gave (a --max-samples it
+    # never reached would hold out all of a small file, and training would refuse the recipe).
+    sizes = [s.max_samples for s in sources]
+    if sample.ended is not None:
+        sizes[sample.ended] = sample.streams[sample.ended].documents
+    holdout = min(holdout_size(n) for n in sizes)
     write_training_yaml(paths, opts, tok.get_vocab_size(), stream_cfg.data_files, shards, holdout)
     files.append(paths.training_yaml)
     return OrchestrateResult(
@@ -315,11 +330,16 @@ def _rel_glob(pattern: str, base: Path) -> str:
     return pattern if "://" in pattern else os.path.relpath(pattern, base)
 
 
+def _token_root(paths: ExperimentPaths) -> Path:
+    """Where --pretokenize writes the experiment's token shards."""
+    return paths.workspace / "artifacts" / "tokens" / paths.experiment
+
+
 def _pretokenize(opts: OrchestrateOptions, spec: SourceSpec, tok, paths: ExperimentPaths) -> dict:
     """Token shards of the training (and validation) split under artifacts/tokens/EXP/."""
     from lmstream.pretokenize import pretokenize_split
 
-    root = paths.workspace / "artifacts" / "tokens" / paths.experiment
+    root = _token_root(paths)
     if root.exists():
         shutil.rmtree(root)  # only reached with --overwrite or for a new experiment
     out = {}

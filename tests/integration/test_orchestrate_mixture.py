@@ -77,7 +77,9 @@ def test_two_datasets_with_weights(tmp_path, capsys):
     tok = Tokenizer.from_file(str(ws / "artifacts" / "tokenizer" / "mix" / "tokenizer.json"))
     assert tok.token_to_id("<|endoftext|>") == 0
     train = load_training_config(run / "training.yaml")
-    assert train.data.validation_documents == 1000  # no --max-samples: as for one source
+    # no --max-samples: 5% of the 600 documents of the source whose end stopped the sample (a
+    # holdout of 1,000 would be all of it, and training would refuse the recipe)
+    assert train.data.validation_documents == holdout_size(600) == 30
 
 
 def test_sources_file_gives_per_source_fields(tmp_path, capsys):

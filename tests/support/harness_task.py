@@ -65,3 +65,26 @@ def write_generation_task(folder: Path, repeats: int, max_gen_toks: int = 24) ->
         "metric_list:\n  - metric: exact_match\n"
     )
     return name
+
+
+def write_rolling_task(folder: Path) -> str:
+    """folder/kjv_rolling.yaml: perplexity (loglikelihood_rolling) of four long KJV paragraphs,
+    each longer than a 64-token window, so the harness scores them in several windows.
+    Returns the task name."""
+    name = "kjv_rolling"
+    folder.mkdir(parents=True, exist_ok=True)
+    long_docs = [d for d in itertools.islice(kjv_documents(), 200) if len(d) > 600][:4]
+    data = folder / f"{name}.jsonl"
+    data.write_text("".join(json.dumps({"text": doc}) + "\n" for doc in long_docs))
+    (folder / f"{name}.yaml").write_text(
+        f"task: {name}\n"
+        "dataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {data}\n"
+        "test_split: test\n"
+        "output_type: loglikelihood_rolling\n"
+        "doc_to_text: ''\n"
+        'doc_to_target: "{{text}}"\n'
+        "metric_list:\n  - metric: word_perplexity\n  - metric: byte_perplexity\n"
+        "  - metric: bits_per_byte\n"
+    )
+    return name

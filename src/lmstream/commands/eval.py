@@ -7,6 +7,7 @@ import argparse
 import json
 
 from lmstream.commands import add_no_verify, verify_notice
+from lmstream.errors import LmstreamError
 
 EXAMPLES = """examples:
   lmstream eval --checkpoint workspace/runs/demo/checkpoints              # the run's held-out data
@@ -118,13 +119,22 @@ def run_tasks(args: argparse.Namespace) -> int:
         batch_size=args.batch_size or 16,
     )  # fmt: skip
     settings = {"checkpoint": str(folder), "limit": args.limit, "num_fewshot": args.num_fewshot}
-    path = harness.write_results(folder, results, settings)
+    try:
+        path, unwritten = harness.write_results(folder, results, settings), None
+    except OSError as exc:  # a shared or mounted checkpoint: the results are printed anyway
+        path, unwritten = folder / "eval_results.json", exc.strerror or type(exc).__name__
     if args.json:
         print(json.dumps({"tasks": results, **settings}))
     else:
         print(f"checkpoint: {folder}")
         print(harness.format_table(results))
-        print(f"wrote {path}")
+        if unwritten is None:
+            print(f"wrote {path}")
+    if unwritten is not None:
+        raise LmstreamError(
+            f"--tasks: could not write {path} ({unwritten}); the results are printed above, "
+            "and an export of this checkpoint will not list them in its model card"
+        )
     return 0
 
 

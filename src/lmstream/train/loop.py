@@ -233,7 +233,9 @@ class Trainer:
                     st.epoch = epoch + 1
                     if total_epochs is not None and st.epoch >= total_epochs:
                         break
+                    paused = time.perf_counter()  # out of tokens/s, as after a step
                     self._after_step(False, True)  # every_n_epochs: at the epoch's end
+                    clock.paused += time.perf_counter() - paused
                     continue
                 if total_epochs is not None and epoch >= total_epochs:
                     break  # the stream rolled into an epoch past the last one asked for

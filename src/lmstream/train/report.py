@@ -80,6 +80,12 @@ def _duration(seconds: float) -> str:
 def describe_time(cfg: TrainingConfig, vocab_size: int, total_steps: int | None) -> list[str]:
     """The device line and the time estimate (dry-run and start of training)."""
     device = resolve_device(cfg.runtime.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        # A GPU run planned on a machine without one: the plan stands, the rate cannot be had.
+        return [
+            f"device: {device} (runtime.device {cfg.runtime.device}) is not available on this "
+            "machine; no time estimate (training here would stop at start)"
+        ]
     rate = measure_matmul_flops(device)
     per_step = estimate_step_seconds(flops_per_step(cfg, vocab_size), rate)
     lines = [
@@ -259,6 +265,8 @@ def final_summary(run: Any, config_path: Path, seconds: float) -> str:
     best = f"; best validation loss {min(vals):.3f}" if vals else ""
     ckpts = rt.checkpoint.directory
     finished = st.step >= run.total_steps
+    # the field that planned the run is the one to raise (total_steps is derived from epochs)
+    plan = "total_epochs" if cfg.scheduler.total_epochs is not None else "total_steps"
     state = "done" if finished else "stopped"
     lines = [
         f"== {state}: step {st.step:,} of {run.total_steps:,} in {_duration(seconds)} ==",
@@ -277,6 +285,6 @@ def final_summary(run: Any, config_path: Path, seconds: float) -> str:
         f"  lmstream plot {Path(config_path).parent}",
         f"  lmstream export --checkpoint {ckpts} --out EXPORT_DIR",
         f"  lmstream train --config {config_path} --resume"
-        + ("    # after raising scheduler.total_steps" if finished else ""),
+        + (f"    # after raising scheduler.{plan}" if finished else ""),
     ]
     return "\n".join(lines)

@@ -358,11 +358,14 @@ def split_metrics(path: Path, step: int, dropped_to: Path) -> int:
     return len(dropped)
 
 
-def abandon_experiment(run_dir: Path, tokenizer_dir: Path) -> str | None:
+def abandon_experiment(
+    run_dir: Path, tokenizer_dir: Path, token_dir: Path | None = None
+) -> str | None:
     """``orchestrate --overwrite``: move an experiment's previous files (its run's checkpoints,
     best copies, metrics and logs wherever training.yaml put them, then everything else in the
-    run folder, then the tokenizer files) into a new abandoned folder, so the new tokenizer and
-    config files start clean and nothing is deleted. Returns the line to report."""
+    run folder, then the tokenizer files and any pre-tokenized shards in ``token_dir``) into a
+    new abandoned folder, so the new tokenizer and config files start clean and nothing is
+    deleted. Returns the line to report."""
     from lmstream.config import load_training_config
     from lmstream.errors import ConfigError
 
@@ -380,6 +383,8 @@ def abandon_experiment(run_dir: Path, tokenizer_dir: Path) -> str | None:
                     if p.name not in (ABANDONED_DIR, LOCK_FILE)]  # fmt: skip
     if tokenizer_dir.is_dir():
         entries += [(p, "tokenizer") for p in sorted(tokenizer_dir.iterdir())]
+    if token_dir is not None and token_dir.is_dir():
+        entries += [(p, "tokens") for p in sorted(token_dir.iterdir())]
     if not entries:
         return None
     folder = new_abandoned_dir(run_dir)
