@@ -54,9 +54,18 @@ class DataPlan:
 
 
 def resolve_plan(cfg: TrainingConfig, run_dir: Path) -> DataPlan:
-    """Streaming mode when RUN_DIR/streaming_config.json exists, else files mode."""
+    """Streaming mode when RUN_DIR/streaming_config.json exists, else files mode. A mixture
+    (``mixture_plan.resolve_sources`` has every source) answers with its primary source: the
+    largest weight, the first on ties (what a one-line description of the data names)."""
     cache = str(cfg.data.cache_dir) if cfg.data.cache_dir else None
     sc_path = Path(run_dir) / STREAMING_CONFIG
+    if cfg.data.mixture is not None or (
+        sc_path.is_file() and load_streaming_config(sc_path).sources is not None
+    ):
+        from lmstream.data.mixture_plan import resolve_sources
+
+        sources = resolve_sources(cfg, Path(run_dir))
+        return max(sources, key=lambda s: s.weight).plan  # max keeps the first of equals
     if sc_path.is_file():
         sc = load_streaming_config(sc_path)
         spec = SourceSpec.from_streaming_config(sc, cache_dir=cache)
