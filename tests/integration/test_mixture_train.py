@@ -25,14 +25,14 @@ from pathlib import Path
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-from lmstream.cli import main as cli_main
-from lmstream.data import sources as data_sources
 from tests.integration.test_train import wait_for_step
 from tests.reliability.support import assert_same_weights
 from tests.support.http_server import Faults, FileServer
 from tests.support.mixture import mixture_config, write_sources
 from tests.support.training import train_in_process, write_run
+
+from lmstream.cli import main as cli_main
+from lmstream.data import sources as data_sources
 
 pytestmark = pytest.mark.slow
 STEPS = 24

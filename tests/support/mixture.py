@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 
 import numpy as np
+from tests.support.training import DELETE, tiny_training_config
 
 from lmstream.tokenizer import save_tokenizer, train_bpe
-from tests.support.training import DELETE, tiny_training_config
 
 WORDS = ["alpha", "beta", "gamma", "delta", "river", "stone", "light", "shadow", "north", "south"]
 # Words per document for sources a, b, c: short, long, medium (unequal lengths on purpose).

@@ -50,7 +50,13 @@ import torch
 
 from lmstream.config import TrainingConfig
 from lmstream.data.mixture import MixBatch, MixedDataset, MixSettings
-from lmstream.data.mixture_plan import SourcePlan, probe_sources, resolve_sources, tagged
+from lmstream.data.mixture_plan import (
+    SourcePlan,
+    check_mixture_state,
+    probe_sources,
+    resolve_sources,
+    tagged,
+)
 from lmstream.data.packing import Batch, check_vocab, eot_id
 from lmstream.data.token_shards import TokenShards
 from lmstream.data.validation import (
@@ -234,15 +240,14 @@ class TrainLoader:
             which = "an older" if (version or 0) < STATE_VERSION else "a newer"
             raise CheckpointError(
                 f"the checkpoint's data state (version {version}) was written by {which} "
-                f"lmstream whose data order differs (this one reads version {STATE_VERSION}: an "
+                f"lmstream whose data order differs (this one reads versions {_READS}: an "
                 "epoch is a whole pass since issue #20); it cannot resume exactly: finish that run "
                 "with the lmstream that wrote it, or start a new run without --resume"
             )
-        saved = {k: state.get(k) for k in self._meta()}
-        if saved != self._meta():
-            diff = ", ".join(
-                f"{k} {saved[k]} -> {v}" for k, v in self._meta().items() if saved[k] != v
-            )
+        meta = {k: v for k, v in self._meta().items() if k != "version"}  # checked above
+        saved = {k: state.get(k) for k in meta}
+        if saved != meta:
+            diff = ", ".join(f"{k} {saved[k]} -> {v}" for k, v in meta.items() if saved[k] != v)
             raise CheckpointError(
                 f"the data state cannot resume exactly with changed settings ({diff}); resume "
                 "with the same number of ranks, data.num_workers, data.shuffle_buffer_size and "
@@ -275,7 +280,9 @@ class TrainLoader:
         if saved is None or saved == current:
             return
         if self.mix is not None or "sources" in saved:
-            return self._check_mixture(saved, current)
+            # A one-source state resumed into a mixture: the name of the source it read.
+            self.dataset.legacy_name = check_mixture_state(saved, current, SOURCE_KEYS)
+            return
         diff = "; ".join(
             f"{k}: {saved.get(k)!r} -> {current.get(k)!r}"
             for k in SOURCE_KEYS
@@ -286,36 +293,6 @@ class TrainLoader:
             "would point at other documents: restore streaming_config.json / data.train_shards, "
             "or start a new run without --resume"
         )
-
-    def _check_mixture(self, saved: dict, current: dict) -> None:
-        if self.mix is None:
-            raise CheckpointError(
-                "the checkpoint was trained on a mixture and this run has one source; its data "
-                "state resumes only as a mixture: keep the other sources with weight 0"
-            )
-        now = current["sources"]
-        if "sources" not in saved:  # a one-source run becomes a mixture: which source it was
-            same = [name for name, keys in now.items() if keys == saved]
-            if not same:
-                raise CheckpointError(
-                    "the checkpoint's one source is none of this mixture's sources (the same "
-                    "dataset or files with the same settings); keep it to resume"
-                )
-            self.dataset.legacy_name = same[0]
-            return
-        changed = [
-            f"{name}: " + "; ".join(
-                f"{k} {keys.get(k)!r} -> {now[name].get(k)!r}"
-                for k in SOURCE_KEYS if keys.get(k) != now[name].get(k)
-            )
-            for name, keys in saved["sources"].items() if name in now and keys != now[name]
-        ]  # fmt: skip
-        if changed:
-            raise CheckpointError(
-                f"the training source {changed[0]} changed since the checkpoint; its data "
-                "position would point at other documents: restore it (only weights may change, "
-                "and sources be added or removed), or start a new run without --resume"
-            )
 
 
 def _stop_workers(it: Any) -> None:

@@ -21,7 +21,7 @@ from lmstream.config_sources import default_source_name, normalised_weights
 from lmstream.data.documents import DataPlan, TextSource, files_plan, resolve_plan
 from lmstream.data.sources import SourceSpec
 from lmstream.data.token_shards import TokenShards
-from lmstream.errors import ConfigError, DataSourceError, LmstreamError
+from lmstream.errors import CheckpointError, ConfigError, DataSourceError, LmstreamError
 from lmstream.workspace import STREAMING_CONFIG
 
 
@@ -119,3 +119,38 @@ def tagged(err: LmstreamError, name: str) -> LmstreamError:
     """``err`` with its message prefixed by the source's name (same type, same exit code)."""
     text = f"data source {name!r}: {err}"
     return ConfigError(text) if isinstance(err, ConfigError) else type(err)(text)
+
+
+def check_mixture_state(saved: dict, current: dict, keys) -> str | None:
+    """Whether a saved data state's sources (``loader.TrainLoader._source``) can resume into
+    the current ones: CheckpointError if a kept source's settings (``keys``) changed or a
+    mixture's state meets a one-source run; for a one-source state resumed into a mixture,
+    the name of the current source it read (None otherwise)."""
+    if "sources" not in current:
+        raise CheckpointError(
+            "the checkpoint was trained on a mixture and this run has one source; its data "
+            "state resumes only as a mixture: keep the other sources with weight 0"
+        )
+    now = current["sources"]
+    if "sources" not in saved:  # a one-source run becomes a mixture: which source it was
+        same = [name for name, ident in now.items() if ident == saved]
+        if not same:
+            raise CheckpointError(
+                "the checkpoint's one source is none of this mixture's sources (the same "
+                "dataset or files with the same settings); keep it to resume"
+            )
+        return same[0]
+    changed = [
+        f"{name}: " + "; ".join(
+            f"{k} {ident.get(k)!r} -> {now[name].get(k)!r}"
+            for k in keys if ident.get(k) != now[name].get(k)
+        )
+        for name, ident in saved["sources"].items() if name in now and ident != now[name]
+    ]  # fmt: skip
+    if changed:
+        raise CheckpointError(
+            f"the training source {changed[0]} changed since the checkpoint; its data "
+            "position would point at other documents: restore it (only weights may change, "
+            "and sources be added or removed), or start a new run without --resume"
+        )
+    return None

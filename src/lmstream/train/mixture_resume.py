@@ -22,7 +22,10 @@ FILES_FIELDS = ("data.train_shards", "data.validation_shards", "data.mixture")
 
 def stream_sources(dump: dict) -> list[dict]:
     """A streaming_config.json dump (version 1 or 2) as a list of named, weighted sources."""
-    sc = StreamingConfig.model_validate({k: v for k, v in dump.items() if k != "mode"})
+    # Version 2 keeps the per-source fields under `sources` only (a dump also lists their
+    # top-level defaults, which the schema refuses beside `sources`).
+    skip = {"mode", *(STREAM_SOURCE_FIELDS if dump.get("sources") else ())}
+    sc = StreamingConfig.model_validate({k: v for k, v in dump.items() if k not in skip})
     sources = sc.source_list()
     return [
         {**src.model_dump(mode="json", exclude={"name", "weight"}), "name": src.name, "weight": w}
@@ -55,8 +58,14 @@ def files_sources(flat: dict) -> list[dict]:
 def compare_sources(saved: list[dict], current: list[dict], keys) -> tuple[list[str], list[str]]:
     """(notes, breaking): one note line when weights or the set of sources changed; one
     breaking entry per changed setting (``keys``) of a kept source."""
-    old = {s["name"]: s for s in saved}
     new = {s["name"]: s for s in current}
+    if len(saved) == 1 and saved[0]["name"] not in new:
+        # A one-source run's source goes by a default name; in the mixture it may have its
+        # own. The same settings make it the same source (the loader matches it so, too).
+        same = [n for n, s in new.items() if all(s.get(k) == saved[0].get(k) for k in keys)]
+        if same:
+            saved = [{**saved[0], "name": same[0]}]
+    old = {s["name"]: s for s in saved}
     breaking = [
         f"source {name} {k}: {old[name].get(k)!r} -> {new[name].get(k)!r}"
         for name in old if name in new

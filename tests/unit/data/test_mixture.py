@@ -14,13 +14,13 @@ import re
 import numpy as np
 import pytest
 import torch
+from tests.support.mixture import mixture_config, write_sources
 
 from lmstream.config import parse_training_config
 from lmstream.data.loader import build_train_loader
 from lmstream.data.mixture import choose
 from lmstream.errors import CheckpointError
 from lmstream.tokenizer import load_tokenizer
-from tests.support.mixture import mixture_config, write_sources
 
 WEIGHTS3 = {"a": 0.5, "b": 0.3, "c": 0.2}
 
@@ -122,9 +122,7 @@ def test_resume_is_exact_twice_with_workers(sources, tmp_path, workers):
     assert state["version"] == 3 and set(state["source"]["sources"]) == {"a", "b", "c"}
 
 
-def test_small_source_restarts_as_its_own_epoch_and_the_primary_sets_the_epoch(
-    sources, tmp_path
-):
+def test_small_source_restarts_as_its_own_epoch_and_the_primary_sets_the_epoch(sources, tmp_path):
     loader = _loader(sources, {"b": 0.2, "a": 0.8}, tmp_path)
     try:
         batches = _take(loader, 200)
