@@ -41,11 +41,8 @@ from lmstream.data.documents import TextSource, shuffled_reading
 from lmstream.data.packing import Batch, Packer, encode_documents
 from lmstream.data.shuffle import Position, WindowedDocuments
 from lmstream.data.token_shards import TokenShards, TokenShardSource
-from lmstream.data.worker import StreamSettings
+from lmstream.data.worker import _CHUNK_CHARS, _CHUNK_DOCS, StreamSettings
 from lmstream.errors import CheckpointError, DataSourceError
-
-_CHUNK_CHARS = 32_000  # characters tokenized per encode_batch call, per source
-_CHUNK_DOCS = 128
 
 
 @dataclass(frozen=True)
