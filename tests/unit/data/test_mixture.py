@@ -17,7 +17,7 @@ import torch
 from tests.support.mixture import mixture_config, write_sources
 
 from lmstream.config import parse_training_config
-from lmstream.data.loader import build_train_loader
+from lmstream.data.loader import build_train_loader, build_validation_batches
 from lmstream.data.mixture import choose
 from lmstream.errors import CheckpointError
 from lmstream.tokenizer import load_tokenizer
@@ -211,3 +211,23 @@ def test_one_source_checkpoint_resumes_into_a_mixture(sources, tmp_path):
     resumed = [d for b in after for d in _docs(tok, b)]
     assert {d[0] for d in resumed} == {"a", "b"}
     assert not set(resumed[1:]) & seen
+
+
+def test_each_source_has_its_own_validation_set(sources, tmp_path):
+    root, paths = sources
+    cfg_dict = mixture_config(root, paths, {"a": 0.5, "b": 0.5})
+    # b validates on its own files (c's documents here), a on a holdout of its first documents
+    cfg_dict["data"]["mixture"][1]["validation_shards"] = paths["c"]
+    cfg = parse_training_config(cfg_dict, root)
+    tok = load_tokenizer(cfg.tokenizer.tokenizer_json)
+    val = build_validation_batches(cfg, tok, tmp_path)
+    by_source = {name: [d for b in val if b.source == name for d in _docs(tok, b)]
+                 for name in ("a", "b")}  # fmt: skip
+    assert by_source["a"] and {d[0] for d in by_source["a"]} == {"a"}
+    assert by_source["b"] and {d[0] for d in by_source["b"]} == {"c"}
+    loader = build_train_loader(cfg, tok, tmp_path)
+    try:
+        trained = {d for b in _take(loader, 40) for d in _docs(tok, b)}
+    finally:
+        loader.close()
+    assert not trained & set(by_source["a"][1:])  # a's holdout is never trained on
