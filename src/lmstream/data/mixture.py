@@ -212,7 +212,6 @@ class MixedIterator:
         self._force: tuple[int, int] | None = None  # (source, offset): resume's first document
         self._segments: deque = deque()  # (start, end, source, epoch) in packed-stream tokens
         self._added = self._taken = 0
-        self._same_mix = True  # False after loading a state of other weights or sources
 
     # ---- position
 
@@ -253,9 +252,12 @@ class MixedIterator:
         kept = source is not None and names[source] in current
         self._force = (current.index(names[source]), int(state["offset"])) if kept else None
         same = names == current and list(state["weights"]) == list(self.mix.weights)
-        # A changed mix restarts the mixer's counts: the new weights apply from here on.
-        self._drawn = [int(d) for d in state["drawn"]] if same else [0] * len(current)
-        self._same_mix = same
+        if same:
+            self._drawn = [int(d) for d in state["drawn"]]
+        else:  # a changed mix restarts the counts: the new weights apply from here on
+            self._drawn = [0] * len(current)
+            if self._force is not None:  # the resumed document's trained part is not counted
+                self._drawn[self._force[0]] = -self._force[1]
 
     def _from_single(self, state: dict) -> dict:
         name = self.legacy_name
@@ -302,10 +304,7 @@ class MixedIterator:
             k, offset = choose(self._drawn, self.mix.weights), 0
         tag = _Drawn(k, tuple(self._drawn), tuple(p.next for p in self._pipes))
         pos, tokens = self._pipes[k].draw()
-        if self._force is not None:
-            self._force = None
-            if not self._same_mix:  # a changed mix counts only what is still to be trained on
-                self._drawn[k] -= offset
+        self._force = None
         self._packer.add(tokens, tag, offset)
         n = len(tokens) + 1 - offset
         self._drawn[k] += len(tokens) + 1

@@ -46,6 +46,15 @@ def _take(loader, n):
     return [next(loader._test_it) for _ in range(n)]
 
 
+def _positions(state) -> list[dict]:
+    """The workers' mixture states (mixer counts, source positions) inside a loader state."""
+    if isinstance(state, dict):
+        if "drawn" in state:
+            return [state]
+        return [p for v in state.values() for p in _positions(v)]
+    return []
+
+
 def _docs(tokenizer, batch) -> list[str]:
     return re.findall(r"[abc]\d{4}", tokenizer.decode(batch.inputs.flatten().tolist()))
 
@@ -145,12 +154,26 @@ def test_weight_change_on_resume_continues_every_source(sources, tmp_path):
     finally:
         loader.close()
     seen = [d for b in before for d in _docs(tok, b)]
-    changed = _loader(sources, {"a": 0.2, "b": 0.3, "c": 0.5}, tmp_path)
+    new_weights = {"a": 0.2, "b": 0.3, "c": 0.5}
+    changed = _loader(sources, new_weights, tmp_path)
     changed.load_state_dict(copy.deepcopy(state))
     try:
-        after = _take(changed, 30)
+        after = _take(changed, 1)
+        state2 = changed.state_dict()  # mid-document, right after the changed-mix resume
+        after += _take(changed, 29)
+        end = _positions(changed.state_dict())
     finally:
         changed.close()
+    again = _loader(sources, new_weights, tmp_path)  # a second resume, at the new weights
+    again.load_state_dict(copy.deepcopy(state2))
+    try:
+        assert all(
+            torch.equal(x.inputs, y.inputs)
+            for x, y in zip(_take(again, 29), after[1:], strict=True)
+        )
+        assert _positions(again.state_dict()) == end  # the mixer's counts too
+    finally:
+        again.close()
     # The first batch after resume starts where the run stopped, whatever the weights.
     assert torch.equal(after[0].inputs[0, :8], after_same[0].inputs[0, :8])
     resumed = [d for b in after for d in _docs(tok, b)]
