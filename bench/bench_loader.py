@@ -200,7 +200,12 @@ def record_mixture(data: dict, args) -> None:
         f"of ({BATCH}, {SEQ}+1)), {args.repeats} alternating runs each in fresh processes.\n\n"
         f"{table}\n\n**Ratio {m['ratio']:.2f}x** (goal >= 0.9x): {verdict}. Each worker runs "
         "one pipeline per source (3 readers, 3 tokenize chunks in flight); the mixer itself is "
-        "a few comparisons per document.\n"
+        "a few comparisons per document. Per repetition (mixture / one source, back to back): "
+        + ", ".join(
+            f"{x['tokens'] / x['seconds'] / (y['tokens'] / y['seconds']):.2f}"
+            for x, y in zip(m["runs"]["mixture"], m["runs"]["one"], strict=True)
+        )
+        + ".\n"
     )
     harness.update_benchmarks_md("loader-mixture", body)
 
