@@ -65,17 +65,7 @@ def resolve_sources(cfg: TrainingConfig, run_dir: Path) -> list[SourcePlan]:
 def _stream_plan(sc, src, cache: str | None) -> DataPlan:
     """A version-2 source's plan; its identity holds what decides its documents (the loader's
     SOURCE_KEYS) and the file-wide reading settings."""
-    spec = SourceSpec(
-        path=src.dataset,
-        subset=src.subset,
-        data_files=tuple(src.data_files) if src.data_files else None,
-        text_field=src.text_field,
-        revision=src.revision,
-        trust_remote_code=sc.trust_remote_code,
-        cache_dir=cache,
-        batch_size=sc.stream_batch_size,
-        max_chars=sc.max_chars,
-    )
+    spec = SourceSpec.from_source(src, sc, cache_dir=cache)
     ident = {
         "mode": "streaming",
         **src.model_dump(mode="json", exclude={"name", "weight"}),
