@@ -19,7 +19,13 @@ taken by reading D documents (no tokenizing: what re-reading from the start woul
 best), then a worker is resumed there (seek to the window start, re-read the window of
 ``--window`` documents, tokenize from the saved document on) and timed to its first batch.
 
-Run: ``python bench/bench_loader.py [--quick] [--record]``.
+Mixture (``--mixture``): the same long-document corpus read by ``build_train_loader`` as one
+source, and as a 3-source ``data.mixture`` (its 8 files split 4/2/2, weights 0.5/0.25/0.25, so
+each source lasts as long as the others), both with 2 workers, to the same number of tokens;
+alternating fresh subprocesses, medians, the ratio mixture / one source in the same run.
+Goal: >= 0.9x.
+
+Run: ``python bench/bench_loader.py [--quick] [--record] [--mixture]``.
 """
 
 from __future__ import annotations
@@ -123,6 +129,85 @@ def child_loader(paths: list[str], tokenizer_json: str, workdir: str, corpus_tok
         if tokens >= corpus_tokens:
             break
     return {"tokens": tokens, "seconds": time.perf_counter() - start, "first_batch_s": first}
+
+
+MIX_SPLIT = ((0, 4, 0.5), (4, 6, 0.25), (6, 8, 0.25))  # files [lo, hi) and weight per source
+
+
+def child_mixture(paths: list[str], tokenizer_json: str, workdir: str, tokens_to: int,
+                  mixed: bool) -> dict:  # fmt: skip
+    """One source or the 3-source mixture of the same files, timed to ``tokens_to`` tokens."""
+    from tokenizers import Tokenizer
+
+    from lmstream.data.loader import build_train_loader
+
+    tok = Tokenizer.from_file(tokenizer_json)
+    if mixed:
+        mixture = [{"name": f"s{k}", "weight": w, "train_shards": paths[lo:hi]}
+                   for k, (lo, hi, w) in enumerate(MIX_SPLIT)]  # fmt: skip
+        cfg = loader_config(Path(workdir), tokenizer_json, [], mixture=mixture)
+    else:
+        cfg = loader_config(Path(workdir), tokenizer_json, paths)
+    start, tokens = time.perf_counter(), 0
+    loader = build_train_loader(cfg, tok, Path(workdir))
+    for batch in loader:
+        tokens += batch.inputs.numel() + batch.inputs.shape[0]
+        if tokens >= tokens_to:
+            break
+    loader.close()
+    return {"tokens": tokens, "seconds": time.perf_counter() - start}
+
+
+def measure_mixture(args, work: Path) -> dict:
+    from lmstream.tokenizer import save_tokenizer, train_bpe
+
+    docs = long_documents(int(args.megabytes * 1e6))
+    paths = write_parquet(docs, work / "long")
+    tok = train_bpe(
+        (docs[i : i + 1000] for i in range(0, 2000, 1000)), 16000, ["<|endoftext|>", "<|pad|>"]
+    )
+    save_tokenizer(tok, work / "tok")
+    tj = str(work / "tok" / "tokenizer.json")
+    target = int(0.9 * child_raw(paths, tj)["tokens"])  # within one pass of every source
+    runs: dict[str, list[dict]] = {"one": [], "mixture": []}
+    for rep in range(args.repeats):
+        for name in runs:
+            runs[name].append(run_child(
+                ["mixture", json.dumps([paths, tj, str(work), target, name == "mixture"])]
+            ))  # fmt: skip
+            print(
+                f"  rep {rep}: {name:8s} "
+                f"{runs[name][-1]['tokens'] / runs[name][-1]['seconds']:>12,.0f} tokens/s"
+            )
+    rate = {m: harness.median([r["tokens"] / r["seconds"] for r in rs]) for m, rs in runs.items()}
+    return {"documents": len(docs), "tokens": target, "tokens_per_s": rate,
+            "ratio": rate["mixture"] / rate["one"], "runs": runs}  # fmt: skip
+
+
+def record_mixture(data: dict, args) -> None:
+    m = data["mixture"]
+    verdict = "PASS" if m["ratio"] >= 0.9 else "FAIL"
+    table = harness.markdown_table(
+        ["contender", "tokens/s (median)"],
+        [[f"one source: {FILES} parquet files, {WORKERS} workers", harness.fmt_int(m["tokens_per_s"]["one"])],
+         [f"mixture: the same files as 3 sources (4/2/2 files, weights 0.5/0.25/0.25), {WORKERS} workers", harness.fmt_int(m["tokens_per_s"]["mixture"])]],
+    )  # fmt: skip
+    body = (
+        "## Data loader: a 3-source mixture vs one source\n\n"
+        f"`python bench/bench_loader.py --mixture --record` on {data['date']}, "
+        f"{data['machine']}; load average {data['load']:.1f} at the start (other jobs share the "
+        f"cores). {m['documents']:,} documents of ~2 KB, {m['tokens']:,} tokens per run (batches "
+        f"of ({BATCH}, {SEQ}+1)), {args.repeats} alternating runs each in fresh processes.\n\n"
+        f"{table}\n\n**Ratio {m['ratio']:.2f}x** (goal >= 0.9x): {verdict}. Each worker runs "
+        "one pipeline per source (3 readers, 3 tokenize chunks in flight); the mixer itself is "
+        "a few comparisons per document. Per repetition (mixture / one source, back to back): "
+        + ", ".join(
+            f"{x['tokens'] / x['seconds'] / (y['tokens'] / y['seconds']):.2f}"
+            for x, y in zip(m["runs"]["mixture"], m["runs"]["one"], strict=True)
+        )
+        + ".\n"
+    )
+    harness.update_benchmarks_md("loader-mixture", body)
 
 
 def child_resume(paths: list[str], tokenizer_json: str, workdir: str, depths: list[int],
@@ -262,15 +347,28 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=65536, help="shuffle window (documents)")
     parser.add_argument("--quick", action="store_true", help="smoke-sized run")
     parser.add_argument("--record", action="store_true", help="update BENCHMARKS.md")
+    parser.add_argument("--mixture", action="store_true", help="3-source mixture vs one source")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        fn = {"raw": child_raw, "loader": child_loader, "resume": child_resume}[args.child[0]]
+        fn = {"raw": child_raw, "loader": child_loader, "resume": child_resume,
+              "mixture": child_mixture}[args.child[0]]  # fmt: skip
         print(json.dumps(fn(*json.loads(args.child[1]))))
         return
     if args.quick:
         args.megabytes, args.repeats, args.resume_docs, args.window = 2.0, 1, 20_000, 4096
     load = os.getloadavg()[0]
+    if args.mixture:
+        with tempfile.TemporaryDirectory(prefix="bench-loader-") as tmp:
+            print("mixture vs one source:")
+            mixture = measure_mixture(args, Path(tmp))
+        print(f"mixture / one source = {mixture['ratio']:.2f}x (goal >= 0.9x)")
+        data = {"date": harness.today(), "machine": harness.machine_description(),
+                "mixture": mixture, "load": load}  # fmt: skip
+        harness.write_result("loader-mixture", data)
+        if args.record and not args.quick:
+            record_mixture(data, args)
+        return
     with tempfile.TemporaryDirectory(prefix="bench-loader-") as tmp:
         work = Path(tmp)
         print("throughput (one pass over the corpus):")

@@ -47,6 +47,17 @@ def series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
     return steps, [by_step[s] for s in steps]
 
 
+def _source_panels(records: list[dict]) -> list[tuple]:
+    """A mixture's panels: validation loss and tokens seen, one curve per source."""
+    out = []
+    for key, title in (("val_loss/", "Validation loss per source"),
+                       ("tokens_seen/", "Tokens seen per source")):  # fmt: skip
+        names = sorted({k[len(key) :] for r in records for k in r if k.startswith(key)})
+        if names:
+            out.append((title, tuple((key + n, n) for n in names)))
+    return out
+
+
 def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write the curves of RUN_DIR/metrics.jsonl to ``out`` (default RUN_DIR/curves.png)."""
     import matplotlib
@@ -64,6 +75,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     bench = [(k, k[len("eval/") :]) for k in bench if not k.endswith("_stderr")]
     if bench:
         panels.append(("Benchmarks (lm-evaluation-harness)", tuple(bench)))
+    panels += _source_panels(records)
     rows = (len(panels) + 1) // 2
     fig, axes = plt.subplots(rows, 2, figsize=(11, 3.5 * rows))
     for ax in axes.flat[len(panels) :]:

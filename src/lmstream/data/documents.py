@@ -54,9 +54,18 @@ class DataPlan:
 
 
 def resolve_plan(cfg: TrainingConfig, run_dir: Path) -> DataPlan:
-    """Streaming mode when RUN_DIR/streaming_config.json exists, else files mode."""
+    """Streaming mode when RUN_DIR/streaming_config.json exists, else files mode. A mixture
+    (``mixture_plan.resolve_sources`` has every source) answers with its primary source: the
+    largest weight, the first on ties (what a one-line description of the data names)."""
     cache = str(cfg.data.cache_dir) if cfg.data.cache_dir else None
     sc_path = Path(run_dir) / STREAMING_CONFIG
+    if cfg.data.mixture is not None or (
+        sc_path.is_file() and load_streaming_config(sc_path).sources is not None
+    ):
+        from lmstream.data.mixture_plan import resolve_sources
+
+        sources = resolve_sources(cfg, Path(run_dir))
+        return max(sources, key=lambda s: s.weight).plan  # max keeps the first of equals
     if sc_path.is_file():
         sc = load_streaming_config(sc_path)
         spec = SourceSpec.from_streaming_config(sc, cache_dir=cache)
@@ -73,18 +82,32 @@ def resolve_plan(cfg: TrainingConfig, run_dir: Path) -> DataPlan:
             f"data.train_shards: empty and there is no {STREAMING_CONFIG} in {run_dir}; list "
             "training files or globs, or run `lmstream orchestrate --stream` to stream a dataset"
         )
+    return files_plan(train, val, cache)
+
+
+def files_plan(
+    train: list[str], val: list[str], cache: str | None, field_prefix: str = "data."
+) -> DataPlan:
+    """The plan of files-mode training files ``train`` (text or token shards) and validation
+    files ``val`` (empty: a holdout); ``field_prefix`` names where they were set, for errors
+    (``data.`` or a mixture source's ``data.mixture[k].``)."""
     ident = {"mode": "files", "train": train, "validation": val}
-    tokens = _token_mode(train, "data.train_shards")
-    val_tokens = _token_mode(val, "data.validation_shards") if val else tokens
+    tokens = _token_mode(train, f"{field_prefix}train_shards")
+    val_tokens = _token_mode(val, f"{field_prefix}validation_shards") if val else tokens
     if tokens:
         if val and not val_tokens:
-            raise ConfigError("data.validation_shards: must be token shards like data.train_shards")
+            raise ConfigError(
+                f"{field_prefix}validation_shards: must be token shards like "
+                f"{field_prefix}train_shards"
+            )
         return DataPlan(
             "tokens", token_paths=tuple(train), validation="files" if val else "holdout",
             validation_token_paths=tuple(val), identity=ident,
         )  # fmt: skip
     if val and val_tokens:
-        raise ConfigError("data.validation_shards: must be text files like data.train_shards")
+        raise ConfigError(
+            f"{field_prefix}validation_shards: must be text files like {field_prefix}train_shards"
+        )
     spec = SourceSpec.from_files(train, cache_dir=cache)
     if not val:
         return DataPlan("text", spec, identity=ident)

@@ -36,6 +36,7 @@ from the global RNG, which dropout uses.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import signal
@@ -48,7 +49,14 @@ from typing import Any
 import torch
 
 from lmstream.config import TrainingConfig
-from lmstream.data.documents import resolve_plan
+from lmstream.data.mixture import MixBatch, MixedDataset, MixSettings
+from lmstream.data.mixture_plan import (
+    SourcePlan,
+    check_mixture_state,
+    probe_sources,
+    resolve_sources,
+    tagged,
+)
 from lmstream.data.packing import Batch, check_vocab, eot_id
 from lmstream.data.token_shards import TokenShards
 from lmstream.data.validation import (
@@ -57,7 +65,7 @@ from lmstream.data.validation import (
     load_validation_set,
 )
 from lmstream.data.worker import PackedDataset, StreamSettings, to_batch
-from lmstream.errors import CheckpointError, LmstreamError
+from lmstream.errors import CheckpointError, ConfigError, DataSourceError, LmstreamError
 
 __all__ = [
     "Batch",
@@ -68,7 +76,9 @@ __all__ = [
     "worker_failure",
 ]
 
-STATE_VERSION = 2  # 2: per-pass epochs (epoch, drained, worker "done")
+STATE_VERSION = 3  # 2: per-pass epochs (epoch, drained, worker "done"); 3: mixtures
+# Versions whose one-source states read the same (3 added only the mixtures' states).
+_READS = (2, 3)
 
 # The settings that decide which documents a pass holds and where the holdout ends (keys of
 # ``DataPlan.identity``): a saved position means nothing once one of them changes. How the
@@ -99,7 +109,7 @@ class TrainLoader:
 
     def __init__(
         self,
-        dataset: PackedDataset,
+        dataset: PackedDataset | MixedDataset,
         *,
         num_workers: int,
         pin_memory: bool = False,
@@ -108,6 +118,8 @@ class TrainLoader:
         from torchdata.stateful_dataloader import StatefulDataLoader
 
         self.dataset = dataset
+        self.mix: MixSettings | None = getattr(dataset, "mix", None)  # a mixture's sources
+        self.source_epochs: list[int] = []  # a mixture's epoch per source, as far as yielded
         self.num_workers = num_workers
         self.sync_passes = sync_passes
         self.epoch = 0  # the pass being read
@@ -167,7 +179,7 @@ class TrainLoader:
         try:
             while True:
                 try:
-                    rows, valid, epoch, worker, skipped = next(it)
+                    rows, valid, epoch, worker, skipped, *mixed = next(it)
                 except StopIteration:
                     return
                 except (LmstreamError, RuntimeError, ConnectionError, EOFError) as err:
@@ -177,9 +189,19 @@ class TrainLoader:
                     raise error from (None if isinstance(err, LmstreamError) else err)
                 self._skipped[worker] = skipped
                 self.last_worker = worker
-                yield to_batch(rows, valid, epoch)
+                batch = to_batch(rows, valid, epoch)
+                if mixed:  # a mixture's batch: its tokens and epochs per source
+                    batch = self._mixed(batch, mixed[0])
+                yield batch
         finally:
             _stop_workers(it)
+
+    def _mixed(self, batch: Batch, extra: dict) -> MixBatch:
+        epochs = extra["epochs"]
+        self.source_epochs = [max(a, b) for a, b in itertools.zip_longest(
+            self.source_epochs, epochs, fillvalue=0)]  # fmt: skip
+        return MixBatch(batch.inputs, batch.targets, batch.epoch, batch.weight,
+                        tuple(extra["tokens"]), tuple(epochs))  # fmt: skip
 
     def _idle_batch(self) -> Batch:
         s = self.dataset.settings
@@ -214,19 +236,18 @@ class TrainLoader:
 
     def load_state_dict(self, state: dict) -> None:
         version = state.get("version")
-        if version != STATE_VERSION:
+        if version not in _READS:
             which = "an older" if (version or 0) < STATE_VERSION else "a newer"
             raise CheckpointError(
                 f"the checkpoint's data state (version {version}) was written by {which} "
-                f"lmstream whose data order differs (this one reads version {STATE_VERSION}: an "
+                f"lmstream whose data order differs (this one reads versions {_READS}: an "
                 "epoch is a whole pass since issue #20); it cannot resume exactly: finish that run "
                 "with the lmstream that wrote it, or start a new run without --resume"
             )
-        saved = {k: state.get(k) for k in self._meta()}
-        if saved != self._meta():
-            diff = ", ".join(
-                f"{k} {saved[k]} -> {v}" for k, v in self._meta().items() if saved[k] != v
-            )
+        meta = {k: v for k, v in self._meta().items() if k != "version"}  # checked above
+        saved = {k: state.get(k) for k in meta}
+        if saved != meta:
+            diff = ", ".join(f"{k} {saved[k]} -> {v}" for k, v in meta.items() if saved[k] != v)
             raise CheckpointError(
                 f"the data state cannot resume exactly with changed settings ({diff}); resume "
                 "with the same number of ranks, data.num_workers, data.shuffle_buffer_size and "
@@ -240,15 +261,27 @@ class TrainLoader:
             self._loader.load_state_dict(state["loader"])
 
     def _source(self) -> dict:
+        if self.mix is not None:  # a mixture: each source's keys, by name
+            return {"sources": {
+                name: {k: st.plan.identity[k] for k in SOURCE_KEYS if k in st.plan.identity}
+                for name, st in zip(self.mix.names, self.mix.settings, strict=True)
+            }}  # fmt: skip
         identity = self.dataset.settings.plan.identity
         return {k: identity[k] for k in SOURCE_KEYS if k in identity}
 
     def _check_source(self, saved: dict | None) -> None:
         """Refuse a resume whose source settings changed (e.g. orchestrate re-run with another
         --max-chars or --max-samples): the saved positions would point at other documents and
-        the holdout could move into training. A state saved without them is not checked."""
+        the holdout could move into training. A state saved without them is not checked.
+
+        A mixture may change its weights and add or remove sources (each kept source continues
+        from its position, see ``mixture.py``); a kept source's own settings may not change."""
         current = self._source()
         if saved is None or saved == current:
+            return
+        if self.mix is not None or "sources" in saved:
+            # A one-source state resumed into a mixture: the name of the source it read.
+            self.dataset.legacy_name = check_mixture_state(saved, current, SOURCE_KEYS)
             return
         diff = "; ".join(
             f"{k}: {saved.get(k)!r} -> {current.get(k)!r}"
@@ -355,17 +388,49 @@ def build_train_loader(
     world_size: int = 1,
     sync_passes: bool = False,
 ) -> TrainLoader:
-    """The rank's training loader (streaming mode when RUN_DIR/streaming_config.json exists)."""
+    """The rank's training loader (streaming mode when RUN_DIR/streaming_config.json exists;
+    a mixture when it or data.mixture lists several sources)."""
     check_vocab(tokenizer, cfg.model.vocab_size)
-    plan = resolve_plan(cfg, Path(run_dir))
-    held_out = load_validation_set(cfg, tokenizer, Path(run_dir), plan)
-    if plan.kind == "tokens":
-        TokenShards(plan.token_paths).check_tokenizer(tokenizer)
-    d = cfg.data
-    check_training_documents(
-        plan, held_out, world_size * max(d.num_workers, 1), d.validation_documents
+    sources = resolve_sources(cfg, Path(run_dir))
+    probe_sources(sources)  # a mixture's empty or unreadable source, before anything is written
+    settings = [
+        _settings(cfg, tokenizer, Path(run_dir), src, rank, world_size, len(sources) > 1)
+        for src in sources
+    ]
+    if len(sources) == 1:
+        dataset = PackedDataset(settings[0], tokenizer)
+    else:
+        mix = MixSettings(
+            tuple(s.name for s in sources), tuple(s.weight for s in sources), tuple(settings)
+        )
+        dataset = MixedDataset(mix, tokenizer)
+    return TrainLoader(
+        dataset,
+        num_workers=cfg.data.num_workers,
+        pin_memory=torch.cuda.is_available(),
+        sync_passes=sync_passes,
     )
-    settings = StreamSettings(
+
+
+def _settings(
+    cfg: TrainingConfig, tokenizer: Any, run_dir: Path, source: SourcePlan,
+    rank: int, world_size: int, named: bool,
+) -> StreamSettings:  # fmt: skip
+    """One source's stream settings, after its validation set and the check that it has a
+    document for every data worker (errors name the source in a mixture)."""
+    plan, d = source.plan, cfg.data
+    try:
+        held_out = load_validation_set(cfg, tokenizer, run_dir, plan)
+        if plan.kind == "tokens":
+            TokenShards(plan.token_paths).check_tokenizer(tokenizer)
+        check_training_documents(
+            plan, held_out, world_size * max(d.num_workers, 1), d.validation_documents
+        )
+    except (ConfigError, DataSourceError) as err:
+        if not named:
+            raise
+        raise tagged(err, source.name) from None
+    return StreamSettings(
         plan=plan,
         batch_size=d.batch_size,
         sequence_length=d.sequence_length,
@@ -376,10 +441,4 @@ def build_train_loader(
         eot_id=eot_id(tokenizer),
         exclude=held_out.hashes,
         skip_first=held_out.skip_first,
-    )
-    return TrainLoader(
-        PackedDataset(settings, tokenizer),
-        num_workers=d.num_workers,
-        pin_memory=torch.cuda.is_available(),
-        sync_passes=sync_passes,
     )

@@ -192,10 +192,31 @@ def build_validation_batches(
     left one row short gets a padding row whose targets are all ignored (-100): every rank runs
     the same number of forward passes (FSDP gathers parameters in each), and the padding adds
     no tokens to the token-weighted loss. [] when ``data.validation_documents`` is 0.
+
+    A mixture has one such set per source (``evaluation.num_sequences`` rows each), its batches
+    tagged with the source's name (``mixture.SourceBatch``) for ``val_loss/NAME``.
     """
     if cfg.data.validation_documents == 0:
         return []
-    tokens = load_validation_set(cfg, tokenizer, Path(run_dir)).tokens
+    from lmstream.data.mixture import SourceBatch
+    from lmstream.data.mixture_plan import resolve_sources, tagged
+
+    sources = resolve_sources(cfg, Path(run_dir))
+    if len(sources) == 1:
+        tokens = load_validation_set(cfg, tokenizer, Path(run_dir), sources[0].plan).tokens
+        return _rank_batches(cfg, tokens, rank, world_size)
+    out: list[Batch] = []
+    for source in sources:
+        try:
+            tokens = load_validation_set(cfg, tokenizer, Path(run_dir), source.plan).tokens
+            batches = _rank_batches(cfg, tokens, rank, world_size)
+        except (ConfigError, DataSourceError) as err:
+            raise tagged(err, source.name) from None
+        out += [SourceBatch(b.inputs, b.targets, source=source.name) for b in batches]
+    return out
+
+
+def _rank_batches(cfg: TrainingConfig, tokens: np.ndarray, rank: int, world_size: int) -> list:
     ev = cfg.runtime.evaluation
     row, bsz = cfg.data.sequence_length + 1, ev.batch_size
     n_rows = min(len(tokens) // row, ev.num_sequences)

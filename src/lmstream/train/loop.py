@@ -28,6 +28,12 @@ from lmstream.train.background import CheckpointWriter, snapshot
 from lmstream.train.evaluate import evaluate
 from lmstream.train.fetch import StepFetcher
 from lmstream.train.metrics import Logger
+from lmstream.train.mixture_metrics import (
+    add_source_tokens,
+    evaluate_sources,
+    mixture_of,
+    source_metrics,
+)
 from lmstream.train.optim import set_lr
 from lmstream.train.precision import Precision, matmul_kind, memory_gb, peak_flops
 from lmstream.train.setup import Run
@@ -155,6 +161,7 @@ class Trainer:
         kind = matmul_kind(rt.precision, self.device.type, rt.tf32)
         self.peak = peak_flops(self.device, rt.peak_tflops, kind)  # of the precision in use
         self.fetcher = StepFetcher(run)
+        self.mixture = mixture_of(run.loader)  # (names, weights) of a mixture's sources
         self._saved_step: int | None = None
         self._evaluated_step: int | None = None
         self._parent = run.lineage_parent  # the checkpoint the next one continues from
@@ -260,6 +267,8 @@ class Trainer:
                     real = int(dist.all_reduce_sum(local.to(self.device)).item())
                 st.tokens_seen += real
                 clock.tokens += real
+                if self.mixture:
+                    add_source_tokens(st, micro, self.mixture[0], self.device)
                 if not ok:
                     self._on_nonfinite(loss)
                     continue
@@ -384,6 +393,8 @@ class Trainer:
             "epoch": st.epoch,
             "skipped_steps": st.skipped_steps,
         }
+        if self.mixture:
+            metrics |= source_metrics(st, self.run.loader, self.mixture[0], self.device)
         if self.peak:
             per_rank = tokens_per_s / self.run.env.world_size
             metrics["mfu"] = self.run.flops_per_token * per_rank / self.peak
@@ -523,7 +534,10 @@ class Trainer:
 
     def _evaluate(self) -> float:
         metrics: dict[str, float] = {}
-        if self.run.val_batches:
+        if self.run.val_batches and self.mixture:  # val_loss/NAME, val_loss their weighted mean
+            metrics = evaluate_sources(self.run.model, self.run.val_batches, self.device,
+                                       self.run.precision.autocast, *self.mixture)  # fmt: skip
+        elif self.run.val_batches:
             metrics = evaluate(
                 self.run.model, self.run.val_batches, self.device, self.run.precision.autocast
             )

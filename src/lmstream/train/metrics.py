@@ -63,7 +63,23 @@ def format_metrics(step: int, total_steps: int | None, metrics: dict[str, float]
         )
         if value is not None and not quiet:
             parts.append(fmt.format(value))
+    parts += _per_source(metrics)
     return " | ".join(parts)
+
+
+def _per_source(metrics: dict[str, float]) -> list[str]:
+    """A mixture's per-source values, compactly: ``val a 3.12 b 3.40`` and each source's share
+    of the tokens so far, ``mix a 50% b 30% c 20%`` (keys NAME of ``val_loss/NAME`` and
+    ``tokens_seen/NAME``; nothing with one source, which logs no such keys)."""
+    out = []
+    val = {k[len("val_loss/") :]: v for k, v in metrics.items() if k.startswith("val_loss/")}
+    if val:
+        out.append("val " + " ".join(f"{n} {v:.4f}" for n, v in val.items()))
+    seen = {k[len("tokens_seen/") :]: v for k, v in metrics.items() if k.startswith("tokens_seen/")}
+    total = sum(seen.values())
+    if total > 0:
+        out.append("mix " + " ".join(f"{n} {v / total:.0%}" for n, v in seen.items()))
+    return out
 
 
 class StdoutLogger(Logger):

@@ -18,6 +18,13 @@ from lmstream import distributed as dist
 from lmstream.config import TrainingConfig
 from lmstream.data.loader import SOURCE_KEYS
 from lmstream.errors import CheckpointError
+from lmstream.train.mixture_resume import (
+    FILES_FIELDS,
+    STREAM_SOURCE_FIELDS,
+    compare_sources,
+    files_sources,
+    stream_sources,
+)
 
 
 @dataclass
@@ -32,6 +39,7 @@ class TrainState:
     nonfinite_streak: int = 0
     best_val_loss: float | None = None
     steps_per_epoch: int | None = None
+    source_tokens: dict[str, int] | None = None  # a mixture's target tokens per source
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -152,22 +160,33 @@ def check_resume_config(saved: TrainingConfig, current: TrainingConfig) -> list[
     """
     old = _flatten(saved.model_dump(mode="json"))
     new = _flatten(current.model_dump(mode="json"))
+    notes, mixed = [], []
+    if old.get("data.mixture") or new.get("data.mixture"):
+        # A files-mode mixture: weights and the set of sources may change (mixture_resume.py).
+        notes, mixed = compare_sources(
+            files_sources(old), files_sources(new), ("train_shards", "validation_shards")
+        )
+        for k in FILES_FIELDS:
+            old.pop(k, None), new.pop(k, None)
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     breaking = [k for k in changed if k.startswith(_BREAKING_PREFIXES) or k in _BREAKING_FIELDS]
-    if breaking:
-        details = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in breaking)
+    if breaking or mixed:
+        details = "; ".join(
+            [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in breaking]
+            + [f"data.mixture {m}" for m in mixed]
+        )
         raise CheckpointError(
             f"cannot resume: the config changed in a way that breaks the run ({details}); "
             "restore these values, or start a new run without --resume"
         )
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed]
+    return notes + [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed]
 
 
 # What the data source must keep on resume (streaming_config.json, or files mode's marker):
 # the loader's own list, which it also checks against its saved position. Changing any of these
 # feeds the resumed run other documents, or another validation set whose val_loss would be
-# compared with the old one's in best/. A later mixture feature may allow some changes
-# (weights): add the rule in that one list.
+# compared with the old one's in best/. A mixture may change its weights and sources
+# (mixture_resume.py); its kept sources' settings fall under the same rule.
 _SOURCE_BREAKING_FIELDS = SOURCE_KEYS
 
 
@@ -179,12 +198,26 @@ def check_resume_data_source(saved: dict | None, current: dict | None) -> list[s
     compared."""
     if saved is None or current is None:
         return []
+    notes, mixed = [], []
+    if "streaming" == saved.get("mode") == current.get("mode") and (
+        saved.get("sources") or current.get("sources")
+    ):
+        notes, mixed = compare_sources(
+            stream_sources(saved), stream_sources(current), _SOURCE_BREAKING_FIELDS
+        )
+        drop = {*STREAM_SOURCE_FIELDS, "sources", "version"}
+        saved = {k: v for k, v in saved.items() if k not in drop}
+        current = {k: v for k, v in current.items() if k not in drop}
     changed = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
     breaking = [k for k in changed if k in _SOURCE_BREAKING_FIELDS]
-    if breaking:
-        details = "; ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in breaking)
+    if breaking or mixed:
+        details = "; ".join(
+            [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in breaking] + mixed
+        )
         raise CheckpointError(
             f"cannot resume: the data source changed ({details}; streaming_config.json "
             "or files mode); restore these values, or start a new run without --resume"
         )
-    return [f"streaming_config.json {k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed]
+    return notes + [
+        f"streaming_config.json {k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed
+    ]

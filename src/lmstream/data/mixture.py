@@ -1,0 +1,329 @@
+"""A data mixture's batches: one pipeline per source in each global worker, and a mixer.
+
+Each global worker (see ``loader.py``) runs, for every source, the same pipeline a single
+source has (its round-robin part of the source, ``documents.TextSource`` or token shards, the
+window shuffle, ``encode_batch`` in chunks) and a deterministic mixer that draws the next
+document from the source furthest behind its token share: the largest ``weight * total -
+drawn`` (tokens drawn so far, each document with its ``<|endoftext|>``; ties go to the earlier
+source; weight-0 sources are never drawn). A source is never more than one document ahead of
+its share and the others make up the rest, so over any window of T tokens each share is off
+by at most about (sources x longest document) / T: under 1 point over 1M tokens for documents
+up to a few thousand tokens. The order is a pure function of the seed, weights and sources.
+
+A finite source that ends restarts as its own next epoch (new window orders, new shard order)
+while the others go on: a mixture never drains, so the loader's synchronised passes do not
+apply. A batch's ``epoch`` is that of the *primary* source (the largest weight, the first on
+ties) at the batch's end, so ``scheduler.total_epochs`` counts passes over the primary source;
+every source's epoch travels with the batch (``epoch/NAME``).
+
+**Resume.** Every packed document is tagged with what the mixer knew when it drew it: the
+tokens drawn per source before it and each source's next position (the document after its
+last drawn one, or the start of its epoch). The worker's state is the tag of the document
+holding the next token plus the offset into it: on load, each source re-opens at its saved
+position, the mixer takes the saved counts, and the saved document is drawn first (its first
+``offset`` tokens skipped), after which the mixer draws exactly what it drew before. With
+changed weights or sources (a resume that changes the mix), kept sources continue from their
+positions, new ones start at their beginning, and the mixer's counts restart from zero so the
+new weights apply to the tokens from here on.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from lmstream.data.documents import TextSource, shuffled_reading
+from lmstream.data.packing import Batch, Packer, encode_documents
+from lmstream.data.shuffle import Position, WindowedDocuments
+from lmstream.data.token_shards import TokenShards, TokenShardSource
+from lmstream.data.worker import _CHUNK_CHARS, _CHUNK_DOCS, StreamSettings
+from lmstream.errors import CheckpointError, DataSourceError
+
+
+@dataclass(frozen=True)
+class MixSettings:
+    """The sources of a mixture (``settings[k]`` holds source k's plan, holdout and exclusions;
+    the batch shape, seed and ranks are the same in all)."""
+
+    names: tuple[str, ...]
+    weights: tuple[float, ...]
+    settings: tuple[StreamSettings, ...]
+
+    @property
+    def primary(self) -> int:
+        """The source whose passes are the mixture's epochs: the largest weight, first on ties."""
+        return max(range(len(self.weights)), key=lambda k: (self.weights[k], -k))
+
+
+@dataclass
+class SourceBatch(Batch):
+    """A validation batch of one source of a mixture (``val_loss/NAME``)."""
+
+    source: str = ""
+
+
+@dataclass
+class MixBatch(Batch):
+    """A mixture's training batch, with its target tokens per source (``tokens_seen/NAME``)
+    and every source's epoch (``epoch/NAME``), in the mixture's source order."""
+
+    source_tokens: tuple[int, ...] = ()
+    source_epochs: tuple[int, ...] = ()
+
+
+def choose(drawn: list[int], weights: tuple[float, ...]) -> int:
+    """The source furthest behind its share of the tokens drawn so far (ties: lowest index)."""
+    total = sum(drawn)
+    best, deficit = -1, 0.0
+    for k, w in enumerate(weights):
+        if w <= 0:
+            continue
+        d = w * total - drawn[k]
+        if best < 0 or d > deficit:
+            best, deficit = k, d
+    return best
+
+
+def _after(pos: Position) -> Position:
+    """The position of the document after ``pos`` (the window is re-read to skip to it)."""
+    return replace(pos, index=pos.index + 1)
+
+
+class _Pipe:
+    """One source's documents for one global worker, pass after pass, tokenized ahead."""
+
+    def __init__(self, s: StreamSettings, tokenizer: Any, name: str, worker: int, workers: int):
+        self.name, self.tokenizer = name, tokenizer
+        self.worker, self.workers = worker, workers
+        self.next = Position()  # the next document to draw: where a resume re-opens it
+        self._windows = WindowedDocuments(
+            _open(s, worker, workers), window_size=s.window_size, seed=s.seed, worker=worker
+        )
+        self._docs = None
+        self._buf: deque = deque()
+
+    @property
+    def skipped(self) -> Counter:
+        return self._windows.skipped
+
+    def draw(self) -> tuple[Position, np.ndarray]:
+        while not self._buf:
+            self._fill()
+        pos, tokens = self._buf.popleft()
+        self.next = _after(pos)
+        return pos, tokens
+
+    def _fill(self) -> None:
+        if self._docs is None:
+            self._docs = self._windows.iterate(self.next)
+            self._fresh = self.next == Position(epoch=self.next.epoch)
+        positions, texts, chars = [], [], 0
+        while not texts or (chars < _CHUNK_CHARS and len(texts) < _CHUNK_DOCS):
+            item = next(self._docs, None)
+            if item is None:
+                break
+            positions.append(item[0])
+            texts.append(item[1])
+            chars += len(item[1]) if isinstance(item[1], str) else 4 * len(item[1])
+        if not texts:  # the pass is over: the source's next epoch, the others go on
+            if self._fresh:
+                raise DataSourceError(
+                    f"data source {self.name!r}: data worker {self.worker} of {self.workers} got "
+                    f"no documents in its epoch {self.next.epoch}; the source has fewer "
+                    "documents than there are data workers (ranks x data.num_workers): lower "
+                    "data.num_workers or data.validation_documents, or give it more data"
+                )
+            self.next, self._docs = Position(epoch=self.next.epoch + 1), None
+            return
+        self._fresh = False
+        docs = encode_documents(self.tokenizer, texts) if isinstance(texts[0], str) else texts
+        for pos, tokens in zip(positions, docs, strict=True):
+            if len(tokens):
+                self._buf.append((pos, tokens))
+            else:
+                self._windows.skipped["no_tokens"] += 1
+
+
+def _open(s: StreamSettings, worker: int, workers: int):
+    p = s.plan
+    if p.kind == "tokens":
+        shards = TokenShards(p.token_paths)
+        return TokenShardSource(shards, worker=worker, workers=workers, skip_first=s.skip_first)
+    return TextSource(
+        p.spec, p.split, worker=worker, workers=workers, max_samples=p.max_samples,
+        skip_first=s.skip_first, exclude=s.exclude, **shuffled_reading(s.window_size, s.seed),
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Drawn:
+    """A packed document's tag: its source, and the mixer's counts and every source's next
+    position just before it was drawn (what resume restores)."""
+
+    source: int
+    drawn: tuple[int, ...]
+    heads: tuple[Position, ...]
+
+
+class MixedDataset(IterableDataset):
+    """Endless batches of one global worker's mixture (``loader.TrainLoader``'s dataset).
+
+    ``settings`` is the primary source's (batch shape, seed, ranks: shared by all sources)."""
+
+    def __init__(self, mix: MixSettings, tokenizer: Any):
+        self.mix, self.tokenizer = mix, tokenizer
+        self.settings = mix.settings[mix.primary]
+        self.epoch = 0
+        self.legacy_name: str | None = None  # resuming a one-source state: its source's name
+
+    def prepare(self, epoch: int) -> None:
+        """Nothing to count up front: each pipeline counts its shards when it first rotates."""
+
+    def __iter__(self) -> MixedIterator:
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        s = self.settings
+        return MixedIterator(self, s.rank * nw + wid, s.world_size * nw)
+
+
+class MixedIterator:
+    """One global worker's mixed batches; items are (rows, valid tokens, epoch, worker,
+    skipped counts, {"tokens": target tokens per source, "epochs": epoch per source})."""
+
+    def __init__(self, dataset: MixedDataset, worker: int, workers: int):
+        self.mix, self.tokenizer = dataset.mix, dataset.tokenizer
+        self.legacy_name = dataset.legacy_name
+        self.worker, self.workers = worker, workers
+        n = len(self.mix.names)
+        s = self.mix.settings[0]
+        self._row, self._batch = s.sequence_length + 1, s.batch_size
+        self._packer = Packer(self._row, s.eot_id)
+        self._pipes = [
+            _Pipe(st, self.tokenizer, name, worker, workers)
+            for st, name in zip(self.mix.settings, self.mix.names, strict=True)
+        ]
+        self._drawn = [0] * n
+        self._epochs = [0] * n  # per source: the epoch of its last document begun in a batch
+        self._force: tuple[int, int] | None = None  # (source, offset): resume's first document
+        self._segments: deque = deque()  # (start, end, source, epoch) in packed-stream tokens
+        self._added = self._taken = 0
+
+    # ---- position
+
+    def state_dict(self) -> dict:
+        head = self._packer.position()
+        if head is None:  # nothing drawn yet (or the resume's document not yet re-drawn)
+            source, offset = (None, 0) if self._force is None else self._force
+            drawn, heads = self._drawn, [p.next for p in self._pipes]
+        else:
+            tag, offset = head
+            source, drawn, heads = tag.source, tag.drawn, tag.heads
+        return {
+            "worker": self.worker,
+            "workers": self.workers,
+            "names": list(self.mix.names),
+            "weights": list(self.mix.weights),
+            "source": source,
+            "offset": offset,
+            "drawn": list(drawn),
+            "heads": [h.to_dict() for h in heads],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if (state["worker"], state["workers"]) != (self.worker, self.workers):
+            raise CheckpointError(
+                f"data state belongs to worker {state['worker']} of {state['workers']}, "
+                f"not {self.worker} of {self.workers}"
+            )
+        if "position" in state:  # a one-source run's state: that source continues
+            state = self._from_single(state)
+        names, current = list(state["names"]), list(self.mix.names)
+        heads = dict(zip(names, state["heads"], strict=True))
+        for k, name in enumerate(current):
+            pos = heads.get(name)
+            self._pipes[k].next = Position.from_dict(pos) if pos else Position()
+        self._epochs = [p.next.epoch for p in self._pipes]
+        source = state["source"]
+        kept = source is not None and names[source] in current
+        self._force = (current.index(names[source]), int(state["offset"])) if kept else None
+        same = names == current and list(state["weights"]) == list(self.mix.weights)
+        if same:
+            self._drawn = [int(d) for d in state["drawn"]]
+        else:  # a changed mix restarts the counts: the new weights apply from here on
+            self._drawn = [0] * len(current)
+            if self._force is not None:  # the resumed document's trained part is not counted
+                self._drawn[self._force[0]] = -self._force[1]
+
+    def _from_single(self, state: dict) -> dict:
+        name = self.legacy_name
+        if name is None:
+            raise CheckpointError(
+                "the checkpoint's data state is a one-source run's and none of this mixture's "
+                "sources matches its source; keep that source (same files or dataset) to resume"
+            )
+        if state.get("done"):  # its part of the pass was used up: it starts the next one
+            head = Position(epoch=Position.from_dict(state["position"]).epoch + 1).to_dict()
+            return {"names": [name], "weights": [1.0], "source": None, "offset": 0,
+                    "drawn": [0], "heads": [head]}  # fmt: skip
+        return {
+            "names": [name], "weights": [1.0], "source": 0, "offset": int(state["offset"]),
+            "drawn": [0], "heads": [state["position"]],
+        }  # fmt: skip
+
+    # ---- reading
+
+    def __iter__(self) -> MixedIterator:
+        return self
+
+    def __next__(self):
+        need = self._batch * self._row
+        while len(self._packer) < need:
+            self._draw()
+        start = self._taken
+        rows = self._packer.take(self._batch)
+        self._taken += need
+        while not len(self._packer):  # so the position names a document
+            self._draw()
+        tokens = self._count(start, start + need)
+        skipped = Counter()
+        for pipe in self._pipes:
+            skipped.update(pipe.skipped)
+        extra = {"tokens": tokens, "epochs": list(self._epochs)}
+        epoch = self._epochs[self.mix.primary]
+        return torch.from_numpy(rows), need, epoch, self.worker, dict(skipped), extra
+
+    def _draw(self) -> None:
+        if self._force is not None:
+            k, offset = self._force
+        else:
+            k, offset = choose(self._drawn, self.mix.weights), 0
+        tag = _Drawn(k, tuple(self._drawn), tuple(p.next for p in self._pipes))
+        pos, tokens = self._pipes[k].draw()
+        self._force = None
+        self._packer.add(tokens, tag, offset)
+        n = len(tokens) + 1 - offset
+        self._drawn[k] += len(tokens) + 1
+        self._segments.append((self._added, self._added + n, k, pos.epoch))
+        self._added += n
+
+    def _count(self, lo: int, hi: int) -> list[int]:
+        """Target tokens per source among packed-stream tokens lo..hi-1 (a batch's rows: the
+        first token of each row is an input only), and the sources' epochs at ``hi``."""
+        out = [0] * len(self._pipes)
+        for start, end, k, epoch in self._segments:
+            if start >= hi:
+                break
+            a, b = max(start, lo), min(end, hi)
+            if a < b:
+                # Row starts lo + r * row in [a, b): their tokens are no row's target.
+                starts = -(-(b - lo) // self._row) - -(-(a - lo) // self._row)
+                out[k] += (b - a) - starts
+            self._epochs[k] = max(self._epochs[k], epoch)
+        while self._segments and self._segments[0][1] <= hi:
+            self._segments.popleft()
+        return out
