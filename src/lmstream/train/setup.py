@@ -23,6 +23,7 @@ from lmstream.config import TrainingConfig
 from lmstream.errors import CheckpointError, ConfigError
 from lmstream.train import checkpoint as ckpt
 from lmstream.train import run_folder
+from lmstream.train.device_defaults import loss_chunk_tokens, resolve_compile
 from lmstream.train.optim import build_optimizer, make_schedule
 from lmstream.train.precision import Precision, build_precision
 from lmstream.train.state import (
@@ -76,6 +77,7 @@ def build_model(cfg: TrainingConfig, vocab_size: int, device: torch.device) -> n
 
     with torch.device(device):
         model = Transformer(cfg.model, vocab_size)
+    model.loss_chunk_tokens = loss_chunk_tokens(cfg.runtime.chunked_loss, device)
     return model
 
 
@@ -142,7 +144,7 @@ def build_run(
         model,
         env,
         strategy=strategy,
-        compile=cfg.runtime.compile,
+        compile=resolve_compile(cfg.runtime.compile, env.device),
         activation_checkpointing=cfg.runtime.activation_checkpointing,
         param_dtype=precision.param_dtype,
     )
