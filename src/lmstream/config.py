@@ -464,6 +464,12 @@ class RuntimeConfig(_Section):
         "batch_size x accumulation x world; fixed = data.batch_size; null = auto on CUDA, "
         "fixed on CPU.",
     )
+    memory_limit_gb: float | None = Field(
+        default=None,
+        gt=0.0,
+        description="Memory per device the micro-batch search may plan for; null = 90% of the "
+        "GPU's memory (on CPU: no limit).",
+    )
     activation_checkpointing: bool = Field(
         default=False, description="Recompute block activations in backward to save memory."
     )

@@ -60,6 +60,7 @@ class Run:
     tracker_state: dict = field(default_factory=dict)  # the checkpoint's tracker run ids
     history: list[str] = field(default_factory=list)  # run-folder changes (rollback), to report
     lineage_parent: str | None = None  # what the next checkpoint continues from (its manifest)
+    micro_batch: int | None = None  # the checkpoint's runtime.micro_batch choice (resume)
     data_source: dict | None = None  # streaming_config.json as trained on (saved, compared)
     strategy: str = "ddp"  # "ddp" (plain checkpoints) or "fsdp" (sharded checkpoints)
 
@@ -295,6 +296,7 @@ def _restore(run: Run, path: Path, trainer: dict) -> None:
     run.tracker_state = trainer.get("trackers") or {}
     run.loader.load_state_dict(trainer["data"][run.env.rank])
     run.resumed_from = path
+    run.micro_batch = trainer.get("micro_batch")
     if _finished(run):  # nothing to train: no batch taken (the loader stays where it was)
         restore_rng(trainer["rng"][run.env.rank])
         return
