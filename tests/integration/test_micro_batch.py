@@ -10,6 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.support.training import (
+    tiny_training_config,
+    train_in_process,
+    write_kjv_corpus,
+    write_run,
+)
 
 from lmstream.config import TrainingConfig
 from lmstream.data.packing import Batch
@@ -17,12 +23,6 @@ from lmstream.model.transformer import Transformer
 from lmstream.tokenizer import load_tokenizer
 from lmstream.train.memory_plan import GB, plan_memory
 from lmstream.train.micro_batch import CACHE_NAME, regroup
-from tests.support.training import (
-    tiny_training_config,
-    train_in_process,
-    write_kjv_corpus,
-    write_run,
-)
 
 pytestmark = pytest.mark.slow
 
@@ -69,7 +69,12 @@ def test_regroup_keeps_the_rows_in_order():
 
 def test_auto_keeps_the_batch_and_order_and_resumes_exactly(corpus, tmp_path, capsys):
     fixed_dir, full_dir, run_dir = tmp_path / "fixed", tmp_path / "full", tmp_path / "run"
-    assert train_in_process(write_run(fixed_dir, config(corpus, 6, **{"runtime.micro_batch": "fixed"}))) == 0
+    assert (
+        train_in_process(
+            write_run(fixed_dir, config(corpus, 6, **{"runtime.micro_batch": "fixed"}))
+        )
+        == 0
+    )
     assert "micro-batch" not in capsys.readouterr().out
     assert train_in_process(write_run(full_dir, config(corpus, 6))) == 0
     out = capsys.readouterr().out

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from tests.support.models import tiny_model
 
 from lmstream.train.device_defaults import loss_chunk_tokens, resolve_compile
 from lmstream.train.loss import lm_loss
-from tests.support.models import tiny_model
 
 
 def _inputs(n=37, d=16, v=50, seed=0, ignore=(3, 4, 20)):
