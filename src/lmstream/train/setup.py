@@ -138,6 +138,10 @@ def build_run(
     model = build_model(cfg, cfg.model.vocab_size, env.device)
     flops = model.flops_per_token(cfg.data.sequence_length)
     precision = build_precision(cfg.runtime.precision, env.device, cfg.runtime.tf32)
+    if cfg.runtime.precision == "fp8":  # before AC, compile and FSDP wrap the blocks
+        from lmstream.train.fp8 import convert_to_fp8
+
+        model = convert_to_fp8(model)
     strategy = dist.choose_parallelism(cfg.runtime.parallelism, model.num_parameters())
     if not env.is_distributed:
         strategy = "ddp"  # one process: nothing to shard, plain checkpoints
