@@ -86,9 +86,9 @@ def plan_memory(
     return MemoryPlan(weights, 4.0 * n / shards, 8.0 * n / shards, acts, OVERHEAD_BYTES)
 
 
-def advice(cfg: TrainingConfig, plan: MemoryPlan, device_bytes: float, world_size: int) -> str:
-    """What to change when ``plan`` does not fit ``device_bytes`` (one line), else ''."""
-    if plan.total <= 0.9 * device_bytes:
+def advice(cfg: TrainingConfig, plan: MemoryPlan, limit_bytes: float, world_size: int) -> str:
+    """What to change when ``plan`` does not fit ``limit_bytes`` (one line), else ''."""
+    if plan.total <= limit_bytes:
         return ""
     rt, data = cfg.runtime, cfg.data
     if plan.activations > plan.weights + plan.gradients + plan.optimizer:
