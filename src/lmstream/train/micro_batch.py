@@ -156,6 +156,9 @@ def measure(run, forward_backward, limit: float | None) -> tuple[int, str]:
             peak = peak if peak is not None else plan.total  # CPU: no allocator peak
             results[m] = (seconds / m, peak, limit is None or peak <= limit)
     restore_rng(rng)
+    if run.env.device.type == "cuda":  # the run's logged peak is its own, not the search's
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(run.env.device)
     timings = dist.broadcast_object(results if run.env.is_main else None)
     fitting = [m for m in timings if timings[m][2]] or [batch]
     best = min(fitting, key=lambda m: timings[m][0] if m in timings else 0.0)
