@@ -103,6 +103,7 @@ def write_config(workdir: Path, name: str, tokenizer_json: Path, args) -> Path:
             "device": args.device.type,
             "precision": args.precision,
             "compile": compile,
+            "micro_batch": "fixed",  # the bare step runs the same cut: compare like with like
             "log_every_n_steps": 1,
             "checkpoint": {"every_n_steps": args.every, "max_keep": 1},
             "evaluation": {

@@ -439,9 +439,10 @@ class RuntimeConfig(_Section):
     """How the run executes (seed: `runtime:`)."""
 
     seed: int = Field(default=42, ge=0, description="Seed for init, dropout and data shuffling.")
-    precision: Literal["fp32", "bf16", "fp16"] = Field(
+    precision: Literal["fp32", "bf16", "fp16", "fp8"] = Field(
         default="fp32",
-        description="Compute precision (bf16/fp16: autocast with fp32 master weights).",
+        description="Compute precision (bf16/fp16: autocast with fp32 master weights; fp8: "
+        "torchao float8 linear layers and bf16 elsewhere, on GPUs of compute capability 8.9+).",
     )
     log_every_n_steps: int = Field(
         default=10, ge=1, description="Log metrics every N optimizer steps."
@@ -449,7 +450,26 @@ class RuntimeConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="'auto' = cuda when available, else cpu."
     )
-    compile: bool = Field(default=False, description="torch.compile each transformer block.")
+    compile: Literal["auto"] | bool = Field(
+        default="auto", description="torch.compile each transformer block; auto = on CUDA only."
+    )
+    chunked_loss: Literal["auto"] | bool = Field(
+        default="auto",
+        description="Cross-entropy in chunks of tokens, never the full fp32 logits (same loss "
+        "and gradients); auto = on CUDA only (on CPU the recomputed head matmul costs time).",
+    )
+    micro_batch: Literal["auto", "fixed"] | None = Field(
+        default=None,
+        description="auto = measure the fastest micro-batch that fits at start-up, keeping "
+        "batch_size x accumulation x world; fixed = data.batch_size; null = auto on CUDA, "
+        "fixed on CPU.",
+    )
+    memory_limit_gb: float | None = Field(
+        default=None,
+        gt=0.0,
+        description="Memory per device the micro-batch search may plan for; null = 90% of the "
+        "GPU's memory (on CPU: no limit).",
+    )
     activation_checkpointing: bool = Field(
         default=False, description="Recompute block activations in backward to save memory."
     )

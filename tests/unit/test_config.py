@@ -112,7 +112,7 @@ BAD_CONFIGS = [
     ("scheduler.warmup_steps", 400000, "scheduler.warmup_steps", "smaller than total_steps"),
     ("scheduler.min_lr", 1.0, "scheduler.min_lr", "above the peak"),
     ("scheduler.total_steps", None, "scheduler.total_steps", "total_epochs"),
-    ("runtime.precision", "fp8", "runtime.precision", "fp32"),
+    ("runtime.precision", "fp4", "runtime.precision", "fp32"),
     ("runtime.seed", -1, "runtime.seed", "greater than or equal to 0"),
     ("runtime.log_every_n_steps", 0, "runtime.log_every_n_steps", "greater than or equal to 1"),
     ("runtime.checkpoint.max_keep", 0, "runtime.checkpoint.max_keep", "greater than or equal to 1"),

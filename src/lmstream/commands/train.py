@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import ctypes.util
+import os
 import sys
 from pathlib import Path
 
@@ -347,6 +348,12 @@ def run(args: argparse.Namespace) -> int:
         print(dump_training_config(cfg), end="")
         print(describe_plan(cfg))
         print("\n".join(describe_data_and_time(cfg, run_dir)))
+        vocab, _ = _vocab_size(cfg)
+        if vocab is not None:
+            from lmstream.train.speed_plan import describe_speed
+
+            world = int(os.environ.get("WORLD_SIZE", "1"))
+            print("\n".join(describe_speed(cfg, vocab, world)))
         return 0
     from lmstream.trackers import require_extras
 

@@ -28,6 +28,7 @@ from lmstream.model.attention_mask import (
     use_flex,
 )
 from lmstream.model.layers import Block, KVCache, RotaryEmbedding, build_norm, residual_init_std
+from lmstream.train.loss import lm_loss
 
 
 class Transformer(nn.Module):
@@ -37,6 +38,9 @@ class Transformer(nn.Module):
         super().__init__()
         self.config = cfg
         self.vocab_size = vocab_size
+        # Rows of the loss projected at a time when targets are given (0 = full logits, returned
+        # with the loss); set from runtime.chunked_loss by train/setup.py.
+        self.loss_chunk_tokens = 0
         self.embed = nn.Embedding(vocab_size, cfg.hidden_size)
         self.rope = RotaryEmbedding(cfg)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_layers))
@@ -67,7 +71,8 @@ class Transformer(nn.Module):
         targets: torch.Tensor | None = None,
         kv_cache: KVCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits (B, T, V) for token ids (B, T); with targets also the mean cross-entropy.
+        """Logits (B, T, V) for token ids (B, T); with targets also the mean cross-entropy (and
+        no logits when ``loss_chunk_tokens`` > 0: the loss is computed in chunks).
 
         Args:
             input_ids: (B, T) token ids.
@@ -89,6 +94,9 @@ class Transformer(nn.Module):
             kv_cache.pos += T
         x = self.norm(x)
         weight = self.embed.weight if self.head is None else self.head.weight
+        if targets is not None and self.loss_chunk_tokens > 0:
+            # Training: the loss in chunks, never the full (B, T, V) logits (train/loss.py).
+            return None, lm_loss(x, weight, targets, self.loss_chunk_tokens)[0]
         logits = F.linear(x, weight)  # (B, T, V)
         loss = None
         if targets is not None:

@@ -23,7 +23,7 @@ from torch import nn
 from lmstream import distributed as dist
 from lmstream.errors import DataSourceError, LmstreamError
 from lmstream.train import checkpoint as ckpt
-from lmstream.train import faults, run_folder
+from lmstream.train import faults, micro_batch, run_folder
 from lmstream.train.background import CheckpointWriter, snapshot
 from lmstream.train.evaluate import evaluate
 from lmstream.train.fetch import StepFetcher
@@ -162,6 +162,8 @@ class Trainer:
         self.peak = peak_flops(self.device, rt.peak_tflops, kind)  # of the precision in use
         self.fetcher = StepFetcher(run)
         self.mixture = mixture_of(run.loader)  # (names, weights) of a mixture's sources
+        # runtime.micro_batch: how each step's rows are cut (train/micro_batch.py).
+        self.micro_batch = micro_batch.resolve(run, logger.message, forward_backward)
         self._saved_step: int | None = None
         self._evaluated_step: int | None = None
         self._parent = run.lineage_parent  # the checkpoint the next one continues from
@@ -246,7 +248,8 @@ class Trainer:
                     continue
                 if total_epochs is not None and epoch >= total_epochs:
                     break  # the stream rolled into an epoch past the last one asked for
-                loss = forward_backward(run.model, micro, run.precision, self.device)
+                rows = micro_batch.regroup(micro, self.micro_batch)
+                loss = forward_backward(run.model, rows, run.precision, self.device)
                 # Fault-injection hook for tests/reliability (inert unless its env var is set).
                 loss = faults.nonfinite_loss(loss, st.micro_batches_seen // accum + 1)
                 lr = run.schedule(st.step)
@@ -566,4 +569,5 @@ class Trainer:
             "total_steps": run.total_steps,
             "trackers": self.logger.state_dict(),  # rank 0's W&B run id, for --resume
             "data_source": run.data_source,
+            "micro_batch": self.micro_batch,
         }

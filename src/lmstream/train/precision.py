@@ -13,14 +13,7 @@ from pathlib import Path
 
 import torch
 
-# Dense peaks in TFLOPS by the kind of matmul (vendor data sheets, SXM parts, without
-# sparsity): bf16/fp16 and TF32 on tensor cores, plain fp32 on CUDA cores. MFU is measured
-# against the peak of the kind the run computes in, so an fp32 run is not compared to bf16.
-KNOWN_PEAK_TFLOPS = {
-    "H200": {"bf16": 989.0, "fp16": 989.0, "tf32": 494.5, "fp32": 67.0},
-    "H100": {"bf16": 989.0, "fp16": 989.0, "tf32": 494.5, "fp32": 67.0},
-    "A100": {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5},
-}
+from lmstream.train.peaks import known_peak_tflops
 
 
 @dataclass
@@ -34,13 +27,14 @@ class Precision:
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.name == "fp32":
             return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.name == "bf16" else torch.float16
+        # fp8: the converted linears cast to float8 themselves; the rest runs in bf16.
+        dtype = torch.float16 if self.name == "fp16" else torch.bfloat16
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     @property
     def param_dtype(self) -> torch.dtype | None:
         """The compute dtype FSDP2 should gather parameters in (None = keep fp32)."""
-        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.name)
+        return {"bf16": torch.bfloat16, "fp8": torch.bfloat16, "fp16": torch.float16}.get(self.name)
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -67,6 +61,10 @@ def build_precision(name: str, device: torch.device, tf32: bool = True) -> Preci
     for fp32 work (PyTorch's default leaves matmuls in full fp32, at a seventh of the peak on
     A100/H100); under bf16/fp16 autocast it only affects the few ops kept in fp32.
     """
+    if name == "fp8":
+        from lmstream.train.fp8 import check_fp8
+
+        check_fp8(device)  # a one-line refusal on CPUs and GPUs older than compute 8.9
     if device.type == "cpu" and name in ("bf16", "fp16") and not cpu_has_fast_bf16():
         warnings.warn(
             f"runtime.precision: {name} on a CPU without native bf16/fp16 instructions runs "
@@ -82,14 +80,6 @@ def build_precision(name: str, device: torch.device, tf32: bool = True) -> Preci
         torch.backends.cudnn.allow_tf32 = tf32
     scaler = torch.amp.GradScaler(device.type) if name == "fp16" else None
     return Precision(name=name, device=device, scaler=scaler)
-
-
-def known_peak_tflops(device_name: str, kind: str) -> float | None:
-    """The dense peak of ``kind`` (see :func:`matmul_kind`) for a known GPU name, else None."""
-    for key, peaks in KNOWN_PEAK_TFLOPS.items():
-        if key in device_name:
-            return peaks.get(kind)
-    return None
 
 
 def peak_flops(device: torch.device, configured_tflops: float | None, kind: str) -> float | None:

@@ -23,6 +23,7 @@ from lmstream.config import TrainingConfig
 from lmstream.errors import CheckpointError, ConfigError
 from lmstream.train import checkpoint as ckpt
 from lmstream.train import run_folder
+from lmstream.train.device_defaults import loss_chunk_tokens, resolve_compile
 from lmstream.train.optim import build_optimizer, make_schedule
 from lmstream.train.precision import Precision, build_precision
 from lmstream.train.state import (
@@ -59,6 +60,7 @@ class Run:
     tracker_state: dict = field(default_factory=dict)  # the checkpoint's tracker run ids
     history: list[str] = field(default_factory=list)  # run-folder changes (rollback), to report
     lineage_parent: str | None = None  # what the next checkpoint continues from (its manifest)
+    micro_batch: int | None = None  # the checkpoint's runtime.micro_batch choice (resume)
     data_source: dict | None = None  # streaming_config.json as trained on (saved, compared)
     strategy: str = "ddp"  # "ddp" (plain checkpoints) or "fsdp" (sharded checkpoints)
 
@@ -76,6 +78,9 @@ def build_model(cfg: TrainingConfig, vocab_size: int, device: torch.device) -> n
 
     with torch.device(device):
         model = Transformer(cfg.model, vocab_size)
+    model.loss_chunk_tokens = loss_chunk_tokens(cfg.runtime.chunked_loss, device)
+    if getattr(cfg.optimizer, "z_loss", 0.0):  # a z-loss computed from the full logits needs them
+        model.loss_chunk_tokens = 0
     return model
 
 
@@ -135,6 +140,10 @@ def build_run(
     model = build_model(cfg, cfg.model.vocab_size, env.device)
     flops = model.flops_per_token(cfg.data.sequence_length)
     precision = build_precision(cfg.runtime.precision, env.device, cfg.runtime.tf32)
+    if cfg.runtime.precision == "fp8":  # before AC, compile and FSDP wrap the blocks
+        from lmstream.train.fp8 import convert_to_fp8
+
+        model = convert_to_fp8(model)
     strategy = dist.choose_parallelism(cfg.runtime.parallelism, model.num_parameters())
     if not env.is_distributed:
         strategy = "ddp"  # one process: nothing to shard, plain checkpoints
@@ -142,7 +151,7 @@ def build_run(
         model,
         env,
         strategy=strategy,
-        compile=cfg.runtime.compile,
+        compile=resolve_compile(cfg.runtime.compile, env.device),
         activation_checkpointing=cfg.runtime.activation_checkpointing,
         param_dtype=precision.param_dtype,
     )
@@ -293,6 +302,7 @@ def _restore(run: Run, path: Path, trainer: dict) -> None:
     run.tracker_state = trainer.get("trackers") or {}
     run.loader.load_state_dict(trainer["data"][run.env.rank])
     run.resumed_from = path
+    run.micro_batch = trainer.get("micro_batch")
     if _finished(run):  # nothing to train: no batch taken (the loader stays where it was)
         restore_rng(trainer["rng"][run.env.rank])
         return

@@ -18,6 +18,7 @@ from lmstream.train.precision import build_precision, known_peak_tflops, matmul_
         ("bf16", "cuda", True, "bf16"),
         ("bf16", "cuda", False, "bf16"),
         ("fp16", "cuda", True, "fp16"),
+        ("fp8", "cuda", True, "fp8"),
     ],
 )
 def test_matmul_kind_follows_precision_and_tf32(precision, device, tf32, kind) -> None:
@@ -34,6 +35,23 @@ def test_matmul_kind_follows_precision_and_tf32(precision, device, tf32, kind) -
         ("NVIDIA A100-SXM4-80GB", "tf32", 156.0),
         ("NVIDIA A100-SXM4-80GB", "fp32", 19.5),
         ("Tesla T4", "bf16", None),
+        ("NVIDIA H100 80GB HBM3", "fp8", 1979.0),
+        ("NVIDIA H100 PCIe", "bf16", 756.0),
+        ("NVIDIA H100 PCIe", "fp8", 1513.0),
+        ("NVIDIA H100 NVL", "bf16", 835.0),
+        ("NVIDIA H200", "fp8", 1979.0),
+        ("NVIDIA H200 NVL", "fp8", 1670.0),
+        ("NVIDIA B200", "bf16", 2250.0),
+        ("NVIDIA B200", "fp8", 4500.0),
+        ("NVIDIA A100 80GB PCIe", "fp8", None),  # no FP8 units
+        ("NVIDIA L40S", "bf16", 362.0),
+        ("NVIDIA L40S", "fp8", 733.0),
+        ("NVIDIA L40", "bf16", 181.0),
+        ("NVIDIA L4", "fp8", 242.5),
+        ("NVIDIA GeForce RTX 4090", "bf16", 165.2),
+        ("NVIDIA GeForce RTX 4090", "fp8", 330.3),
+        ("NVIDIA GeForce RTX 5090", "bf16", 209.5),
+        ("NVIDIA GeForce RTX 5090", "fp8", 419.0),
     ],
 )
 def test_known_peaks_are_per_precision(name, kind, tflops) -> None:
