@@ -47,6 +47,10 @@ def test_the_train_command_refuses_fp8_on_cpu_in_one_line(tmp_path: Path, capsys
 
 
 def test_converted_model_keeps_the_checkpoint_format():
+    # torchao (the fp8 extra) is not in the dev extra: with torch newer than it supports, importing
+    # it on a CPU prints warnings into every command that imports transformers. Runs where it is
+    # installed (the GPU image).
+    pytest.importorskip("torchao")
     model = tiny_model(64, hidden_size=32, intermediate_size=64)
     before = {k: (v.shape, v.dtype) for k, v in model.state_dict().items()}
     convert_to_fp8(model)
