@@ -50,3 +50,15 @@ def nonfinite_loss(loss: torch.Tensor, attempt: int) -> torch.Tensor:
     if any(lo <= attempt <= hi for lo, hi in _parse(spec)):
         return loss * float("nan")
     return loss
+
+
+SPIKE_ENV = "LMSTREAM_FAULT_SPIKE_STEPS"
+
+
+def spike_loss(loss: torch.Tensor, attempt: int) -> torch.Tensor:
+    """``loss``, or 100 x ``loss`` when ``attempt`` is listed in LMSTREAM_FAULT_SPIKE_STEPS
+    (same syntax): the loss spike that ``runtime.spike_guard`` must catch."""
+    spec = os.environ.get(SPIKE_ENV)
+    if spec and any(lo <= attempt <= hi for lo, hi in _parse(spec)):
+        return loss * 100.0
+    return loss
