@@ -215,3 +215,14 @@ def test_spike_guard_skips_only_the_spike():
         norm_guard.check(torch.tensor(1.0), torch.tensor(n)) for n in [1, 1.1, 0.9, 1, 1.05, 50]
     ]
     assert checks == [False] * 5 + [True] and "grad_norm" in norm_guard.last_reason
+
+
+def test_qk_norm_kv_cache_decoding_matches_the_full_forward():
+    model = tiny_model(64, 0, qk_norm=True).eval()
+    ids = torch.randint(0, 64, (2, 12))
+    with torch.no_grad():
+        full = model(ids)[0]
+        cache = model.new_kv_cache(2)
+        steps = [model(ids[:, :5], kv_cache=cache)[0]]
+        steps += [model(ids[:, i : i + 1], kv_cache=cache)[0] for i in range(5, 12)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
