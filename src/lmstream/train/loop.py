@@ -132,16 +132,18 @@ def optimizer_step(
     grad_norm = dist.local_tensor(torch.nn.utils.clip_grad_norm_(model.parameters(), limit))
     bad = ~torch.isfinite(loss) | ~torch.isfinite(grad_norm)
     ok = dist.all_reduce_sum(bad.float()).item() == 0  # every rank must agree to skip
+    spike = False
     if guard is not None:
         guard.last_reason = None
-        if ok:  # non-finite values would poison the statistics
-            ok = not guard.check(loss, grad_norm)
-    if ok:
+        spike = ok and guard.check(loss, grad_norm)  # (non-finite values stay out of its stats)
+    if ok and not spike:
         if scaler is not None:
             scaler.step(optimizer)
             scaler.update()
         else:
             optimizer.step()
+    elif spike and scaler is not None:
+        scaler.update()  # finite gradients: no backoff, but this step's unscale_ is closed
     elif scaler is not None:
         # Back off from the agreed decision rather than this rank's own inf check: under FSDP
         # a rank whose gradient shard is finite would otherwise keep its scale while the others
@@ -149,7 +151,7 @@ def optimizer_step(
         scaler.update(scaler.get_scale() * scaler.get_backoff_factor())
         scaler.load_state_dict(scaler.state_dict() | {"_growth_tracker": 0})
     optimizer.zero_grad(set_to_none=True)
-    return grad_norm.detach(), ok
+    return grad_norm.detach(), ok and not spike
 
 
 @dataclass

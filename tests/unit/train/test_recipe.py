@@ -226,3 +226,22 @@ def test_qk_norm_kv_cache_decoding_matches_the_full_forward():
         steps = [model(ids[:, :5], kv_cache=cache)[0]]
         steps += [model(ids[:, i : i + 1], kv_cache=cache)[0] for i in range(5, 12)]
     torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
+
+
+def test_a_spike_skip_under_fp16_keeps_the_loss_scale():
+    """A spike is not an overflow: the GradScaler keeps its scale, and the next step runs."""
+    from lmstream.train.loop import optimizer_step
+
+    model, fp16 = tiny_model(64, 0), build_precision("fp16", CPU)
+    opt = build_optimizer(model, OptimizerConfig(learning_rate=1e-2), 1e-2, CPU)
+    guard = SpikeGuard(SpikeGuardConfig(window=2, watch="loss"), TrainState())
+    guard.state.spike_history = [[4.0, 1.0], [4.01, 1.0]]
+    scale = fp16.scaler.get_scale()
+    before = [p.detach().clone() for p in model.parameters()]
+    loss = forward_backward(model, _batches(), fp16, CPU)
+    _, ok = optimizer_step(model, opt, fp16, loss * 100, 1e-2, 1.0, guard)
+    assert not ok and guard.last_reason and fp16.scaler.get_scale() == scale
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    loss = forward_backward(model, _batches(), fp16, CPU)
+    _, ok = optimizer_step(model, opt, fp16, loss, 1e-2, 1.0, guard)
+    assert ok and not torch.equal(before[0], model.embed.weight)
