@@ -1,5 +1,8 @@
-"""Fault-injection hook for the reliability tests (tests/reliability/). Inert unless its
-environment variable is set; nothing else in lmstream reads it.
+"""Fault-injection hooks for the reliability tests (tests/reliability/). Inert unless their
+environment variables are set; nothing else in lmstream reads them.
+
+``LMSTREAM_FAULT_SPIKE_STEPS`` (same syntax as below): attempts whose loss is multiplied by 100,
+the loss spike that ``runtime.spike_guard`` must skip (the gradients are left as they were).
 
 ``LMSTREAM_FAULT_NONFINITE_STEPS``: optimizer-step *attempts* whose loss is replaced by NaN, as
 an fp16 overflow or a bad batch would make it, e.g. ``"5,6,13"`` or ``"11-"`` (from 11 on) or
