@@ -12,7 +12,11 @@ from tests.support.training import write_run
 
 from lmstream.train import checkpoint as ckpt
 
-pytestmark = [pytest.mark.distributed, pytest.mark.slow]
+pytestmark = [
+    pytest.mark.distributed,
+    pytest.mark.slow,
+    pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon: torch >= 2.9"),
+]
 MUON = {"optimizer.algorithm": "muon"}
 
 

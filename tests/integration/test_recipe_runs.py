@@ -53,6 +53,7 @@ def resume(reference: Path, step: int, run_dir: Path, cfg: dict) -> int:
     return train_in_process(write_run(run_dir, cfg), "--resume", str(mid))
 
 
+@pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon: torch >= 2.9")
 def test_muon_trains_and_resumes_bit_exact(corpus, tmp_path):
     cfg = config(corpus, 12, **{"optimizer.algorithm": "muon", "optimizer.learning_rate": 3e-3})
     reference = tmp_path / "reference"
