@@ -245,3 +245,14 @@ def test_a_spike_skip_under_fp16_keeps_the_loss_scale():
     loss = forward_backward(model, _batches(), fp16, CPU)
     _, ok = optimizer_step(model, opt, fp16, loss, 1e-2, 1.0, guard)
     assert ok and not torch.equal(before[0], model.embed.weight)
+
+
+def test_muon_on_a_torch_without_it_is_one_line(monkeypatch):
+    """torch < 2.9 has no torch.optim.Muon (simulated: this torch has it)."""
+    from lmstream.errors import ConfigError
+
+    monkeypatch.delattr(torch.optim, "Muon", raising=False)
+    cfg = OptimizerConfig(algorithm="muon", learning_rate=1e-3)
+    with pytest.raises(ConfigError, match=r"^optimizer.algorithm: muon needs torch >= 2.9") as err:
+        build_optimizer(tiny_model(64, 0), cfg, 1e-3, CPU)
+    assert "\n" not in str(err.value)
