@@ -1,5 +1,6 @@
 """Muon (optimizer.algorithm: muon) under real 2-process torchrun jobs (gloo): DDP trains and
-resumes bit for bit; FSDP2 is refused in one line (Newton-Schulz needs whole matrices)."""
+resumes bit for bit (with the spike guard on: both ranks skip the same injected spike, before
+and after the resume); FSDP2 is refused in one line (Newton-Schulz needs whole matrices)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from tests.distributed.support import TOTAL, metrics, run_job, tiny_config
 from tests.support.training import write_run
 
 from lmstream.train import checkpoint as ckpt
+from lmstream.train.faults import SPIKE_ENV
 
 pytestmark = [
     pytest.mark.distributed,
@@ -18,12 +20,17 @@ pytestmark = [
     pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon: torch >= 2.9"),
 ]
 MUON = {"optimizer.algorithm": "muon"}
+GUARD = {"runtime.spike_guard": {"window": 8, "watch": "loss"}}
 
 
-def test_muon_under_ddp_learns_and_resumes_exactly(corpus, tmp_path):
+def test_muon_under_ddp_learns_and_resumes_exactly(corpus, tmp_path, monkeypatch):
+    monkeypatch.setenv(SPIKE_ENV, "15")  # attempt 15's loss x 100, on every rank
     reference = tmp_path / "reference"
-    done = run_job("train", "--config", str(write_run(reference, tiny_config(corpus, **MUON))))
+    cfg = tiny_config(corpus, **MUON, **GUARD)
+    done = run_job("train", "--config", str(write_run(reference, cfg)))
     assert done.returncode == 0, done.stdout
+    assert done.stdout.count("step 15: loss") == 1, done.stdout  # rank 0 reports it
+    assert metrics(reference, "skipped_steps")[TOTAL] == 1
     loss = metrics(reference)
     assert sorted(loss) == list(range(1, TOTAL + 1)) and loss[TOTAL] < loss[1] - 0.5, loss
     resumed = tmp_path / "resumed"
@@ -32,6 +39,7 @@ def test_muon_under_ddp_learns_and_resumes_exactly(corpus, tmp_path):
     mid = reference / "checkpoints" / f"step-{TOTAL // 2:08d}"
     done = run_job("train", "--config", str(resumed / "training.yaml"), "--resume", str(mid))
     assert done.returncode == 0, done.stdout
+    assert "step 15: loss" in done.stdout, done.stdout
     got = metrics(resumed)
     assert sorted(got) == list(range(TOTAL // 2 + 1, TOTAL + 1))
     assert all(got[s] == loss[s] for s in got), (got, loss)
