@@ -113,6 +113,11 @@ class ModelConfig(_Section):
         description="With document_masking: the token id that ends a document; null = the "
         "tokenizer's <|endoftext|> (filled in at training setup, saved with checkpoints).",
     )
+    qk_norm: bool = Field(
+        default=False,
+        description="RMSNorm on each head's queries and keys before RoPE (OLMo 2, Qwen3): "
+        "bounds attention logits, steadier at high learning rates.",
+    )
 
     @model_validator(mode="after")
     def _check_heads(self) -> ModelConfig:
@@ -261,8 +266,10 @@ class DataConfig(_Section):
 class OptimizerConfig(_Section):
     """The optimizer (seed: `optimizer:`)."""
 
-    algorithm: Literal["adam_w", "sgd"] = Field(
-        default="adam_w", description="'adam_w' (decoupled weight decay) or 'sgd' (with momentum)."
+    algorithm: Literal["adam_w", "sgd", "muon"] = Field(
+        default="adam_w",
+        description="'adam_w' (decoupled weight decay), 'sgd' (with momentum), or 'muon' "
+        "(Muon for the blocks' 2-D matrices, AdamW for the rest; torch >= 2.9).",
     )
     learning_rate: float = Field(
         gt=0.0, description="Peak learning rate (unless scheduler.max_lr is set)."
@@ -281,6 +288,40 @@ class OptimizerConfig(_Section):
         gt=0.0,
         description="Clip the global gradient norm to this; null = no clipping.",
     )
+    z_loss: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="Weight of PaLM's auxiliary loss z_loss * mean(log(Z)^2) (1e-4 in PaLM); "
+        "logged as z_loss; 0 = off.",
+    )
+    muon_learning_rate: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=1.0,
+        description="Muon's peak learning rate (it follows the schedule's shape); null = 0.02.",
+    )
+    muon_momentum: float | None = Field(
+        default=None, ge=0.0, lt=1.0, description="Muon's Nesterov momentum; null = 0.95."
+    )
+
+    @model_validator(mode="after")
+    def _check_algorithm_fields(self) -> OptimizerConfig:
+        muon_fields = [
+            f for f in ("muon_learning_rate", "muon_momentum") if getattr(self, f) is not None
+        ]
+        if self.algorithm != "muon" and muon_fields:
+            raise ValueError(
+                f"{muon_fields[0]}: only used with algorithm: muon (algorithm is {self.algorithm!r})"
+            )
+        # The seed writes momentum: 0.9 with adam_w, and dumps keep it: only another value
+        # under muon is a mistake worth stopping for (it would silently do nothing).
+        if self.algorithm == "muon" and self.momentum != 0.9:
+            raise ValueError(
+                f"momentum: {self.momentum} is SGD's momentum, unused with algorithm: muon; "
+                "set muon_momentum instead"
+            )
+        return self
 
 
 # ----------------------------------------------------------------------------------- scheduler
@@ -289,8 +330,12 @@ class OptimizerConfig(_Section):
 class SchedulerConfig(_Section):
     """The learning-rate schedule (seed: `scheduler:`)."""
 
-    strategy: Literal["cosine_with_warmup", "linear_with_warmup", "constant_with_warmup"] = Field(
-        default="cosine_with_warmup", description="Shape of the schedule after the linear warmup."
+    strategy: Literal[
+        "cosine_with_warmup", "linear_with_warmup", "constant_with_warmup", "warmup_stable_decay"
+    ] = Field(
+        default="cosine_with_warmup",
+        description="Shape of the schedule after the linear warmup; warmup_stable_decay holds "
+        "the peak, then decays over the last decay_steps (or decay_fraction of the run).",
     )
     warmup_steps: int = Field(
         default=0, ge=0, description="Optimizer steps of linear warmup from 0 to the peak."
@@ -307,6 +352,19 @@ class SchedulerConfig(_Section):
     max_lr: float | None = Field(
         default=None, gt=0.0, description="Peak learning rate; null = optimizer.learning_rate."
     )
+    decay_steps: int | None = Field(
+        default=None, ge=1, description="warmup_stable_decay: optimizer steps of the final decay."
+    )
+    decay_fraction: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=1.0,
+        description="warmup_stable_decay: the final decay as a fraction of total steps.",
+    )
+    decay_shape: Literal["linear", "cosine", "1-sqrt"] | None = Field(
+        default=None,
+        description="warmup_stable_decay: shape of the decay to min_lr; null = linear.",
+    )
 
     @model_validator(mode="after")
     def _check_steps(self) -> SchedulerConfig:
@@ -316,7 +374,43 @@ class SchedulerConfig(_Section):
             raise ValueError(
                 f"warmup_steps: {self.warmup_steps} must be smaller than total_steps ({self.total_steps})"
             )
+        return self._check_decay()
+
+    def _check_decay(self) -> SchedulerConfig:
+        """The decay fields belong to warmup_stable_decay, which needs exactly one length."""
+        given = [
+            f
+            for f in ("decay_steps", "decay_fraction", "decay_shape")
+            if getattr(self, f) is not None
+        ]
+        if self.strategy != "warmup_stable_decay":
+            if given:
+                raise ValueError(
+                    f"{given[0]}: only used with strategy: warmup_stable_decay "
+                    f"(strategy is {self.strategy!r})"
+                )
+            return self
+        if (self.decay_steps is None) == (self.decay_fraction is None):
+            raise ValueError(
+                "decay_steps: warmup_stable_decay needs exactly one of decay_steps or decay_fraction"
+            )
+        if (
+            self.total_steps is not None
+            and self.warmup_steps + self.decay_length(self.total_steps) > self.total_steps
+        ):
+            raise ValueError(
+                f"decay_steps: warmup_steps ({self.warmup_steps}) + decay "
+                f"({self.decay_length(self.total_steps)}) exceed total_steps ({self.total_steps})"
+            )
         return self
+
+    def decay_length(self, total_steps: int) -> int:
+        """warmup_stable_decay's decay in steps for a run of ``total_steps`` (0 otherwise)."""
+        if self.decay_steps is not None:
+            return self.decay_steps
+        if self.decay_fraction is not None:
+            return max(1, round(self.decay_fraction * total_steps))
+        return 0
 
 
 # ------------------------------------------------------------------------------------- runtime
@@ -435,6 +529,22 @@ class LoggingConfig(_Section):
     )
 
 
+class SpikeGuardConfig(_Section):
+    """Loss-spike guard (`runtime.spike_guard:`), as OLMo-core's skip-step optimizer."""
+
+    window: int = Field(
+        default=100, ge=2, description="Steps of loss / gradient-norm history the statistics use."
+    )
+    threshold_sigma: float = Field(
+        default=6.0,
+        gt=0.0,
+        description="Skip a step whose value is this many standard deviations above the mean.",
+    )
+    watch: Literal["loss", "grad_norm", "both"] = Field(
+        default="both", description="Which values are checked."
+    )
+
+
 class RuntimeConfig(_Section):
     """How the run executes (seed: `runtime:`)."""
 
@@ -491,6 +601,10 @@ class RuntimeConfig(_Section):
         default=5,
         ge=1,
         description="Consecutive non-finite losses (steps skipped) before the run stops.",
+    )
+    spike_guard: SpikeGuardConfig | None = Field(
+        default=None,
+        description="Skip a step whose loss or gradient norm spikes (see spike_guard.*); null = off.",
     )
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)

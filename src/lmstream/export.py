@@ -8,6 +8,11 @@ function (pre-norm blocks, full-width RoPE, no linear biases, GQA):
     gelu   + layernorm  Starcoder2ForCausalLM (use_bias false; its LayerNorms keep their bias, as ours)
     swiglu + layernorm  StableLmForCausalLM  (partial_rotary_factor 1, sequential residual)
 
+With ``qk_norm`` (RMSNorm over each head's q and k before RoPE) only one family computes the
+same function: swiglu + rmsnorm exports as Qwen3ForCausalLM (its q_norm / k_norm are exactly
+that). OLMo2 normalises the whole q / k projection, not each head, and puts its norms after the
+sublayers; StableLM's qk_layernorm is a LayerNorm: neither matches, so other pairs are refused.
+
 ``rope_mode: interleaved`` (GPT-J pairs 2i, 2i+1) is exported by permuting each head's q and k
 rows into the half-split order these families use: attention scores q.k are unchanged by the
 same permutation of both, so the exported model is the same function (Meta's Llama weights go
@@ -61,6 +66,12 @@ ARCHITECTURES: dict[tuple[str, str], Architecture] = {
 }
 
 
+# Per-head QK-norm: (activation, norm) -> the family with per-head RMS q/k norms.
+QK_NORM_ARCHITECTURES: dict[tuple[str, str], Architecture] = {
+    ("swiglu", "rmsnorm"): Architecture("Qwen3ForCausalLM", "Qwen3Config", "qwen3", "4.51", True),
+}
+
+
 def _version_tuple(version: str) -> tuple[int, ...]:
     parts = []
     for piece in version.split(".")[:3]:
@@ -75,15 +86,25 @@ def choose_architecture(cfg: ModelConfig, transformers_version: str | None = Non
         import transformers
 
         transformers_version = transformers.__version__
-    arch = ARCHITECTURES.get((cfg.activation, cfg.norm))
+    if cfg.qk_norm:
+        arch = QK_NORM_ARCHITECTURES.get((cfg.activation, cfg.norm))
+        if arch is None:
+            raise ConfigError(
+                f"model.qk_norm: per-head QK-norm exports only with model.activation swiglu and "
+                f"model.norm rmsnorm (as Qwen3ForCausalLM); this model has {cfg.activation} + "
+                f"{cfg.norm}, which no transformers family computes exactly"
+            )
+    else:
+        arch = ARCHITECTURES.get((cfg.activation, cfg.norm))
     if arch is None:  # unreachable with today's schema; guards future activation/norm options
         raise ConfigError(
             f"model.activation '{cfg.activation}' with model.norm '{cfg.norm}' has no exact "
             f"transformers counterpart; supported pairs: {', '.join('+'.join(k) for k in ARCHITECTURES)}"
         )
     if _version_tuple(transformers_version) < _version_tuple(arch.added_in):
+        what = " and model.qk_norm" if cfg.qk_norm else ""
         raise ConfigError(
-            f"model.activation '{cfg.activation}' with model.norm '{cfg.norm}' exports as "
+            f"model.activation '{cfg.activation}' with model.norm '{cfg.norm}'{what} exports as "
             f"{arch.class_name}, which transformers {transformers_version} lacks (added in "
             f"{arch.added_in}); upgrade with `pip install -U 'transformers>={arch.added_in}'`"
         )
@@ -117,6 +138,12 @@ def hf_config(model: Transformer, arch: Architecture, tokenizer: Tokenizer | Non
     extra = {
         "llama": dict(rms_norm_eps=cfg.norm_eps, attention_bias=False, mlp_bias=False),
         "arcee": dict(rms_norm_eps=cfg.norm_eps, attention_bias=False, mlp_bias=False),
+        "qwen3": dict(
+            rms_norm_eps=cfg.norm_eps,
+            attention_bias=False,
+            head_dim=cfg.head_dim,
+            use_sliding_window=False,
+        ),
         "starcoder2": dict(norm_epsilon=cfg.norm_eps, use_bias=False, sliding_window=None),
         "stablelm": dict(
             layer_norm_eps=cfg.norm_eps,
@@ -154,6 +181,12 @@ def convert_state_dict(model: Transformer, arch: Architecture) -> dict[str, torc
             {attn + "q_proj.weight": q, attn + "k_proj.weight": k, attn + "v_proj.weight": v}
         )
         out[attn + "o_proj.weight"] = state[ours + "attn.proj.weight"]
+        for name in ("q_norm", "k_norm"):  # per-head gains: the same row order as q and k
+            if f"{ours}attn.{name}.weight" in state:
+                gain = state[f"{ours}attn.{name}.weight"]
+                if cfg.rope_layout == "interleaved":
+                    gain = gain[_half_split_order(E)]
+                out[f"{attn}{name}.weight"] = gain
         fc, proj = state[ours + "mlp.fc.weight"], state[ours + "mlp.proj.weight"]
         mlp = theirs + "mlp."
         if arch.gated_mlp:

@@ -33,7 +33,13 @@ from lmstream.config import (
 from lmstream.data.sources import DocumentStream, SourceSpec, open_dataset
 from lmstream.data.validation import holdout_size
 from lmstream.errors import ConfigError, DataSourceError
-from lmstream.model.presets import CPU_RECIPES, PRESETS, cpu_loader_workers
+from lmstream.model.presets import (
+    CPU_RECIPES,
+    PRESETS,
+    budget_schedule,
+    cpu_loader_workers,
+    learning_rate_by_size,
+)
 from lmstream.orchestrate_options import OrchestrateOptions
 from lmstream.orchestrate_sources import plan_sources
 from lmstream.tokenizer import (
@@ -310,15 +316,22 @@ def training_yaml_dict(
             },
         },
     }
-    if opts.model_size in CPU_RECIPES:
-        for dotted, value in CPU_RECIPES[opts.model_size].items():
-            *parents, leaf = dotted.split(".")
-            node = out
-            for key in parents:
-                node = node[key]
-            node[leaf] = value
+    size = opts.model_size
+    _set_dotted(out, {**learning_rate_by_size(size), **CPU_RECIPES.get(size, {})})
+    if opts.tokens is not None:  # after the CPU recipe: its batch shape decides the steps
+        _set_dotted(out, budget_schedule(size, opts.vocab_size, opts.tokens, out))
+    if size in CPU_RECIPES:
         out["data"]["num_workers"] = cpu_loader_workers()
     return out
+
+
+def _set_dotted(cfg: dict, overrides: dict) -> None:
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split(".")
+        node = cfg
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
 
 
 def _defaults(section: type[BaseModel], *names: str) -> dict:

@@ -87,6 +87,12 @@ class OrchestrateOptions(Options):
     model_size: str = flag(
         "1b", "model section of training.yaml", group=EXPERIMENT, choices=list(PRESETS)
     )
+    tokens: str | None = flag(
+        None,
+        "token budget: N tokens or 'chinchilla' (20 per parameter); sets scheduler.total_steps "
+        "for one rank's batch (with R ranks, divide it by R)",
+        group=EXPERIMENT,
+    )
     seed: int = flag(42, "runtime.seed and the stream's seed", group=EXPERIMENT, ge=0)
     overwrite: bool = flag(False, "replace an existing experiment's files", group=EXPERIMENT)
     pretokenize: bool = flag(
@@ -115,6 +121,19 @@ class OrchestrateOptions(Options):
                 f"{value} is too small; byte-level BPE needs at least {least} "
                 f"(256 bytes + {len(SPECIAL_TOKENS_DEFAULT)} special tokens)"
             )
+        return value
+
+    @field_validator("tokens")
+    @classmethod
+    def _tokens(cls, value: str | None) -> str | None:
+        if value is None or value == "chinchilla":
+            return value
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a token count (e.g. 2e9) or 'chinchilla'") from None
+        if not number >= 1 or number == float("inf"):
+            raise ValueError(f"{value!r}: the token budget must be a finite count of at least 1")
         return value
 
     @field_validator("model_size")

@@ -79,6 +79,31 @@ def test_logits_match_transformers_for_every_exportable_config(combo: dict, tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]  # no temporary folder left
 
 
+@pytest.mark.parametrize("rope_mode", ["standard", "interleaved"])
+@pytest.mark.parametrize("tie", [True, False])
+def test_qk_norm_exports_as_qwen3_with_the_same_logits(rope_mode, tie, tmp_path: Path) -> None:
+    model = _model(
+        activation="swiglu", norm="rmsnorm", qk_norm=True, rope_mode=rope_mode, tie_embeddings=tie
+    )
+    assert model.blocks[0].attn.q_norm.weight.std() > 0.05  # gains away from 1: they must map
+    result = export_model(model, None, tmp_path / "hf")
+    assert result.architecture == "Qwen3ForCausalLM" and result.max_abs_diff <= TOLERANCE
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf")).float().eval()
+    ids = torch.randint(0, VOCAB, (3, 40), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert (model(ids)[0] - hf(ids).logits).abs().max().item() <= TOLERANCE
+
+
+@pytest.mark.parametrize(
+    ("activation", "norm"), [("gelu", "rmsnorm"), ("gelu", "layernorm"), ("swiglu", "layernorm")]
+)
+def test_qk_norm_without_an_exact_family_is_refused(activation, norm, tmp_path: Path) -> None:
+    model = _model(activation=activation, norm=norm, qk_norm=True)
+    with pytest.raises(ConfigError, match=r"^model\.qk_norm: .*Qwen3ForCausalLM") as err:
+        export_model(model, None, tmp_path / "hf")
+    assert "\n" not in str(err.value) and not (tmp_path / "hf").exists()
+
+
 def test_the_check_detects_different_weights(tmp_path: Path) -> None:
     export_model(_model(), None, tmp_path / "hf")
     other = _model(init_std=0.2)

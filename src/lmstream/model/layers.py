@@ -162,6 +162,10 @@ class Attention(nn.Module):
             cfg.hidden_size, (self.n_heads + 2 * self.n_kv) * self.head_dim, bias=False
         )
         self.proj = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=False)
+        # QK-norm (Dehghani et al. 2023; per head as Qwen3): RMSNorm over each head's q and k
+        # before RoPE keeps attention logits bounded, so a high learning rate does not blow up.
+        self.q_norm = nn.RMSNorm(self.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = nn.RMSNorm(self.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
 
     def forward(
         self,
@@ -173,7 +177,11 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         B, T, _ = x.shape
         qkv = self.qkv(x).view(B, T, self.n_heads + 2 * self.n_kv, self.head_dim)  # (B, T, H+2K, E)
-        qk = apply_rope(qkv[:, :, : self.n_heads + self.n_kv], cos, sin, self.rope_layout)
+        qk = qkv[:, :, : self.n_heads + self.n_kv]  # (B, T, H+K, E)
+        if self.q_norm is not None:
+            q, k = qk.split([self.n_heads, self.n_kv], dim=2)
+            qk = torch.cat([self.q_norm(q), self.k_norm(k)], dim=2)
+        qk = apply_rope(qk, cos, sin, self.rope_layout)
         q = qk[:, :, : self.n_heads].transpose(1, 2)  # (B, H, T, E)
         k = qk[:, :, self.n_heads :].transpose(1, 2)  # (B, K, T, E)
         v = qkv[:, :, self.n_heads + self.n_kv :].transpose(1, 2)  # (B, K, T, E)
@@ -264,8 +272,9 @@ class Block(nn.Module):
 
     def init_weights(self, std: float, residual_std: float) -> None:
         """Normal(std) matrices; the two residual outputs get residual_std (GPT-2, sec. 2.3)."""
-        for norm in (self.attn_norm, self.mlp_norm):
-            norm.reset_parameters()
+        for norm in (self.attn_norm, self.mlp_norm, self.attn.q_norm, self.attn.k_norm):
+            if norm is not None:
+                norm.reset_parameters()
         nn.init.normal_(self.attn.qkv.weight, mean=0.0, std=std)
         nn.init.normal_(self.mlp.fc.weight, mean=0.0, std=std)
         nn.init.normal_(self.attn.proj.weight, mean=0.0, std=residual_std)

@@ -133,3 +133,55 @@ def cpu_loader_workers(cores: int | None = None) -> int:
     """
     cores = cores if cores is not None else (os.cpu_count() or 1)
     return 1 if cores >= 2 else 0
+
+
+# Peak learning rates by size, in the style of GPT-3's table (Brown et al. 2020, "Language
+# Models are Few-Shot Learners", Table 2.1: 125M 6.0e-4, 350M 3.0e-4, 760M 2.5e-4, 1.3B 2.0e-4,
+# 2.7B 1.6e-4): larger models need smaller rates. "1b" keeps the seed's 1.8e-4 (between GPT-3's
+# 1.3B and 2.7B rates; what the seed workflow trains with). "tiny" is not listed: its CPU
+# recipe sets a measured 2e-3. The floor (min_lr) stays a tenth of the peak, as in the seed.
+LEARNING_RATES: dict[str, float] = {
+    "125m": 6.0e-4,
+    "350m": 3.0e-4,
+    "760m": 2.5e-4,
+    "1b": 1.8e-4,
+    "3b": 1.6e-4,
+}
+CHINCHILLA_TOKENS_PER_PARAMETER = 20  # Hoffmann et al. 2022 ("Chinchilla"), compute-optimal
+
+
+def preset_parameters(name: str, vocab_size: int) -> int:
+    """Parameters of preset ``name`` with a ``vocab_size`` vocabulary (built on the meta device:
+    nothing allocated), embedding included, as Chinchilla counts them."""
+    import torch
+
+    from lmstream.model.transformer import Transformer
+
+    with torch.device("meta"):
+        return Transformer(model_preset(name), vocab_size).num_parameters()
+
+
+def learning_rate_by_size(name: str) -> dict[str, Any]:
+    """training.yaml overrides (dotted keys) giving preset ``name`` its peak rate and floor."""
+    if name not in LEARNING_RATES:
+        return {}
+    lr = LEARNING_RATES[name]
+    return {"optimizer.learning_rate": lr, "scheduler.min_lr": round(lr / 10, 12)}
+
+
+def budget_schedule(name: str, vocab_size: int, tokens: str, cfg: dict) -> dict[str, Any]:
+    """Overrides that spend a token budget (a count, or "chinchilla": 20 tokens per parameter)
+    in the batch shape of training.yaml dict ``cfg``: ``scheduler.total_steps`` = budget /
+    tokens per optimizer step of one rank, rounded up; a warmup that would not fit becomes a
+    tenth of the run."""
+    if tokens == "chinchilla":
+        budget = CHINCHILLA_TOKENS_PER_PARAMETER * preset_parameters(name, vocab_size)
+    else:
+        budget = int(float(tokens))
+    d = cfg["data"]
+    per_step = d["batch_size"] * d["gradient_accumulation_steps"] * d["sequence_length"]
+    steps = max(1, -(-budget // per_step))
+    out: dict[str, Any] = {"scheduler.total_steps": steps}
+    if cfg["scheduler"]["warmup_steps"] >= steps:
+        out["scheduler.warmup_steps"] = steps // 10
+    return out

@@ -1,5 +1,8 @@
-"""Fault-injection hook for the reliability tests (tests/reliability/). Inert unless its
-environment variable is set; nothing else in lmstream reads it.
+"""Fault-injection hooks for the reliability tests (tests/reliability/). Inert unless their
+environment variables are set; nothing else in lmstream reads them.
+
+``LMSTREAM_FAULT_SPIKE_STEPS`` (same syntax as below): attempts whose loss is multiplied by 100,
+the loss spike that ``runtime.spike_guard`` must skip (the gradients are left as they were).
 
 ``LMSTREAM_FAULT_NONFINITE_STEPS``: optimizer-step *attempts* whose loss is replaced by NaN, as
 an fp16 overflow or a bad batch would make it, e.g. ``"5,6,13"`` or ``"11-"`` (from 11 on) or
@@ -49,4 +52,16 @@ def nonfinite_loss(loss: torch.Tensor, attempt: int) -> torch.Tensor:
         return loss
     if any(lo <= attempt <= hi for lo, hi in _parse(spec)):
         return loss * float("nan")
+    return loss
+
+
+SPIKE_ENV = "LMSTREAM_FAULT_SPIKE_STEPS"
+
+
+def spike_loss(loss: torch.Tensor, attempt: int) -> torch.Tensor:
+    """``loss``, or 100 x ``loss`` when ``attempt`` is listed in LMSTREAM_FAULT_SPIKE_STEPS
+    (same syntax): the loss spike that ``runtime.spike_guard`` must catch."""
+    spec = os.environ.get(SPIKE_ENV)
+    if spec and any(lo <= attempt <= hi for lo, hi in _parse(spec)):
+        return loss * 100.0
     return loss

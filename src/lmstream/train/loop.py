@@ -38,7 +38,9 @@ from lmstream.train.optim import set_lr
 from lmstream.train.precision import Precision, matmul_kind, memory_gb, peak_flops
 from lmstream.train.setup import Run
 from lmstream.train.signals import StopRequest
+from lmstream.train.spike_guard import SpikeGuard
 from lmstream.train.state import capture_rng, optimizer_state
+from lmstream.train.z_loss import z_loss_term
 
 
 class NonFiniteLossError(LmstreamError):
@@ -48,7 +50,12 @@ class NonFiniteLossError(LmstreamError):
 
 
 def forward_backward(
-    model: nn.Module, micro_batches: list, precision: Precision, device: torch.device
+    model: nn.Module,
+    micro_batches: list,
+    precision: Precision,
+    device: torch.device,
+    z_loss: float = 0.0,
+    aux: dict | None = None,
 ) -> torch.Tensor:
     """Accumulate gradients of the mean loss per target token over the step's micro-batches of
     every rank; returns this rank's part of that mean (detached), scaled so that the mean of the
@@ -60,6 +67,9 @@ def forward_backward(
     batches (weight 0, lmstream.data.loader). DDP and FSDP2 average gradients over ranks with
     equal weights, so each rank scales its loss by (its tokens / all ranks' tokens) x world
     size; the average is then the gradient of one batch of all ranks' counted tokens.
+
+    ``z_loss`` > 0 adds PaLM's z-loss to the objective (lmstream.train.z_loss); the returned loss
+    stays the cross-entropy, and this rank's part of the z-loss goes to ``aux["z_loss"]``.
     """
     n = len(micro_batches)
     # Counted from the host copies of the targets (no device sync); an idle batch counts for
@@ -70,6 +80,7 @@ def forward_backward(
     if world > 1:
         total_count = int(dist.all_reduce_sum(torch.tensor(total_count, device=device)).item())
     total = torch.zeros((), device=device)
+    z_total = torch.zeros((), device=device)
     for i, batch in enumerate(micro_batches):
         inputs = batch.inputs.to(device, non_blocking=True)
         targets = batch.targets.to(device, non_blocking=True)
@@ -79,12 +90,19 @@ def forward_backward(
         share = counts[i] * n * world / total_count if total_count else batch.weight
         with dist.gradient_sync(model, enabled=i == n - 1):
             with precision.autocast():
-                _, loss = model(inputs, targets)
-            scaled = loss * share / n
+                logits, loss = model(inputs, targets)
+            objective = loss
+            if z_loss:
+                z = z_loss * z_loss_term(logits, targets)
+                objective = loss + z
+                z_total += z.detach() * share
+            scaled = objective * share / n
             if precision.scaler is not None:
                 scaled = precision.scaler.scale(scaled)
             scaled.backward()
         total += loss.detach() * share
+    if aux is not None and z_loss:
+        aux["z_loss"] = z_total / n
     return total / n
 
 
@@ -95,13 +113,15 @@ def optimizer_step(
     loss: torch.Tensor,
     lr: float,
     max_grad_norm: float | None,
+    guard: SpikeGuard | None = None,
 ) -> tuple[torch.Tensor, bool]:
     """Clip, check and step. Returns (gradient norm before clipping, whether the update was
     applied).
 
     A non-finite loss or gradient norm skips the update. Under fp16 that is also the
     GradScaler's overflow check (an inf/NaN in the unscaled gradients makes the norm non-finite),
-    so an update the scaler would skip is reported as skipped, not counted as a step.
+    so an update the scaler would skip is reported as skipped, not counted as a step. A finite
+    step that ``guard`` judges a spike is skipped too (``guard.last_reason`` says why).
     """
     set_lr(optimizer, lr)
     scaler = precision.scaler
@@ -112,12 +132,18 @@ def optimizer_step(
     grad_norm = dist.local_tensor(torch.nn.utils.clip_grad_norm_(model.parameters(), limit))
     bad = ~torch.isfinite(loss) | ~torch.isfinite(grad_norm)
     ok = dist.all_reduce_sum(bad.float()).item() == 0  # every rank must agree to skip
-    if ok:
+    spike = False
+    if guard is not None:
+        guard.last_reason = None
+        spike = ok and guard.check(loss, grad_norm)  # (non-finite values stay out of its stats)
+    if ok and not spike:
         if scaler is not None:
             scaler.step(optimizer)
             scaler.update()
         else:
             optimizer.step()
+    elif spike and scaler is not None:
+        scaler.update()  # finite gradients: no backoff, but this step's unscale_ is closed
     elif scaler is not None:
         # Back off from the agreed decision rather than this rank's own inf check: under FSDP
         # a rank whose gradient shard is finite would otherwise keep its scale while the others
@@ -125,7 +151,7 @@ def optimizer_step(
         scaler.update(scaler.get_scale() * scaler.get_backoff_factor())
         scaler.load_state_dict(scaler.state_dict() | {"_growth_tracker": 0})
     optimizer.zero_grad(set_to_none=True)
-    return grad_norm.detach(), ok
+    return grad_norm.detach(), ok and not spike
 
 
 @dataclass
@@ -171,6 +197,9 @@ class Trainer:
         # Sharded (FSDP) saves are collective and stay synchronous.
         background = self.cfg.runtime.checkpoint.async_save and run.strategy != "fsdp"
         self.writer = CheckpointWriter(background=background)
+        guard = self.cfg.runtime.spike_guard
+        self.guard = SpikeGuard(guard, run.state) if guard is not None else None
+        self._aux: dict = {}  # the last step's z-loss part, for the log
 
     # ---------------------------------------------------------------------------- the loop
     def fit(self) -> int:
@@ -249,9 +278,13 @@ class Trainer:
                 if total_epochs is not None and epoch >= total_epochs:
                     break  # the stream rolled into an epoch past the last one asked for
                 rows = micro_batch.regroup(micro, self.micro_batch)
-                loss = forward_backward(run.model, rows, run.precision, self.device)
-                # Fault-injection hook for tests/reliability (inert unless its env var is set).
+                loss = forward_backward(
+                    run.model, rows, run.precision, self.device,
+                    self.cfg.optimizer.z_loss, self._aux,
+                )  # fmt: skip
+                # Fault-injection hooks for tests/reliability (inert unless their env var is set).
                 loss = faults.nonfinite_loss(loss, st.micro_batches_seen // accum + 1)
+                loss = faults.spike_loss(loss, st.micro_batches_seen // accum + 1)
                 lr = run.schedule(st.step)
                 grad_norm, ok = optimizer_step(
                     run.model,
@@ -260,6 +293,7 @@ class Trainer:
                     loss,
                     lr,
                     self.cfg.optimizer.max_grad_norm,
+                    self.guard,
                 )
                 st.micro_batches_seen += accum
                 # A pass's last steps hold padding and idle micro-batches: count real tokens
@@ -272,6 +306,13 @@ class Trainer:
                 clock.tokens += real
                 if self.mixture:
                     add_source_tokens(st, micro, self.mixture[0], self.device)
+                if not ok and self.guard is not None and self.guard.last_reason:
+                    st.skipped_steps += 1
+                    self.logger.message(
+                        f"step {st.step + 1}: {self.guard.last_reason}; update skipped "
+                        f"({st.skipped_steps} skipped in total)"
+                    )
+                    continue
                 if not ok:
                     self._on_nonfinite(loss)
                     continue
@@ -398,6 +439,8 @@ class Trainer:
         }
         if self.mixture:
             metrics |= source_metrics(st, self.run.loader, self.mixture[0], self.device)
+        if "z_loss" in self._aux:
+            metrics["z_loss"] = dist.all_reduce_mean(self._aux["z_loss"]).item()
         if self.peak:
             per_rank = tokens_per_s / self.run.env.world_size
             metrics["mfu"] = self.run.flops_per_token * per_rank / self.peak

@@ -41,7 +41,8 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 def build_optimizer(
     model: nn.Module, cfg: OptimizerConfig, lr: float, device: torch.device
 ) -> torch.optim.Optimizer:
-    """AdamW (fused; foreach for sharded parameters) or SGD with momentum, over :func:`parameter_groups`."""
+    """AdamW (fused; foreach for sharded parameters) or SGD with momentum, over
+    :func:`parameter_groups`; or Muon with AdamW (lmstream.train.muon)."""
     groups = parameter_groups(model, cfg.weight_decay)
     if cfg.algorithm == "adam_w":
         # Fused AdamW (one kernel over all parameters; on CPU since torch 2.4) measured 1.03-1.07x
@@ -53,8 +54,12 @@ def build_optimizer(
         )
     if cfg.algorithm == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, foreach=True)
+    if cfg.algorithm == "muon":
+        from lmstream.train.muon import build_muon
+
+        return build_muon(model, cfg, lr)
     raise ConfigError(
-        f"optimizer.algorithm: unknown optimizer {cfg.algorithm!r}; use 'adam_w' or 'sgd'"
+        f"optimizer.algorithm: unknown optimizer {cfg.algorithm!r}; use 'adam_w', 'sgd' or 'muon'"
     )
 
 
@@ -65,8 +70,10 @@ def _has_dtensor(groups: list[dict]) -> bool:
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Every group at ``lr`` times its ``lr_scale`` (Muon's groups: its own peak over AdamW's, so
+    both follow the one schedule's shape)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 def lr_at(
@@ -77,6 +84,8 @@ def lr_at(
     min_lr: float,
     warmup_steps: int,
     total_steps: int,
+    decay_steps: int = 0,
+    decay_shape: str = "linear",
 ) -> float:
     """The learning rate of update number ``step`` (0-based).
 
@@ -85,11 +94,19 @@ def lr_at(
     cosine ``min + (peak - min) * (1 + cos(pi * progress)) / 2``, linear
     ``peak - (peak - min) * progress``, constant ``peak``. Past ``total_steps`` the schedule stays
     at its end value.
+
+    ``warmup_stable_decay`` (WSD; Hu et al. 2024, MiniCPM; Hägele et al. 2024) holds the peak
+    until ``total - decay_steps``, then decays to ``min`` with ``p = (step - (total - decay)) /
+    decay``: linear ``peak - (peak - min) * p``, cosine as above, 1-sqrt
+    ``min + (peak - min) * (1 - sqrt(p))`` (Hägele et al.'s best shape). The decay is anchored to
+    the end, so a resume with a larger ``total_steps`` is still in the stable phase.
     """
     if step < warmup_steps:
         return peak_lr * (step + 1) / warmup_steps
     if strategy == "constant_with_warmup":
         return peak_lr
+    if strategy == "warmup_stable_decay":
+        return _wsd(step, peak_lr, min_lr, total_steps, decay_steps, decay_shape)
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     if strategy == "cosine_with_warmup":
         return min_lr + (peak_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
@@ -97,8 +114,20 @@ def lr_at(
         return peak_lr - (peak_lr - min_lr) * progress
     raise ConfigError(
         f"scheduler.strategy: unknown strategy {strategy!r}; use cosine_with_warmup, "
-        "linear_with_warmup or constant_with_warmup"
+        "linear_with_warmup, constant_with_warmup or warmup_stable_decay"
     )
+
+
+def _wsd(step: int, peak: float, floor: float, total: int, decay: int, shape: str) -> float:
+    start = total - decay
+    if step < start:
+        return peak
+    p = min(1.0, (step - start) / max(1, decay))
+    if shape == "cosine":
+        return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * p))
+    if shape == "1-sqrt":
+        return floor + (peak - floor) * (1.0 - math.sqrt(p))
+    return peak - (peak - floor) * p
 
 
 def make_schedule(
@@ -111,6 +140,12 @@ def make_schedule(
             f"scheduler.warmup_steps: {cfg.warmup_steps} is not smaller than the run's "
             f"{total_steps} optimizer steps; lower warmup_steps"
         )
+    decay = cfg.decay_length(total_steps)
+    if cfg.warmup_steps + decay > total_steps:  # total_epochs: known only now
+        raise ConfigError(
+            f"scheduler.decay_steps: warmup ({cfg.warmup_steps}) + decay ({decay}) exceed the "
+            f"run's {total_steps} optimizer steps; shorten the decay or the warmup"
+        )
 
     def lr(step: int) -> float:
         return lr_at(
@@ -120,6 +155,8 @@ def make_schedule(
             min_lr=min_lr,
             warmup_steps=cfg.warmup_steps,
             total_steps=total_steps,
+            decay_steps=decay,
+            decay_shape=cfg.decay_shape or "linear",
         )
 
     return lr

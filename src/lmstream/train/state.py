@@ -8,7 +8,7 @@ strings, lists, tuples and dicts (numpy's RNG key becomes a tensor).
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -40,6 +40,7 @@ class TrainState:
     best_val_loss: float | None = None
     steps_per_epoch: int | None = None
     source_tokens: dict[str, int] | None = None  # a mixture's target tokens per source
+    spike_history: list = field(default_factory=list)  # [loss, grad_norm] (train/spike_guard.py)
 
     def to_dict(self) -> dict:
         return asdict(self)

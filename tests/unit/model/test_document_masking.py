@@ -58,7 +58,11 @@ def _pieces(row: torch.Tensor) -> list[tuple[int, int]]:
 
 @pytest.mark.parametrize(
     "overrides",
-    [{}, {"activation": "swiglu", "norm": "rmsnorm", "rope_mode": "interleaved"}],
+    [
+        {},
+        {"activation": "swiglu", "norm": "rmsnorm", "rope_mode": "interleaved"},
+        {"activation": "swiglu", "norm": "rmsnorm", "qk_norm": True},  # the two recipe options
+    ],
 )
 @torch.no_grad()
 def test_each_document_of_a_packed_row_equals_the_document_run_alone(overrides) -> None:
