@@ -11,6 +11,7 @@ Everything is checked here, before anything is streamed or written.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 from pathlib import Path
@@ -127,7 +128,10 @@ def _refuse_repeats(sources: list[StreamSourceConfig], where: str) -> None:
     """The same data listed twice is a mistake (its weight would be split across two names)."""
     seen: dict[tuple, str] = {}
     for source in sources:
-        key = (source.dataset, tuple(source.data_files or ()), source.subset, source.split)
+        # the text field and the revision pick the documents too: one file read for its
+        # "question" and for its "answer" is two sources
+        key = (source.dataset, tuple(source.data_files or ()), source.subset, source.split,
+               source.text_field, source.revision)  # fmt: skip
         if key in seen:
             raise ConfigError(
                 f"{where}: source {source.name!r} reads the same data as {seen[key]!r} "
@@ -137,12 +141,14 @@ def _refuse_repeats(sources: list[StreamSourceConfig], where: str) -> None:
 
 
 def _local_or_remote(dataset: str, base: Path | None = None) -> str:
-    """A local path made absolute (relative to ``base`` when given: a sources file's folder);
-    hub ids, URLs and globs stay as written."""
+    """A local path or glob made absolute (relative to ``base`` when given: a sources file's
+    folder), so training finds it from any working folder; hub ids and URLs stay as written
+    (a hub id never holds a glob character)."""
     if "://" in dataset:
         return dataset
     candidate = Path(base, dataset) if base is not None else Path(dataset)
-    return _absolute(str(candidate)) if candidate.expanduser().exists() else dataset
+    local = candidate.expanduser().exists() or glob.has_magic(dataset)
+    return _absolute(str(candidate)) if local else dataset
 
 
 def _is_file_entry(entry: str) -> bool:

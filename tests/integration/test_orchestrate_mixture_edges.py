@@ -1,0 +1,103 @@
+"""`lmstream orchestrate` on a mixture, at the edges a user reaches without trying: huge
+weights, file names whose default source name is not a valid name, relative globs in a
+sources file, and one file read twice with different text fields."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from lmstream.cli import main
+from lmstream.config import load_streaming_config
+
+
+def _jsonl(path: Path, texts: list[str], field: str = "text") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({field: t}) + "\n" for t in texts), encoding="utf-8")
+    return path
+
+
+def _prose(n: int) -> list[str]:
+    return [f"the quick brown fox {i} jumps over the lazy dog number {i * 7}" for i in range(n)]
+
+
+def _orchestrate(capsys, ws: Path, *args: str) -> tuple[int, str, str]:
+    code = main(["orchestrate", "--no-progress", "--vocab-size", "300", "--stream",
+                 "--model-size", "tiny", "--experiment", "e", "--workspace", str(ws), *args])  # fmt: skip
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_huge_weights_are_proportions_not_an_overflow(tmp_path, capsys):
+    """1e308 is a finite weight: the two halves of the mix, not an OverflowError traceback."""
+    a = _jsonl(tmp_path / "a.jsonl", _prose(40))
+    b = _jsonl(tmp_path / "b.jsonl", _prose(40)[::-1])
+    listing = tmp_path / "mix.yaml"
+    listing.write_text("- {dataset: a.jsonl, weight: 1e308}\n- {dataset: b.jsonl, weight: 1e308}\n")
+    for args in (
+        ["--dataset", str(a), "--dataset", str(b), "--weights", "1e308", "1e308"],
+        ["--sources", str(listing)],
+    ):
+        ws = tmp_path / f"ws{len(args)}"
+        code, _, err = _orchestrate(capsys, ws, *args)
+        assert code == 0, err
+        cfg = load_streaming_config(ws / "runs" / "e" / "streaming_config.json")
+        assert cfg.weights() == [0.5, 0.5]
+
+
+@pytest.mark.parametrize(
+    ("stem", "second"),
+    [("web..v2", False), ("w" * 140, True)],
+)
+def test_a_default_name_is_always_a_valid_name(tmp_path, capsys, stem, second):
+    """A file named web..v2.jsonl (one --dataset: the seed's command) or two files of the same
+    long name: the user gave no name, so the default must be one the schema accepts."""
+    data = _jsonl(tmp_path / "x" / f"{stem}.jsonl", _prose(40))
+    args = ["--dataset", str(data)]
+    if second:
+        args += ["--dataset", str(_jsonl(tmp_path / "y" / f"{stem}.jsonl", _prose(30)))]
+    ws = tmp_path / "ws"
+    code, _, err = _orchestrate(capsys, ws, *args)
+    assert code == 0, err
+    names = [s.name for s in load_streaming_config(ws / "runs" / "e" / "streaming_config.json").source_list()]  # fmt: skip
+    assert len(set(names)) == len(args) // 2 and all(len(n) <= 128 and ".." not in n for n in names)
+
+
+def test_a_relative_glob_in_a_sources_file_is_relative_to_the_file(tmp_path, capsys, monkeypatch):
+    """README: relative paths in a sources file are relative to the file. A glob too, and it is
+    written absolute, so training finds it whatever its working folder."""
+    _jsonl(tmp_path / "corpus" / "web" / "part-0.jsonl", _prose(30))
+    _jsonl(tmp_path / "corpus" / "web" / "part-1.jsonl", _prose(20))
+    _jsonl(tmp_path / "corpus" / "code.jsonl", _prose(25))
+    listing = tmp_path / "corpus" / "mix.yaml"
+    listing.write_text("- {dataset: 'web/*.jsonl', weight: 2}\n- {dataset: code.jsonl}\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    ws = tmp_path / "ws"
+    code, _, err = _orchestrate(capsys, ws, "--sources", str(listing))
+    assert code == 0, err
+    web = load_streaming_config(ws / "runs" / "e" / "streaming_config.json").source_list()[0]
+    assert web.dataset == os.path.join(tmp_path, "corpus", "web", "*.jsonl")
+
+
+def test_one_file_read_for_two_text_fields_is_two_sources(tmp_path, capsys):
+    """A file whose records hold two texts (question and answer) read once per field: different
+    documents, not "the same data" listed twice."""
+    rows = [{"question": f"what is {i} plus {i}", "answer": f"it is {2 * i} of course"}
+            for i in range(40)]  # fmt: skip
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    listing = tmp_path / "mix.yaml"
+    listing.write_text(
+        "- {name: q, dataset: qa.jsonl, text_field: question}\n"
+        "- {name: a, dataset: qa.jsonl, text_field: answer}\n"
+    )
+    ws = tmp_path / "ws"
+    code, _, err = _orchestrate(capsys, ws, "--sources", str(listing))
+    assert code == 0, err
+    cfg = load_streaming_config(ws / "runs" / "e" / "streaming_config.json")
+    assert [s.text_field for s in cfg.source_list()] == ["question", "answer"]
