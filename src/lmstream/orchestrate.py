@@ -109,9 +109,15 @@ def orchestrate(opts: OrchestrateOptions) -> OrchestrateResult:
     start = time.perf_counter()
     streams = []
     for source, spec in zip(sources, specs, strict=True):
-        dataset = open_dataset(spec, source.split)
-        if source.validation_split:
-            open_dataset(spec, source.validation_split)  # fail now if it does not exist
+        try:
+            dataset = open_dataset(spec, source.split)
+            if source.validation_split:
+                open_dataset(spec, source.validation_split)  # fail now if it does not exist
+        except DataSourceError as err:
+            if len(sources) == 1:
+                raise
+            # some messages ("unknown split 'test'") do not say which of the sources failed
+            raise DataSourceError(f"source {source.name!r} ({spec.path}): {err}") from None
         streams.append(
             DocumentStream(dataset, source.text_field, max_chars=opts.max_chars,
                            batch_size=opts.batch_size)

@@ -101,3 +101,18 @@ def test_one_file_read_for_two_text_fields_is_two_sources(tmp_path, capsys):
     assert code == 0, err
     cfg = load_streaming_config(ws / "runs" / "e" / "streaming_config.json")
     assert [s.text_field for s in cfg.source_list()] == ["question", "answer"]
+
+
+@pytest.mark.parametrize("missing", ["validation_split: validation", "split: test"])
+def test_a_missing_split_names_its_source(tmp_path, capsys, missing):
+    """Two files, one split missing in the second: the line says which source lacks it."""
+    _jsonl(tmp_path / "web.jsonl", _prose(40))
+    _jsonl(tmp_path / "code.jsonl", _prose(30))
+    listing = tmp_path / "mix.yaml"
+    listing.write_text(f"- {{dataset: web.jsonl}}\n- {{dataset: code.jsonl, {missing}}}\n")
+    ws = tmp_path / "ws"
+    code, _, err = _orchestrate(capsys, ws, "--sources", str(listing))
+    lines = err.strip().splitlines()
+    assert code == 3 and len(lines) == 1, err
+    assert "source 'code'" in lines[0] and "unknown split" in lines[0], err
+    assert not (ws / "runs" / "e" / "streaming_config.json").exists()
