@@ -35,7 +35,10 @@ def _list_only_user() -> dict[str, str]:
               "Statement": [{"Effect": "Allow", "Action": "s3:ListBucket", "Resource": "*"}]}  # fmt: skip
     iam.put_user_policy(UserName="lister", PolicyName="list", PolicyDocument=json.dumps(policy))
     key = iam.create_access_key(UserName="lister")["AccessKey"]
-    return {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+    return {
+        "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+        "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"],
+    }
 
 
 def test_credentials_that_cannot_read_fail_at_once_naming_them(tmp_path):
