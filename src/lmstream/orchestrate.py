@@ -168,9 +168,11 @@ def _check_documents(sample: MixtureSample, sources: list, specs: list[SourceSpe
     for stream, source, spec in zip(sample.streams, sources, specs, strict=True):
         if stream.documents == 0 and source.weight > 0:
             where = spec.path if len(sources) == 1 else f"source {source.name!r} ({spec.path})"
+            too_long = set(stream.skipped) == {"too_long"}  # the field is right: raise the limit
+            hint = "raise --max-chars" if too_long else "check --text-field and the source"
             raise DataSourceError(
                 f"{where}: no usable documents (skipped: {_reasons(stream.skipped) or 'none'}); "
-                "check --text-field and the source"
+                + hint
             )
 
 

@@ -116,3 +116,17 @@ def test_a_missing_split_names_its_source(tmp_path, capsys, missing):
     assert code == 3 and len(lines) == 1, err
     assert "source 'code'" in lines[0] and "unknown split" in lines[0], err
     assert not (ws / "runs" / "e" / "streaming_config.json").exists()
+
+
+def test_a_source_of_only_too_long_documents_points_at_max_chars(tmp_path, capsys):
+    """Every document of one source over --max-chars: the hint is --max-chars, not the text field."""
+    good = _jsonl(tmp_path / "good.jsonl", _prose(40))
+    long = _jsonl(tmp_path / "long.jsonl", ["x" * 5000] * 3)
+    ws = tmp_path / "ws"
+    code, _, err = _orchestrate(
+        capsys, ws, "--dataset", str(good), "--dataset", str(long), "--max-chars", "1000"
+    )
+    lines = err.strip().splitlines()
+    assert code == 3 and len(lines) == 1, err
+    assert "source 'long'" in lines[0] and "too_long 3" in lines[0], lines[0]
+    assert "--max-chars" in lines[0] and "--text-field" not in lines[0], lines[0]
