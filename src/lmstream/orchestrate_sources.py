@@ -146,8 +146,9 @@ def _local_or_remote(dataset: str, base: Path | None = None) -> str:
     (a hub id never holds a glob character)."""
     if "://" in dataset:
         return dataset
-    candidate = Path(base, dataset) if base is not None else Path(dataset)
-    local = candidate.expanduser().exists() or glob.has_magic(dataset)
+    given = Path(dataset).expanduser()  # "~/data/*.jsonl" is under the home folder, not base
+    candidate = Path(base, given) if base is not None else given
+    local = candidate.exists() or glob.has_magic(dataset)
     return _absolute(str(candidate)) if local else dataset
 
 

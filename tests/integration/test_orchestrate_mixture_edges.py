@@ -82,6 +82,13 @@ def test_a_relative_glob_in_a_sources_file_is_relative_to_the_file(tmp_path, cap
     assert code == 0, err
     web = load_streaming_config(ws / "runs" / "e" / "streaming_config.json").source_list()[0]
     assert web.dataset == os.path.join(tmp_path, "corpus", "web", "*.jsonl")
+    # a glob under the home folder is the user's, not one under the sources file's folder
+    monkeypatch.setenv("HOME", str(tmp_path / "corpus"))
+    listing.write_text("- {dataset: '~/web/*.jsonl', weight: 2}\n- {dataset: code.jsonl}\n")
+    code, _, err = _orchestrate(capsys, ws, "--sources", str(listing), "--overwrite")
+    assert code == 0, err
+    web = load_streaming_config(ws / "runs" / "e" / "streaming_config.json").source_list()[0]
+    assert web.dataset == os.path.join(tmp_path, "corpus", "web", "*.jsonl")
 
 
 def test_one_file_read_for_two_text_fields_is_two_sources(tmp_path, capsys):
