@@ -85,7 +85,7 @@ def _from_file(opts: OrchestrateOptions) -> list[StreamSourceConfig]:
     if not path.is_file():
         raise ConfigError(f"--sources: {path}: file not found")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a BOM (Windows editors) is no JSON
         entries = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as err:
         problem = getattr(err, "problem", None) or getattr(err, "msg", None) or str(err)

@@ -137,3 +137,13 @@ def test_a_source_of_only_too_long_documents_points_at_max_chars(tmp_path, capsy
     assert code == 3 and len(lines) == 1, err
     assert "source 'long'" in lines[0] and "too_long 3" in lines[0], lines[0]
     assert "--max-chars" in lines[0] and "--text-field" not in lines[0], lines[0]
+
+
+def test_a_json_sources_file_saved_with_a_byte_order_mark_loads(tmp_path, capsys):
+    """Windows editors start UTF-8 files with a BOM; the YAML reader skips it, JSON must too."""
+    _jsonl(tmp_path / "a.jsonl", _prose(30))
+    _jsonl(tmp_path / "b.jsonl", _prose(20))
+    listing = tmp_path / "mix.json"
+    listing.write_bytes(b'\xef\xbb\xbf[{"dataset": "a.jsonl"}, {"dataset": "b.jsonl"}]')
+    code, _, err = _orchestrate(capsys, tmp_path / "ws", "--sources", str(listing))
+    assert code == 0, err
