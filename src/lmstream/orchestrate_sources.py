@@ -82,6 +82,8 @@ def _from_file(opts: OrchestrateOptions) -> list[StreamSourceConfig]:
     """The --sources file's list, each entry checked against StreamSourceConfig's fields (an
     unknown key is an error naming the source and the key), paths made absolute."""
     path = Path(opts.sources).expanduser()
+    if path.is_dir():
+        raise ConfigError(f"--sources: {path}: is a folder; give the YAML or JSON file of sources")
     if not path.is_file():
         raise ConfigError(f"--sources: {path}: file not found")
     try:

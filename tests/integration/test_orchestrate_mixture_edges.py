@@ -147,3 +147,9 @@ def test_a_json_sources_file_saved_with_a_byte_order_mark_loads(tmp_path, capsys
     listing.write_bytes(b'\xef\xbb\xbf[{"dataset": "a.jsonl"}, {"dataset": "b.jsonl"}]')
     code, _, err = _orchestrate(capsys, tmp_path / "ws", "--sources", str(listing))
     assert code == 0, err
+
+
+def test_a_folder_given_as_the_sources_file_says_so(tmp_path, capsys):
+    (tmp_path / "sources").mkdir()
+    code, _, err = _orchestrate(capsys, tmp_path / "ws", "--sources", str(tmp_path / "sources"))
+    assert code == 2 and "is a folder" in err and "not found" not in err, err
