@@ -110,7 +110,9 @@ def _from_file(opts: OrchestrateOptions) -> list[StreamSourceConfig]:
             problems += format_validation_error(err, f"{path}: {label}", StreamSourceConfig)
             continue
         source.dataset = _local_or_remote(source.dataset, path.parent)
-        if source.data_files:
+        # a hub dataset's data_files are paths in its repository, not beside the file
+        hub = "://" not in source.dataset and not Path(source.dataset).is_absolute()
+        if source.data_files and not hub:
             source.data_files = [_absolute(f, path.parent) for f in source.data_files]
         sources.append(source)
     if problems:

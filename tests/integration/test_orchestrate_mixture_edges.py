@@ -153,3 +153,37 @@ def test_a_folder_given_as_the_sources_file_says_so(tmp_path, capsys):
     (tmp_path / "sources").mkdir()
     code, _, err = _orchestrate(capsys, tmp_path / "ws", "--sources", str(tmp_path / "sources"))
     assert code == 2 and "is a folder" in err and "not found" not in err, err
+
+
+@pytest.mark.slow
+def test_a_hub_sources_data_files_are_paths_in_its_repository(tmp_path):
+    """`{dataset: acme/kjv, data_files: [data/a.jsonl]}` in a sources file reads that file of
+    the hub repository (here the Hub stand-in), not a data/a.jsonl beside the sources file."""
+    import subprocess
+    import sys
+
+    from tests.reliability.support import subprocess_env
+    from tests.support.hub_server import HubStandIn
+
+    lines = [json.dumps({"text": t}).encode() + b"\n" for t in _prose(60)]
+    _jsonl(tmp_path / "local.jsonl", _prose(40))
+    listing = tmp_path / "mix.yaml"
+    listing.write_text(
+        "- {dataset: acme/kjv, data_files: [data/a.jsonl]}\n- {dataset: local.jsonl}\n"
+    )
+    with HubStandIn() as hub:
+        hub.datasets["acme/kjv"] = {"data/a.jsonl": b"".join(lines[:30]),
+                                    "other/b.jsonl": b"".join(lines[30:])}  # fmt: skip
+        env = {k: v for k, v in subprocess_env().items()
+               if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_TOKEN")}  # fmt: skip
+        env |= {"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf-home")}
+        done = subprocess.run(
+            [sys.executable, "-m", "lmstream", "orchestrate", "--stream", "--no-progress",
+             "--sources", str(listing), "--vocab-size", "300", "--experiment", "hub",
+             "--workspace", str(tmp_path / "ws")],
+            env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    kjv = load_streaming_config(tmp_path / "ws" / "runs" / "hub" / "streaming_config.json")
+    assert kjv.source_list()[0].data_files == ["data/a.jsonl"]
+    assert "  a: 30 documents" in done.stdout, done.stdout  # that file (names it), every line
