@@ -108,7 +108,8 @@ def default_source_name(location: str) -> str:
     stem = parts[-1] if parts else "source"
     while (suffix := PurePosixPath(stem).suffix.lower()) in _DATA_EXTENSIONS and stem != suffix:
         stem = stem[: -len(suffix)]
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-.") or "source"
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", stem)
+    stem = re.sub(r"\.{2,}", ".", stem).strip("-.") or "source"  # a name may not hold ".."
     if not stem[0].isalnum():
         stem = "s" + stem
     return stem[:128]
@@ -131,7 +132,7 @@ def name_sources(sources: list[_SourceCommon]) -> list[str]:
         name, k = base, 1
         while name in taken:
             k += 1
-            name = f"{base}-{k}"
+            name = f"{base[: 128 - len(str(k)) - 1]}-{k}"  # a name holds at most 128 characters
         taken.add(name)
         names.append(name)
     return names
@@ -139,12 +140,16 @@ def name_sources(sources: list[_SourceCommon]) -> list[str]:
 
 def normalised_weights(sources: list[_SourceCommon]) -> list[float]:
     """Weights as token proportions summing to 1; ValueError when they sum to zero."""
-    total = math.fsum(s.weight for s in sources)
-    if not total > 0:
+    weights = [s.weight for s in sources]
+    top = max(weights, default=0.0)
+    if not top > 0:
         raise ValueError(
             "the source weights sum to zero; give at least one source a weight above 0"
         )
-    return [s.weight / total for s in sources]
+    if top > 1e300:  # finite weights near 1e308 overflow their sum: scale them down first
+        weights = [w / top for w in weights]
+    total = math.fsum(weights)
+    return [w / total for w in weights]
 
 
 def check_mixture(sources: list[_SourceCommon]) -> None:

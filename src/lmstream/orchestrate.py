@@ -109,9 +109,15 @@ def orchestrate(opts: OrchestrateOptions) -> OrchestrateResult:
     start = time.perf_counter()
     streams = []
     for source, spec in zip(sources, specs, strict=True):
-        dataset = open_dataset(spec, source.split)
-        if source.validation_split:
-            open_dataset(spec, source.validation_split)  # fail now if it does not exist
+        try:
+            dataset = open_dataset(spec, source.split)
+            if source.validation_split:
+                open_dataset(spec, source.validation_split)  # fail now if it does not exist
+        except DataSourceError as err:
+            if len(sources) == 1:
+                raise
+            # some messages ("unknown split 'test'") do not say which of the sources failed
+            raise DataSourceError(f"source {source.name!r} ({spec.path}): {err}") from None
         streams.append(
             DocumentStream(dataset, source.text_field, max_chars=opts.max_chars,
                            batch_size=opts.batch_size)
@@ -162,9 +168,11 @@ def _check_documents(sample: MixtureSample, sources: list, specs: list[SourceSpe
     for stream, source, spec in zip(sample.streams, sources, specs, strict=True):
         if stream.documents == 0 and source.weight > 0:
             where = spec.path if len(sources) == 1 else f"source {source.name!r} ({spec.path})"
+            too_long = set(stream.skipped) == {"too_long"}  # the field is right: raise the limit
+            hint = "raise --max-chars" if too_long else "check --text-field and the source"
             raise DataSourceError(
                 f"{where}: no usable documents (skipped: {_reasons(stream.skipped) or 'none'}); "
-                "check --text-field and the source"
+                + hint
             )
 
 

@@ -66,7 +66,10 @@ class OrchestrateOptions(Options):
         False, "allow a dataset's own loading code (datasets < 4 only)", group=SOURCE
     )
     max_samples: int | None = flag(
-        None, "stop after N documents (default: the whole stream)", group=SOURCE, ge=1
+        None,
+        "stop after N documents, of each source in a mixture (default: the whole stream)",
+        group=SOURCE,
+        ge=1,
     )
     batch_size: int = flag(1000, "records fetched per batch", group=SOURCE, ge=1)
     max_chars: int = flag(1_000_000, "skip documents longer than this", group=SOURCE, ge=1)
@@ -181,7 +184,7 @@ class OrchestrateOptions(Options):
                         f"--weights: {weight} for --dataset {dataset}: a weight is a finite "
                         "number >= 0"
                     )
-            if not math.fsum(self.weights) > 0:
+            if not max(self.weights) > 0:  # each is >= 0 (above); a sum of 1e308s overflows
                 raise ValueError(
                     "--weights: the weights sum to zero; give at least one dataset a weight above 0"
                 )

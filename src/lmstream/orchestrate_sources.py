@@ -11,6 +11,7 @@ Everything is checked here, before anything is streamed or written.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 from pathlib import Path
@@ -81,10 +82,12 @@ def _from_file(opts: OrchestrateOptions) -> list[StreamSourceConfig]:
     """The --sources file's list, each entry checked against StreamSourceConfig's fields (an
     unknown key is an error naming the source and the key), paths made absolute."""
     path = Path(opts.sources).expanduser()
+    if path.is_dir():
+        raise ConfigError(f"--sources: {path}: is a folder; give the YAML or JSON file of sources")
     if not path.is_file():
         raise ConfigError(f"--sources: {path}: file not found")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a BOM (Windows editors) is no JSON
         entries = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as err:
         problem = getattr(err, "problem", None) or getattr(err, "msg", None) or str(err)
@@ -107,7 +110,9 @@ def _from_file(opts: OrchestrateOptions) -> list[StreamSourceConfig]:
             problems += format_validation_error(err, f"{path}: {label}", StreamSourceConfig)
             continue
         source.dataset = _local_or_remote(source.dataset, path.parent)
-        if source.data_files:
+        # a hub dataset's data_files are paths in its repository, not beside the file
+        hub = "://" not in source.dataset and not Path(source.dataset).is_absolute()
+        if source.data_files and not hub:
             source.data_files = [_absolute(f, path.parent) for f in source.data_files]
         sources.append(source)
     if problems:
@@ -127,7 +132,10 @@ def _refuse_repeats(sources: list[StreamSourceConfig], where: str) -> None:
     """The same data listed twice is a mistake (its weight would be split across two names)."""
     seen: dict[tuple, str] = {}
     for source in sources:
-        key = (source.dataset, tuple(source.data_files or ()), source.subset, source.split)
+        # the text field and the revision pick the documents too: one file read for its
+        # "question" and for its "answer" is two sources
+        key = (source.dataset, tuple(source.data_files or ()), source.subset, source.split,
+               source.text_field, source.revision)  # fmt: skip
         if key in seen:
             raise ConfigError(
                 f"{where}: source {source.name!r} reads the same data as {seen[key]!r} "
@@ -137,12 +145,15 @@ def _refuse_repeats(sources: list[StreamSourceConfig], where: str) -> None:
 
 
 def _local_or_remote(dataset: str, base: Path | None = None) -> str:
-    """A local path made absolute (relative to ``base`` when given: a sources file's folder);
-    hub ids, URLs and globs stay as written."""
+    """A local path or glob made absolute (relative to ``base`` when given: a sources file's
+    folder), so training finds it from any working folder; hub ids and URLs stay as written
+    (a hub id never holds a glob character)."""
     if "://" in dataset:
         return dataset
-    candidate = Path(base, dataset) if base is not None else Path(dataset)
-    return _absolute(str(candidate)) if candidate.expanduser().exists() else dataset
+    given = Path(dataset).expanduser()  # "~/data/*.jsonl" is under the home folder, not base
+    candidate = Path(base, given) if base is not None else given
+    local = candidate.exists() or glob.has_magic(dataset)
+    return _absolute(str(candidate)) if local else dataset
 
 
 def _is_file_entry(entry: str) -> bool:

@@ -84,3 +84,11 @@ def test_a_new_flag_is_one_field():
     assert from_args(Mixture, parser.parse_args([])).dataset == ["fineweb"]
     with pytest.raises(ConfigError, match="--weights"):
         Mixture(weights=[1.0, -1.0])
+
+
+def test_orchestrate_help_says_the_source_flags_apply_to_each_source():
+    """With a mixture, --max-samples is each source's pass (README), not the sample's total."""
+    text = _subparsers(build_parser())["orchestrate"].format_help()
+    entry = text.split("--max-samples MAX_SAMPLES")[-1].split("--batch-size")[0]  # not the usage
+    entry = re.sub(r"\s+", " ", entry)
+    assert "each source" in entry, entry

@@ -66,10 +66,15 @@ def expand(
                 raise DataSourceError(
                     f"{url}: folder holds no jsonl/json/parquet/txt/csv files (optionally .gz/.zst)"
                 )
-        elif fs.isfile(url):
-            found = [url]
         else:
-            raise DataSourceError(f"{url}: file not found; check the bucket and the path")
+            # info(), not isfile(): isfile() reads a refusal (403) as "no such file"
+            try:
+                fs.info(url)
+            except FileNotFoundError:
+                raise DataSourceError(
+                    f"{url}: file not found; check the bucket and the path"
+                ) from None
+            found = [url]
     except DataSourceError:
         raise
     except Exception as err:

@@ -283,8 +283,9 @@ class DocumentStream:
                 return
             except Exception as err:
                 if not self._transient(err):
+                    hint = "; check the credentials in the environment" * _denied(err)
                     raise DataSourceError(
-                        f"{self._name(err)}: read failed: {_describe(err)}"
+                        f"{self._name(err)}: read failed: {_describe(err)}{hint}"
                     ) from err
                 attempt += 1
                 if attempt > self.retry.max_retries:
@@ -334,15 +335,23 @@ class DocumentStream:
         # Remote reads surface a dropped connection as FileNotFoundError or a malformed-URL error
         # once datasets/fsspec have re-opened the file, losing the cause: for a source that did
         # open, any I/O error is worth a bounded number of retries.
+        # A refusal (403: PermissionError from s3fs/gcsfs) is no dropped connection: retrying it
+        # only delays the answer, which is the credentials.
         remote = getattr(self.dataset, "_lmstream_remote", False)
         return is_transient(err) or (
-            remote and (isinstance(err, OSError) or type(err).__module__.startswith("aiohttp"))
+            remote
+            and not _denied(err)
+            and (isinstance(err, OSError) or type(err).__module__.startswith("aiohttp"))
         )
 
     def _name(self, err: BaseException | None = None) -> str:
         """The file that ``err`` came from if known, else the source as it was given."""
         found = failed_file(err) if err is not None else None
         return found or getattr(self.dataset, "_lmstream_source", None) or "data source"
+
+
+def _denied(err: BaseException) -> bool:
+    return isinstance(err, PermissionError)
 
 
 def _describe(err: BaseException) -> str:

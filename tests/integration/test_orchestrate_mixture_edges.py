@@ -1,0 +1,189 @@
+"""`lmstream orchestrate` on a mixture, at the edges a user reaches without trying: huge
+weights, file names whose default source name is not a valid name, relative globs in a
+sources file, and one file read twice with different text fields."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from lmstream.cli import main
+from lmstream.config import load_streaming_config
+
+
+def _jsonl(path: Path, texts: list[str], field: str = "text") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({field: t}) + "\n" for t in texts), encoding="utf-8")
+    return path
+
+
+def _prose(n: int) -> list[str]:
+    return [f"the quick brown fox {i} jumps over the lazy dog number {i * 7}" for i in range(n)]
+
+
+def _orchestrate(capsys, ws: Path, *args: str) -> tuple[int, str, str]:
+    code = main(["orchestrate", "--no-progress", "--vocab-size", "300", "--stream",
+                 "--model-size", "tiny", "--experiment", "e", "--workspace", str(ws), *args])  # fmt: skip
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_huge_weights_are_proportions_not_an_overflow(tmp_path, capsys):
+    """1e308 is a finite weight: the two halves of the mix, not an OverflowError traceback."""
+    a = _jsonl(tmp_path / "a.jsonl", _prose(40))
+    b = _jsonl(tmp_path / "b.jsonl", _prose(40)[::-1])
+    listing = tmp_path / "mix.yaml"
+    listing.write_text("- {dataset: a.jsonl, weight: 1e308}\n- {dataset: b.jsonl, weight: 1e308}\n")
+    for args in (
+        ["--dataset", str(a), "--dataset", str(b), "--weights", "1e308", "1e308"],
+        ["--sources", str(listing)],
+    ):
+        ws = tmp_path / f"ws{len(args)}"
+        code, _, err = _orchestrate(capsys, ws, *args)
+        assert code == 0, err
+        cfg = load_streaming_config(ws / "runs" / "e" / "streaming_config.json")
+        assert cfg.weights() == [0.5, 0.5]
+
+
+@pytest.mark.parametrize(
+    ("stem", "second"),
+    [("web..v2", False), ("w" * 140, True)],
+)
+def test_a_default_name_is_always_a_valid_name(tmp_path, capsys, stem, second):
+    """A file named web..v2.jsonl (one --dataset: the seed's command) or two files of the same
+    long name: the user gave no name, so the default must be one the schema accepts."""
+    data = _jsonl(tmp_path / "x" / f"{stem}.jsonl", _prose(40))
+    args = ["--dataset", str(data)]
+    if second:
+        args += ["--dataset", str(_jsonl(tmp_path / "y" / f"{stem}.jsonl", _prose(30)))]
+    ws = tmp_path / "ws"
+    code, _, err = _orchestrate(capsys, ws, *args)
+    assert code == 0, err
+    names = [s.name for s in load_streaming_config(ws / "runs" / "e" / "streaming_config.json").source_list()]  # fmt: skip
+    assert len(set(names)) == len(args) // 2 and all(len(n) <= 128 and ".." not in n for n in names)
+
+
+def test_a_relative_glob_in_a_sources_file_is_relative_to_the_file(tmp_path, capsys, monkeypatch):
+    """README: relative paths in a sources file are relative to the file. A glob too, and it is
+    written absolute, so training finds it whatever its working folder."""
+    _jsonl(tmp_path / "corpus" / "web" / "part-0.jsonl", _prose(30))
+    _jsonl(tmp_path / "corpus" / "web" / "part-1.jsonl", _prose(20))
+    _jsonl(tmp_path / "corpus" / "code.jsonl", _prose(25))
+    listing = tmp_path / "corpus" / "mix.yaml"
+    listing.write_text("- {dataset: 'web/*.jsonl', weight: 2}\n- {dataset: code.jsonl}\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    ws = tmp_path / "ws"
+    code, _, err = _orchestrate(capsys, ws, "--sources", str(listing))
+    assert code == 0, err
+    web = load_streaming_config(ws / "runs" / "e" / "streaming_config.json").source_list()[0]
+    assert web.dataset == os.path.join(tmp_path, "corpus", "web", "*.jsonl")
+    # a glob under the home folder is the user's, not one under the sources file's folder
+    monkeypatch.setenv("HOME", str(tmp_path / "corpus"))
+    listing.write_text("- {dataset: '~/web/*.jsonl', weight: 2}\n- {dataset: code.jsonl}\n")
+    code, _, err = _orchestrate(capsys, ws, "--sources", str(listing), "--overwrite")
+    assert code == 0, err
+    web = load_streaming_config(ws / "runs" / "e" / "streaming_config.json").source_list()[0]
+    assert web.dataset == os.path.join(tmp_path, "corpus", "web", "*.jsonl")
+
+
+def test_one_file_read_for_two_text_fields_is_two_sources(tmp_path, capsys):
+    """A file whose records hold two texts (question and answer) read once per field: different
+    documents, not "the same data" listed twice."""
+    rows = [{"question": f"what is {i} plus {i}", "answer": f"it is {2 * i} of course"}
+            for i in range(40)]  # fmt: skip
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    listing = tmp_path / "mix.yaml"
+    listing.write_text(
+        "- {name: q, dataset: qa.jsonl, text_field: question}\n"
+        "- {name: a, dataset: qa.jsonl, text_field: answer}\n"
+    )
+    ws = tmp_path / "ws"
+    code, _, err = _orchestrate(capsys, ws, "--sources", str(listing))
+    assert code == 0, err
+    cfg = load_streaming_config(ws / "runs" / "e" / "streaming_config.json")
+    assert [s.text_field for s in cfg.source_list()] == ["question", "answer"]
+
+
+@pytest.mark.parametrize("missing", ["validation_split: validation", "split: test"])
+def test_a_missing_split_names_its_source(tmp_path, capsys, missing):
+    """Two files, one split missing in the second: the line says which source lacks it."""
+    _jsonl(tmp_path / "web.jsonl", _prose(40))
+    _jsonl(tmp_path / "code.jsonl", _prose(30))
+    listing = tmp_path / "mix.yaml"
+    listing.write_text(f"- {{dataset: web.jsonl}}\n- {{dataset: code.jsonl, {missing}}}\n")
+    ws = tmp_path / "ws"
+    code, _, err = _orchestrate(capsys, ws, "--sources", str(listing))
+    lines = err.strip().splitlines()
+    assert code == 3 and len(lines) == 1, err
+    assert "source 'code'" in lines[0] and "unknown split" in lines[0], err
+    assert not (ws / "runs" / "e" / "streaming_config.json").exists()
+
+
+def test_a_source_of_only_too_long_documents_points_at_max_chars(tmp_path, capsys):
+    """Every document of one source over --max-chars: the hint is --max-chars, not the text field."""
+    good = _jsonl(tmp_path / "good.jsonl", _prose(40))
+    long = _jsonl(tmp_path / "long.jsonl", ["x" * 5000] * 3)
+    ws = tmp_path / "ws"
+    code, _, err = _orchestrate(
+        capsys, ws, "--dataset", str(good), "--dataset", str(long), "--max-chars", "1000"
+    )
+    lines = err.strip().splitlines()
+    assert code == 3 and len(lines) == 1, err
+    assert "source 'long'" in lines[0] and "too_long 3" in lines[0], lines[0]
+    assert "--max-chars" in lines[0] and "--text-field" not in lines[0], lines[0]
+
+
+def test_a_json_sources_file_saved_with_a_byte_order_mark_loads(tmp_path, capsys):
+    """Windows editors start UTF-8 files with a BOM; the YAML reader skips it, JSON must too."""
+    _jsonl(tmp_path / "a.jsonl", _prose(30))
+    _jsonl(tmp_path / "b.jsonl", _prose(20))
+    listing = tmp_path / "mix.json"
+    listing.write_bytes(b'\xef\xbb\xbf[{"dataset": "a.jsonl"}, {"dataset": "b.jsonl"}]')
+    code, _, err = _orchestrate(capsys, tmp_path / "ws", "--sources", str(listing))
+    assert code == 0, err
+
+
+def test_a_folder_given_as_the_sources_file_says_so(tmp_path, capsys):
+    (tmp_path / "sources").mkdir()
+    code, _, err = _orchestrate(capsys, tmp_path / "ws", "--sources", str(tmp_path / "sources"))
+    assert code == 2 and "is a folder" in err and "not found" not in err, err
+
+
+@pytest.mark.slow
+def test_a_hub_sources_data_files_are_paths_in_its_repository(tmp_path):
+    """`{dataset: acme/kjv, data_files: [data/a.jsonl]}` in a sources file reads that file of
+    the hub repository (here the Hub stand-in), not a data/a.jsonl beside the sources file."""
+    import subprocess
+    import sys
+
+    from tests.reliability.support import subprocess_env
+    from tests.support.hub_server import HubStandIn
+
+    lines = [json.dumps({"text": t}).encode() + b"\n" for t in _prose(60)]
+    _jsonl(tmp_path / "local.jsonl", _prose(40))
+    listing = tmp_path / "mix.yaml"
+    listing.write_text(
+        "- {dataset: acme/kjv, data_files: [data/a.jsonl]}\n- {dataset: local.jsonl}\n"
+    )
+    with HubStandIn() as hub:
+        hub.datasets["acme/kjv"] = {"data/a.jsonl": b"".join(lines[:30]),
+                                    "other/b.jsonl": b"".join(lines[30:])}  # fmt: skip
+        env = {k: v for k, v in subprocess_env().items()
+               if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_TOKEN")}  # fmt: skip
+        env |= {"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf-home")}
+        done = subprocess.run(
+            [sys.executable, "-m", "lmstream", "orchestrate", "--stream", "--no-progress",
+             "--sources", str(listing), "--vocab-size", "300", "--experiment", "hub",
+             "--workspace", str(tmp_path / "ws")],
+            env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    kjv = load_streaming_config(tmp_path / "ws" / "runs" / "hub" / "streaming_config.json")
+    assert kjv.source_list()[0].data_files == ["data/a.jsonl"]
+    assert "  a: 30 documents" in done.stdout, done.stdout  # that file (names it), every line
