@@ -31,6 +31,7 @@ from lmstream.config_sources import (
     FilesSourceConfig,
     StreamSourceConfig,
     check_mixture,
+    check_validation_split,
     normalised_weights,
 )
 from lmstream.errors import ConfigError
@@ -733,6 +734,7 @@ class StreamingConfig(_Section):
                 raise ValueError("sources: a mixture needs version: 2")
             if self.dataset is None:
                 raise ValueError("dataset: missing (the source to stream)")
+            check_validation_split(self.split, self.validation_split)
             return self
         misplaced = sorted(_PER_SOURCE_FIELDS & self.model_fields_set)
         if misplaced:

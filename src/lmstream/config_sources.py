@@ -13,7 +13,7 @@ import math
 import re
 from pathlib import PurePosixPath
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from lmstream.config_base import ResolvedGlob, _Section
 from lmstream.workspace import check_name
@@ -40,6 +40,13 @@ class _SourceCommon(_Section):
         allow_inf_nan=False,
         description="Share of the training tokens (weights are normalised to sum to 1).",
     )
+
+    @field_validator("weight", mode="before")
+    @classmethod
+    def _not_a_bool(cls, value: object) -> object:
+        if isinstance(value, bool):  # YAML's `yes`/`true` would otherwise count as 1.0
+            raise ValueError(f"a weight is a number, not {str(value).lower()}")
+        return value
 
     @field_validator("name")
     @classmethod
@@ -74,6 +81,11 @@ class StreamSourceConfig(_SourceCommon):
         description="Documents per pass of this source: its first N clean documents; null = the whole (possibly endless) stream.",
     )
 
+    @model_validator(mode="after")
+    def _validation_is_not_training(self) -> StreamSourceConfig:
+        check_validation_split(self.split, self.validation_split)
+        return self
+
     @property
     def location(self) -> str:
         """What names the source by default: its files when it is given by files."""
@@ -95,6 +107,15 @@ class FilesSourceConfig(_SourceCommon):
     @property
     def location(self) -> str:
         return self.train_shards[0]
+
+
+def check_validation_split(split: str, validation_split: str | None) -> None:
+    """Validating on the split that trains would report a loss on training data as if held out."""
+    if validation_split is not None and validation_split == split:
+        raise ValueError(
+            f"validation_split: {validation_split!r} is also the training split; name another "
+            "split, or null for a holdout of the first documents"
+        )
 
 
 def default_source_name(location: str) -> str:

@@ -154,6 +154,11 @@ class OrchestrateOptions(Options):
                 "them, or drop --pretokenize to stream"
             )
         self._check_mixture()
+        if self.validation_split is not None and self.validation_split == self.split:
+            raise ValueError(
+                f"--validation-split: {self.validation_split!r} is also --split; name another "
+                "split, or leave it out for a holdout of the first documents"
+            )
         if not self.stream and not self.data_files:
             raise ValueError(
                 "no data: pass --stream (to stream --dataset) or --data-files FILE... (files mode)"

@@ -85,6 +85,8 @@ def test_version_1_is_one_source_and_dumps_as_before(tmp_path: Path) -> None:
         ([{"dataset": "a", "name": "../x"}], "contains a path separator"),
         ([{"dataset": "a", "colour": "red"}], "sources.0.colour"),
         ([], "non-empty list"),
+        ([{"dataset": "a", "weight": True}], "a weight is a number, not true"),
+        ([{"dataset": "a", "validation_split": "train"}], "is also the training split"),
     ],
 )
 def test_bad_mixtures_are_one_line_naming_the_field(
@@ -124,3 +126,9 @@ def test_files_mode_mixture_in_training_yaml(tmp_path: Path) -> None:
     cfg["data"]["train_shards"] = ["x.jsonl"]
     with pytest.raises(ConfigError, match="data.mixture: give the files under each source"):
         parse_training_config(cfg, tmp_path)
+
+
+def test_version_1_refuses_validating_on_the_training_split(tmp_path: Path) -> None:
+    data = {"dataset": "a", "split": "train", "validation_split": "train"}
+    with pytest.raises(ConfigError, match="validation_split: 'train' is also the training split"):
+        load_streaming_config(write(tmp_path / "sc.json", data))

@@ -59,6 +59,7 @@ def test_orchestrate_flags_parse_into_the_options_model(tmp_path):
         ({"model_size": "7b"}, "--model-size: unknown size '7b'"),
         ({"stream": True, "pretokenize": True}, "--pretokenize: writes token shards"),
         ({"stream": False, "data_files": None}, "no data: pass --stream"),
+        ({"validation_split": "train"}, "--validation-split: 'train' is also --split"),
     ],
 )
 def test_bad_values_are_one_line_naming_the_flag(values, line):
