@@ -22,9 +22,8 @@ from torch import nn
 
 from lmstream import distributed as dist
 from lmstream.errors import DataSourceError, LmstreamError
-from lmstream.train import checkpoint as ckpt
-from lmstream.train import faults, micro_batch, run_folder
-from lmstream.train.background import CheckpointWriter, snapshot
+from lmstream.train import faults, micro_batch
+from lmstream.train.checkpointer import Checkpointer
 from lmstream.train.evaluate import evaluate
 from lmstream.train.fetch import StepFetcher
 from lmstream.train.metrics import Logger
@@ -39,7 +38,6 @@ from lmstream.train.precision import Precision, matmul_kind, memory_gb, peak_flo
 from lmstream.train.setup import Run
 from lmstream.train.signals import StopRequest
 from lmstream.train.spike_guard import SpikeGuard
-from lmstream.train.state import capture_rng, optimizer_state
 from lmstream.train.z_loss import z_loss_term
 
 
@@ -190,16 +188,13 @@ class Trainer:
         self.mixture = mixture_of(run.loader)  # (names, weights) of a mixture's sources
         # runtime.micro_batch: how each step's rows are cut (train/micro_batch.py).
         self.micro_batch = micro_batch.resolve(run, logger.message, forward_backward)
-        self._saved_step: int | None = None
         self._evaluated_step: int | None = None
-        self._parent = run.lineage_parent  # the checkpoint the next one continues from
         self._start = run.state.step  # 0, or the step resumed from (already on disk)
-        # Sharded (FSDP) saves are collective and stay synchronous.
-        background = self.cfg.runtime.checkpoint.async_save and run.strategy != "fsdp"
-        self.writer = CheckpointWriter(background=background)
         guard = self.cfg.runtime.spike_guard
         self.guard = SpikeGuard(guard, run.state) if guard is not None else None
         self._aux: dict = {}  # the last step's z-loss part, for the log
+        # When, where, which format, rotation, best; the micro-batch cut is saved with each.
+        self.checkpoints = Checkpointer(run, logger, {"micro_batch": self.micro_batch})
 
     # ---------------------------------------------------------------------------- the loop
     def fit(self) -> int:
@@ -226,7 +221,7 @@ class Trainer:
         """A checkpoint still being written lands before the run ends, however it ends; the
         loader's workers are stopped (they ignore stop signals: the rank ends them)."""
         try:
-            self._report(self.writer.close())
+            self.checkpoints.close()
         finally:
             self.run.loader.close()
 
@@ -327,7 +322,7 @@ class Trainer:
                 self.logger.advance(st.step)
                 paused = time.perf_counter()
                 self._after_step(last, epoch_ended, stopping=stopping)
-                self._report(self.writer.poll())  # a background write's result (or error)
+                self.checkpoints.poll()  # a background write's result (or error)
                 clock.paused += time.perf_counter() - paused
                 if stopping:
                     self.logger.message(
@@ -346,10 +341,9 @@ class Trainer:
         run would), unless that step is already saved. ``position`` is None on every rank when
         some rank still held batches read before its start (a resume's first steps): no
         position would then be exact, and the run's last checkpoint is where it continues."""
-        st = self.run.state
-        last = self._saved_step if self._saved_step is not None else self._start
+        st, last = self.run.state, self.checkpoints.last_step
         if st.step > last and position is not None:
-            self._save_plain_or_sharded(None, data_state=position)
+            self.checkpoints.save_now(data_state=position)
             saved = "checkpoint saved"
         elif st.step > last:
             saved = f"not saved (batches read before the start were still queued); resume from step {last}"
@@ -368,11 +362,10 @@ class Trainer:
         loader go into the checkpoint (``pending``), so a resume feeds them first and continues
         exactly as an uninterrupted run (the loader's saved position is after them)."""
         st = self.run.state
-        progress = st.step > (self._saved_step if self._saved_step is not None else self._start)
-        if progress:
+        if st.step > self.checkpoints.last_step:
             pending = [(b.inputs, b.targets, b.epoch) for b in fetched if b.weight > 0]
             try:
-                self._save_plain_or_sharded(pending)
+                self.checkpoints.save_now(pending)
                 saved = f"; checkpoint saved at step {st.step}"
             except LmstreamError as err:  # e.g. the disk is full too: say both
                 saved = f"; the checkpoint at step {st.step} failed too: {err}"
@@ -452,131 +445,26 @@ class Trainer:
         return every is not None and count > 0 and count % every == 0
 
     def _after_step(self, final: bool, epoch_ended: bool, stopping: bool = False) -> None:
-        """Evaluate, checkpoint and keep the best when due; ``final`` forces both, ``stopping``
-        (a signal) forces the checkpoint only, to stay within a pod's grace period. An epoch's
-        end comes after its last step (``epoch_ended``): only the per-epoch settings apply."""
-        rt, st = self.cfg.runtime, self.run.state
-        ev, ck = rt.evaluation, rt.checkpoint
+        """Evaluate when due, then let the checkpointer save and keep the best; ``final``
+        forces both, ``stopping`` (a signal) forces the checkpoint only, to stay within a pod's
+        grace period. An epoch's end comes after its last step (``epoch_ended``): only the
+        per-epoch settings apply."""
+        ev, st = self.cfg.runtime.evaluation, self.run.state
         steps = not epoch_ended  # the per-step settings were applied at this step already
         want_eval = final or (steps and self._due(st.step, ev.every_n_steps))
         want_eval |= epoch_ended and self._due(st.epoch, ev.every_n_epochs)
-        want_save = final or stopping or (steps and self._due(st.step, ck.every_n_steps))
-        want_save |= epoch_ended and self._due(st.epoch, ck.every_n_epochs)
-        # A step comes here again at its epoch's end and when the run ends by epochs: what was
-        # done for it is not redone (the final evaluation still runs if it was only saved).
-        want_save &= self._saved_step != st.step
+        # A step comes here again at its epoch's end and when the run ends by epochs: the
+        # final evaluation still runs if it was only saved, but is not redone.
         want_eval &= self._evaluated_step != st.step
         val = None
         if want_eval and not stopping:
             val, self._evaluated_step = self._evaluate(), st.step
-        keep_best = False
-        if val is not None and math.isfinite(val):
-            self._report(self.writer.wait())  # earlier writes settled before best is judged
-            main = self.run.env.is_main
-            keep = main and ckpt.qualifies_as_best(ev.best.directory, val, ev.best.max_keep)
-            keep_best = bool(dist.broadcast_object(keep if main else None))
-        if want_save or keep_best:
-            if self.run.strategy == "fsdp":
-                self._save_sharded(want_save, keep_best, val)
-            else:
-                self._save_plain(want_save, keep_best, val)
-            if stopping:  # written within the grace period, reported before the stop message
-                self._report(self.writer.wait())
-        if want_save:
-            self._saved_step = st.step
+        self.checkpoints.after_step(
+            final=final, epoch_ended=epoch_ended, stopping=stopping, val_loss=val
+        )
         if val is not None and math.isfinite(val):  # after the snapshot, as the state was saved
             st.best_val_loss = val if st.best_val_loss is None else min(val, st.best_val_loss)
         dist.barrier()
-
-    def _save_plain_or_sharded(self, pending: list | None, data_state: dict | None = None) -> None:
-        """A checkpoint now (no best bookkeeping), written before returning. ``data_state``:
-        this rank's loader position to save instead of the current one."""
-        if self.run.strategy == "fsdp":
-            self._save_sharded(True, False, None, pending, data_state)
-        else:
-            self._save_plain(True, False, None, pending, data_state)
-        self._report(self.writer.wait())
-        self._saved_step = self.run.state.step
-
-    def _save_plain(
-        self,
-        want_save: bool,
-        keep_best: bool,
-        val: float | None,
-        pending: list | None = None,
-        data_state: dict | None = None,
-    ) -> None:
-        """Single-file format: every rank joins the snapshot (RNG and data positions are
-        gathered), rank 0 writes it, in the background when runtime.checkpoint.async_save."""
-        run, step = self.run, self.run.state.step
-        model_state = dist.full_model_state_dict(run.model)  # fresh host copies
-        trainer = self._trainer_state(pending, data_state)
-        trainer["optimizer"] = optimizer_state(run.model, run.optimizer)
-        if not run.env.is_main:
-            return
-        if self.writer.background:  # the training thread goes on changing the live tensors
-            trainer = snapshot(trainer, clone_host_tensors=self.device.type == "cpu")
-
-        def save(directory, extra=None):
-            return ckpt.save_checkpoint(
-                directory, step, model_state, self.cfg, trainer, extra_manifest=extra
-            )
-
-        self._report(
-            self.writer.submit(lambda: self._save_and_keep(save, want_save, keep_best, val, True))
-        )
-
-    def _save_sharded(
-        self,
-        want_save: bool,
-        keep_best: bool,
-        val: float | None,
-        pending: list | None = None,
-        data_state: dict | None = None,
-    ) -> None:
-        """FSDP: every rank writes its shards (collective, synchronous)."""
-        from lmstream.train.sharded import save_sharded_checkpoint
-
-        run, step = self.run, self.run.state.step
-
-        def save(directory, extra=None):
-            return save_sharded_checkpoint(
-                directory, step, run.model, run.optimizer, self.cfg, self._trainer_state(pending, data_state),
-                world_size=run.env.world_size, extra_manifest=extra,
-            )  # fmt: skip
-
-        self._report(self._save_and_keep(save, want_save, keep_best, val, run.env.is_main))
-
-    def _save_and_keep(
-        self, save, want_save: bool, keep_best: bool, val: float | None, main: bool
-    ) -> list[str]:
-        """The checkpoint (then rotation) and the best copy (then pruning) of one step, through
-        ``save(directory, extra_manifest)``; the folder operations on the main rank only.
-        Returns the messages for the run's log."""
-        ck, best = self.cfg.runtime.checkpoint, self.cfg.runtime.evaluation.best
-        messages, path = [], None
-        if want_save:
-            path = save(ck.directory, {"parent": self._parent})
-            self._parent = path.name
-            if main:
-                run_folder.rotate_lineage(path, ck.max_keep)
-            messages.append(f"saved checkpoint {path}")
-        if keep_best:
-            extra = {"val_loss": val}
-            if path is None:
-                best_path = save(best.directory, extra)
-            elif main:  # this step was just saved: link its files, no rewrite
-                best_path = ckpt.link_checkpoint(path, best.directory, extra)
-            else:
-                best_path = path
-            if main:
-                ckpt.prune_best(best.directory, best.max_keep, keep=best_path)
-            messages.append(f"best checkpoint {best_path} (val_loss {val:.4f})")
-        return messages
-
-    def _report(self, messages: list[str]) -> None:
-        for text in messages:
-            self.logger.message(text)
 
     def _evaluate(self) -> float:
         metrics: dict[str, float] = {}
@@ -596,21 +484,3 @@ class Trainer:
         if metrics:
             self.logger.log(self.run.state.step, metrics)
         return metrics.get("val_loss", float("nan"))
-
-    def _trainer_state(self, pending: list | None = None, data_state: dict | None = None) -> dict:
-        """Everything but the weights and optimizer; collective (each rank's RNG and data
-        position are gathered: one entry per rank), so every rank calls it. ``pending``: this
-        rank's micro-batches taken from the loader for a step not yet done (a source failed)."""
-        run = self.run
-        extra = {"pending": dist.gather_objects(pending)} if pending is not None else {}
-        return extra | {
-            "state": run.state.to_dict(),
-            "scaler": run.precision.scaler.state_dict() if run.precision.scaler else None,
-            "rng": dist.gather_objects(capture_rng()),
-            "data": dist.gather_objects(data_state or run.loader.state_dict()),
-            "world_size": run.env.world_size,
-            "total_steps": run.total_steps,
-            "trackers": self.logger.state_dict(),  # rank 0's W&B run id, for --resume
-            "data_source": run.data_source,
-            "micro_batch": self.micro_batch,
-        }

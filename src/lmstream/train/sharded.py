@@ -52,7 +52,7 @@ def save_sharded_checkpoint(
         final, tmp = ckpt.begin_checkpoint(directory, step, tag=str(tag))
     else:
         final = Path(directory) / ckpt.checkpoint_name(step)
-        tmp = Path(directory) / f"{ckpt._TMP_PREFIX}{final.name}-{tag}"
+        tmp = ckpt.temporary_path(directory, step, tag=str(tag))
     dist.barrier()  # the temporary folder exists before anyone writes into it
     dcp.save(dist.sharded_state_dicts(model, optimizer), checkpoint_id=tmp / ckpt.SHARDED_DIR)
     dist.barrier()  # every rank's shard is on disk
