@@ -18,13 +18,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lmstream import distributed as dist
-from lmstream.errors import LmstreamError
 from lmstream.failures import is_write_failure
 from lmstream.train import checkpoint as ckpt
 from lmstream.train import run_folder
 from lmstream.train.background import CheckpointWriter, snapshot
 from lmstream.train.folders import remove_folder
-from lmstream.train.state import capture_rng, optimizer_state
+from lmstream.train.state import capture_rng, load_optimizer_state, optimizer_state
 
 # save(directory, extra manifest keys) -> the folder written: one step's checkpoint, in the
 # run's format, written into any directory (the checkpoints folder or the best one).
@@ -249,4 +248,15 @@ class Checkpointer:
             self.logger.message(text)
 
 
-__all__ = ["BestCheckpoints", "Checkpointer", "LmstreamError", "due", "link_checkpoint"]
+def restore_weights(path: Path, model, optimizer, trainer: dict) -> None:
+    """Load a checkpoint's model and optimizer into a (wrapped or sharded) model, from either
+    format: sharded checkpoints are resharded by DCP onto this run's ranks (collective), plain
+    ones are loaded on every rank from the one file set."""
+    if ckpt.is_sharded(path):
+        from lmstream.train.sharded import load_sharded_checkpoint
+
+        load_sharded_checkpoint(path, model, optimizer)
+        return
+    model_state, _ = ckpt.load_model_state(path)
+    dist.load_full_model_state_dict(model, model_state)
+    load_optimizer_state(model, optimizer, trainer["optimizer"])
