@@ -23,7 +23,7 @@ from torch import nn
 from lmstream import distributed as dist
 from lmstream.errors import DataSourceError, LmstreamError
 from lmstream.train import faults, micro_batch
-from lmstream.train.checkpointer import Checkpointer
+from lmstream.train.checkpointer import Checkpointer, due
 from lmstream.train.evaluate import evaluate
 from lmstream.train.fetch import StepFetcher
 from lmstream.train.metrics import Logger
@@ -440,10 +440,6 @@ class Trainer:
         self.logger.log(st.step, metrics)
 
     # ------------------------------------------------------------------- eval and checkpoints
-    @staticmethod
-    def _due(count: int, every: int | None) -> bool:
-        return every is not None and count > 0 and count % every == 0
-
     def _after_step(self, final: bool, epoch_ended: bool, stopping: bool = False) -> None:
         """Evaluate when due, then let the checkpointer save and keep the best; ``final``
         forces both, ``stopping`` (a signal) forces the checkpoint only, to stay within a pod's
@@ -451,8 +447,8 @@ class Trainer:
         per-epoch settings apply."""
         ev, st = self.cfg.runtime.evaluation, self.run.state
         steps = not epoch_ended  # the per-step settings were applied at this step already
-        want_eval = final or (steps and self._due(st.step, ev.every_n_steps))
-        want_eval |= epoch_ended and self._due(st.epoch, ev.every_n_epochs)
+        want_eval = final or (steps and due(st.step, ev.every_n_steps))
+        want_eval |= epoch_ended and due(st.epoch, ev.every_n_epochs)
         # A step comes here again at its epoch's end and when the run ends by epochs: the
         # final evaluation still runs if it was only saved, but is not redone.
         want_eval &= self._evaluated_step != st.step
