@@ -81,7 +81,7 @@ def evaluate_checkpoint(
 
     from lmstream.data.validation import build_validation_batches
     from lmstream.distributed import pick_device
-    from lmstream.generate import load_checkpoint_model, load_checkpoint_tokenizer
+    from lmstream.train.checkpoint import load_checkpoint_model, load_checkpoint_tokenizer
     from lmstream.train.evaluate import evaluate
     from lmstream.train.precision import build_precision
 

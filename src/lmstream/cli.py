@@ -1,8 +1,8 @@
 """The one `lmstream` command. Each subcommand lives in ``lmstream.commands.<name>``.
 
-User-fixable problems (:class:`lmstream.errors.LmstreamError`) print one clear message and exit
-with the error's code (2 for config errors) without a traceback; anything else is a bug and keeps
-its traceback.
+User-fixable problems (:class:`lmstream.errors.LmstreamError`, and the failures
+:func:`lmstream.failures.translate` recognises) print one clear message and exit with the error's
+code (2 for config errors) without a traceback; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ import argparse
 import importlib
 import sys
 
-from lmstream import __version__
-from lmstream.errors import LmstreamError
+from lmstream import __version__, failures
 
 # Subcommand modules, in the order of the workflow (lmstream.commands.<name>).
 COMMANDS = (
@@ -58,24 +57,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except LmstreamError as err:
-        for line in str(err).splitlines() or [type(err).__name__]:
-            print(f"lmstream {args.command}: error: {line}", file=sys.stderr)
-        return err.exit_code
     except KeyboardInterrupt:
         print(f"lmstream {args.command}: interrupted", file=sys.stderr)
         return 130
-    except RuntimeError as err:
-        # torch's SIGCHLD handler can raise a dead DataLoader worker's error at any line, even
-        # past a command's own error handling (torch is imported already if it did).
-        if "DataLoader worker" not in str(err):
-            raise
-        from lmstream.data.loader import worker_failure
-
-        failure = worker_failure(err)
+    except Exception as err:
+        # A dead DataLoader worker's error can come from torch's SIGCHLD handler at any line,
+        # even past a command's own error handling: it is translated here too.
+        failure = failures.translate(err)
         if failure is None:
             raise
-        print(f"lmstream {args.command}: error: {failure}", file=sys.stderr)
+        for line in str(failure).splitlines() or [type(failure).__name__]:
+            print(f"lmstream {args.command}: error: {line}", file=sys.stderr)
         return failure.exit_code
 
 

@@ -11,23 +11,21 @@ A single process without torchrun is the degenerate case: world size 1, no proce
 from __future__ import annotations
 
 import contextlib
-import copy
 import datetime
 import functools
 import logging
 import math
 import os
-import re
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+from lmstream.failures import register_peer
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +123,7 @@ def init_distributed(device_preference: str = "auto", timeout_s: int | None = No
             torch.cuda.set_device(device)
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout))
-        _register_peer(rank)
+        register_peer(rank)
     return DistEnv(rank, world_size, local_rank, device, notes)
 
 
@@ -137,84 +135,6 @@ def teardown(clean: bool = True) -> None:
     """
     if clean and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def on_rank(err: Exception, env: DistEnv) -> Exception:
-    """The same error with "rank N: " before each line when several ranks run, so the message
-    that torchrun's interleaved output shows says which rank failed."""
-    if not env.is_distributed:
-        return err
-    lines = str(err).splitlines() or [type(err).__name__]
-    tagged = copy.copy(err)
-    tagged.args = ("\n".join(f"rank {env.rank}: {line}" for line in lines),)
-    return tagged
-
-
-# What gloo and NCCL say when the peer at the other end of a collective has gone away.
-_PEER_FAILURE_MARKS = ("Connection reset by peer", "Connection closed by peer", "NCCL", "gloo")
-
-
-def is_peer_failure(err: BaseException) -> bool:
-    """Whether ``err`` is a collective that failed (typically because another rank died)."""
-    dist_error = getattr(dist, "DistError", None)
-    if dist_error is not None and isinstance(err, dist_error):
-        return True
-    return isinstance(err, RuntimeError) and any(m in str(err) for m in _PEER_FAILURE_MARKS)
-
-
-def peer_failure_error(err: BaseException) -> Exception:
-    """One line for a failed collective instead of a traceback from inside the backend, naming
-    the peer that ended when it can be told (so a rank does not blame itself or its loader)."""
-    from lmstream.errors import LmstreamError
-
-    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-    first = re.sub(r"^\[[^\]]*\]\s*", "", first).split(". ")[0]  # drop the C++ source location
-    gone = _ended_peers()
-    cause = f"{', '.join(gone)} ended" if gone else "most likely another rank stopped"
-    return LmstreamError(
-        f"{cause} (its own error, if any, is above), so a collective operation failed "
-        f"({first}); torchrun ends the job. Fix that cause and resume from the last checkpoint "
-        "with --resume"
-    )
-
-
-_PEER_KEY = "lmstream/peer/{}"  # "host pid" of each rank, in the process group's store
-
-
-def _register_peer(rank: int) -> None:
-    """Publish this rank's host and pid, so that a surviving rank can name a peer that died."""
-    with contextlib.suppress(Exception):  # naming a dead peer is a courtesy, never a failure
-        store = dist.distributed_c10d._get_default_store()
-        store.set(_PEER_KEY.format(rank), f"{socket.gethostname()} {os.getpid()}")
-
-
-def _ended_peers() -> list[str]:
-    """ "rank R (pid P)" for each peer on this host whose process has ended (a peer on another
-    host cannot be told from here: torchrun's summary names it)."""
-    try:
-        store = dist.distributed_c10d._get_default_store()
-        store.set_timeout(datetime.timedelta(seconds=5))  # this rank is failing: never hang here
-        me, world = dist.get_rank(), dist.get_world_size()
-        found = []
-        for rank in range(world):
-            key = _PEER_KEY.format(rank)
-            if rank == me or not store.check([key]):
-                continue
-            host, pid = store.get(key).decode().rsplit(" ", 1)
-            if host == socket.gethostname() and not _alive(int(pid)):
-                found.append(f"rank {rank} (pid {pid})")
-        return found
-    except Exception:
-        return []
-
-
-def _alive(pid: int) -> bool:
-    if not Path("/proc/self/stat").exists():  # not Linux: cannot tell, assume alive
-        return True
-    try:  # a killed peer stays a zombie ("Z") until torchrun reaps it
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"
-    except (OSError, IndexError):
-        return False
 
 
 def choose_parallelism(requested: str, num_parameters: int) -> Literal["ddp", "fsdp"]:

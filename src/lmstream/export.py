@@ -333,8 +333,8 @@ def export_checkpoint(
 ) -> ExportResult:
     """Export a training checkpoint (step, checkpoints or run folder) with its tokenizer and a
     README.md model card (``card_name``: the name it shows, e.g. the Hub repo id)."""
-    from lmstream.generate import load_checkpoint_model, load_checkpoint_tokenizer
     from lmstream.model_card import write_model_card
+    from lmstream.train.checkpoint import load_checkpoint_model, load_checkpoint_tokenizer
 
     model, cfg, folder = load_checkpoint_model(checkpoint, "cpu", verify=verify)
     choose_architecture(model.config)  # refuse before loading the tokenizer

@@ -8,57 +8,14 @@ whole UTF-8 character (byte-level BPE splits characters across tokens).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer
 
-from lmstream.config import EOT_TOKEN, TrainingConfig
-from lmstream.errors import CheckpointError, ConfigError
+from lmstream.config import EOT_TOKEN
+from lmstream.errors import ConfigError
 from lmstream.model.transformer import Transformer
-from lmstream.train.checkpoint import TOKENIZER_FILE, load_model_state, resolve_checkpoint
-
-
-def load_checkpoint_model(
-    path: str | os.PathLike, device: torch.device | str = "cpu", *, verify: bool = True
-) -> tuple[Transformer, TrainingConfig, Path]:
-    """The model of a checkpoint (any path resolve_checkpoint accepts), in eval mode, fp32.
-    ``verify`` checks every file's sha256 against the manifest first (what resume does), so a
-    damaged file is refused instead of silently evaluated, sampled or exported."""
-    folder = resolve_checkpoint(path, check_hashes=verify)
-    state, cfg = load_model_state(folder)
-    if "embed.weight" not in state:
-        raise CheckpointError(
-            f"{folder}: model.safetensors has no 'embed.weight'; not an lmstream model"
-        )
-    vocab = cfg.model.vocab_size or state["embed.weight"].shape[0]
-    with torch.device("meta"):
-        model = Transformer(cfg.model, vocab)
-    model.to_empty(device=device)
-    model.rope.reset_parameters()  # non-persistent: not in the file
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else "shape mismatch"
-        raise CheckpointError(
-            f"{folder}: weights do not match the saved model config ({first})"
-        ) from None
-    return model.eval(), cfg, folder
-
-
-def load_checkpoint_tokenizer(folder: Path, cfg: TrainingConfig) -> Tokenizer:
-    """The checkpoint's own tokenizer.json, else the one its config points to."""
-    for candidate in (folder / TOKENIZER_FILE, cfg.tokenizer.tokenizer_json):
-        if candidate is not None and Path(candidate).is_file():
-            try:
-                return Tokenizer.from_file(str(candidate))
-            except Exception as exc:  # tokenizers raises a bare Exception on bad JSON
-                raise CheckpointError(f"{candidate}: cannot load tokenizer ({exc})") from None
-    raise CheckpointError(
-        f"{folder}: no {TOKENIZER_FILE} in the checkpoint and {cfg.tokenizer.tokenizer_json} is missing"
-    )
 
 
 def sample_next(

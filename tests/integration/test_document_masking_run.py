@@ -22,9 +22,9 @@ from tests.support.training import (
 from lmstream.cli import main
 from lmstream.data.loader import build_validation_batches
 from lmstream.export import TOLERANCE, _sample_batch, export_model
-from lmstream.generate import load_checkpoint_model
 from lmstream.tokenizer import load_tokenizer
 from lmstream.train import checkpoint as ck
+from lmstream.train.checkpoint import load_checkpoint_model
 
 pytestmark = pytest.mark.slow
 TOTAL = 16

@@ -317,7 +317,7 @@ def test_background_checkpoints_hold_the_state_of_their_step(corpus, tmp_path, m
     """A checkpoint write that lags behind training (each job first sleeps while steps go on)
     still saves its own step's weights, optimizer state, RNG and data position: the same bytes
     as a synchronous save. It fails if the snapshot shares tensors with the live state."""
-    from lmstream.train import loop as loop_module
+    from lmstream.train import checkpointer as checkpointer_module
     from lmstream.train.background import CheckpointWriter
 
     class LaggingWriter(CheckpointWriter):
@@ -331,7 +331,7 @@ def test_background_checkpoints_hold_the_state_of_their_step(corpus, tmp_path, m
     sync_dir, lag_dir = tmp_path / "sync", tmp_path / "lagging"
     sync = tiny_config(corpus, **{"runtime.checkpoint.async_save": False})
     assert train_in_process(write_run(sync_dir, sync)) == 0
-    monkeypatch.setattr(loop_module, "CheckpointWriter", LaggingWriter)
+    monkeypatch.setattr(checkpointer_module, "CheckpointWriter", LaggingWriter)
     assert train_in_process(write_run(lag_dir, tiny_config(corpus))) == 0
     for sub in ("checkpoints", "best"):
         names = sorted(p.name for p in (sync_dir / sub).iterdir())

@@ -14,15 +14,17 @@ from lmstream.distributed import pick_device
 from lmstream.errors import CheckpointError, ConfigError
 from lmstream.generate import (
     generate_tokens,
-    load_checkpoint_model,
-    load_checkpoint_tokenizer,
     sample_next,
     stop_token_ids,
     stream_text,
 )
 from lmstream.model.transformer import Transformer
 from lmstream.tokenizer import train_bpe
-from lmstream.train.checkpoint import save_checkpoint
+from lmstream.train.checkpoint import (
+    load_checkpoint_model,
+    load_checkpoint_tokenizer,
+    save_checkpoint,
+)
 
 SENTENCES = [
     f"the {a} {b} walks over the {c} hill, déjà vu № {i}"

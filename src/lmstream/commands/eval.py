@@ -105,7 +105,7 @@ def run_tasks(args: argparse.Namespace) -> int:
     """`--tasks`: the harness on the checkpoint's model, a table, eval_results.json beside it."""
     from lmstream import harness
     from lmstream.distributed import pick_device
-    from lmstream.generate import load_checkpoint_model, load_checkpoint_tokenizer
+    from lmstream.train.checkpoint import load_checkpoint_model, load_checkpoint_tokenizer
 
     harness.require_harness("--tasks")
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]

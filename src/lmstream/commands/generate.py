@@ -77,12 +77,11 @@ def run(args: argparse.Namespace) -> int:
     from lmstream.generate import (
         context_room,
         generate_tokens,
-        load_checkpoint_model,
-        load_checkpoint_tokenizer,
         prompt_tail,
         stop_token_ids,
         stream_text,
     )
+    from lmstream.train.checkpoint import load_checkpoint_model, load_checkpoint_tokenizer
 
     _check(args)
     device = pick_device(args.device)

@@ -203,6 +203,7 @@ def train(
     """Build, train, close: the logger, the run folder's lock and the process group are
     released even on error."""
     from lmstream import distributed as dist
+    from lmstream import failures
     from lmstream.train.run_folder import lock_run_folder
 
     tune_malloc()
@@ -216,19 +217,13 @@ def train(
         )
         clean = True
         return result
-    except LmstreamError as err:
-        raise dist.on_rank(err, env) from None
     except Exception as err:
-        from lmstream.data.loader import worker_failure
-
         # torch's SIGCHLD handler raises a dead worker's RuntimeError wherever the main process
         # is (model step, checkpoint write), outside the loader's own error handling.
-        failure = worker_failure(err)
-        if failure is not None:
-            raise dist.on_rank(failure, env) from None
-        if env.is_distributed and dist.is_peer_failure(err):
-            raise dist.on_rank(dist.peer_failure_error(err), env) from None
-        raise
+        failure = failures.translate(err, distributed=env.is_distributed)
+        if failure is None:
+            raise
+        raise failures.on_rank(failure, env) from None
     finally:
         if lock is not None:
             lock.release()

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
 import signal
 import threading
 import warnings
@@ -66,6 +65,7 @@ from lmstream.data.validation import (
 )
 from lmstream.data.worker import PackedDataset, StreamSettings, to_batch
 from lmstream.errors import CheckpointError, ConfigError, DataSourceError, LmstreamError
+from lmstream.failures import loader_failure
 
 __all__ = [
     "Batch",
@@ -73,7 +73,6 @@ __all__ = [
     "build_train_loader",
     "build_validation_batches",
     "check_vocab",
-    "worker_failure",
 ]
 
 STATE_VERSION = 3  # 2: per-pass epochs (epoch, drained, worker "done"); 3: mixtures
@@ -183,7 +182,7 @@ class TrainLoader:
                 except StopIteration:
                     return
                 except (LmstreamError, RuntimeError, ConnectionError, EOFError) as err:
-                    error = _loader_error(err, self.num_workers)
+                    error = loader_failure(err, self.num_workers)
                     if error is None:
                         raise
                     raise error from (None if isinstance(err, LmstreamError) else err)
@@ -329,54 +328,6 @@ def _kill_workers(workers: list) -> None:
             w.kill()
     for w in workers:
         w.join(timeout=_WORKER_EXIT_S)
-
-
-# torch's messages: "DataLoader worker (pid 7) is killed by signal: Killed.", "... (pid 7)
-# exited unexpectedly with exit code 1. ...", "DataLoader worker (pid(s) 7, 8) exited ...".
-_TORCH_WORKER_FAILURE = re.compile(r"DataLoader worker \(pid(?:\(s\))? ([\d, ]+)\) ([^.]*)")
-_RESUME_HINT = "the last checkpoint is intact; resume with --resume"
-
-
-def worker_failure(err: BaseException) -> LmstreamError | None:
-    """The one-line error for torch's "DataLoader worker ... killed/exited" RuntimeError, or None.
-
-    torch raises it from its SIGCHLD handler, so it can surface anywhere in the main process
-    (the model step, a checkpoint write), not only in :class:`TrainLoader`'s fetch; the train
-    command translates it wherever it lands."""
-    match = _TORCH_WORKER_FAILURE.search(str(err)) if isinstance(err, RuntimeError) else None
-    if match is None:
-        return None
-    pids, how = match.group(1).strip(), match.group(2).strip()
-    name = how.removeprefix("is killed by signal: ")
-    if name != how:  # torch names the signal by strsignal(); say its number and name too
-        sig = next((s for s in signal.Signals if signal.strsignal(s) == name), None)
-        how = f"killed by signal {int(sig)}, {sig.name}" if sig else f"killed by signal: {name}"
-        if sig == signal.SIGKILL:
-            how += ", often the out-of-memory killer: each worker holds a shuffle window"
-    plural = "s" if "," in pids else ""
-    return LmstreamError(f"a data loader worker (pid{plural} {pids}) died ({how}); {_RESUME_HINT}")
-
-
-def _loader_error(err: Exception, num_workers: int) -> LmstreamError | None:
-    """The one-line error for a failure in a worker, or None when it is not one."""
-    if isinstance(err, LmstreamError):
-        # Re-raised from a worker, its text is "Caught X in DataLoader worker ...\nTraceback...";
-        # the last line holds the original message.
-        lines = [line for line in str(err).strip().splitlines() if line.strip()]
-        last = lines[-1] if lines else type(err).__name__
-        prefix = f"{type(err).__module__}.{type(err).__name__}: "
-        return type(err)(last.removeprefix(prefix))
-    failure = worker_failure(err)
-    if failure is not None:
-        return failure
-    # A worker killed while handing over a batch breaks the shared-memory connection instead.
-    if num_workers > 0 and isinstance(err, ConnectionError | EOFError):
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        return LmstreamError(
-            f"a data loader worker died (its connection broke: {first}); check memory (each "
-            f"worker holds a shuffle window); {_RESUME_HINT}"
-        )
-    return None
 
 
 def build_train_loader(

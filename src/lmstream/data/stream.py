@@ -19,7 +19,6 @@ adds what the library does not do:
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
 import time
@@ -31,6 +30,7 @@ from typing import Any
 import datasets
 
 from lmstream.errors import ConfigError, DataSourceError
+from lmstream.failures import is_transient
 
 DEFAULT_MAX_CHARS = 1_000_000
 DEFAULT_BATCH_SIZE = 1000
@@ -83,42 +83,6 @@ class RetryPolicy:
             for a in range(1, self.max_retries + 1)
         )
         return (self.max_retries + 1) * read_timeout + backoff
-
-
-_TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
-
-
-def is_transient(err: BaseException) -> bool:
-    """Connection resets, timeouts, HTTP 408/429/5xx and truncated bodies, anywhere in the chain."""
-    seen: set[int] = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        if isinstance(err, ConnectionError | TimeoutError | asyncio.TimeoutError):
-            return True
-        status = getattr(err, "status", None) or getattr(
-            getattr(err, "response", None), "status_code", None
-        )
-        if isinstance(status, int) and status in _TRANSIENT_STATUS:
-            return True
-        name = type(err).__name__
-        if name in {
-            "ClientPayloadError",
-            "ServerDisconnectedError",
-            "ClientConnectionError",
-            "ClientOSError",
-            "ServerTimeoutError",
-            "FSTimeoutError",
-            "ContentLengthError",
-            "TransferEncodingError",
-            "ChunkedEncodingError",
-            "IncompleteRead",
-            "RemoteProtocolError",
-            "ReadTimeout",
-            "ConnectTimeout",
-        }:
-            return True
-        err = err.__cause__ or err.__context__
-    return False
 
 
 def failed_file(err: BaseException) -> str | None:

@@ -1,4 +1,6 @@
-"""Checkpoints: atomic save, rotation, best-by-validation-loss, resolve, verify and load.
+"""The checkpoint folder format: atomic save, verify, resolve, and load (for resume, and a model
+with its tokenizer for eval, generate and export). When to save, rotation and the best set are
+:mod:`lmstream.train.checkpointer`'s.
 
 Format (docs/ARCHITECTURE.md, "Checkpoint format"): ``DIR/step-00001500/`` holding model.safetensors, config.yaml,
 tokenizer.json, special_tokens.txt, trainer_state.pt and manifest.json. A sharded (FSDP)
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer
 
 from lmstream.config import (
     SPECIAL_TOKENS_DEFAULT,
@@ -33,6 +36,8 @@ from lmstream.config import (
     load_training_config,
 )
 from lmstream.errors import CheckpointError, ConfigError
+from lmstream.failures import first_line, is_write_failure
+from lmstream.model.transformer import Transformer
 from lmstream.train.folders import remove_folder, writer_gone
 from lmstream.workspace import CHECKPOINTS, SPECIAL_TOKENS
 
@@ -74,21 +79,10 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _is_write_failure(exc: BaseException) -> bool:
-    """A failed write (disk full, file size limit, I/O error), as raised by open/write (OSError),
-    safetensors (SafetensorError "I/O error") or torch.save (RuntimeError from its zip writer)."""
-    if isinstance(exc, OSError):
-        return True
-    text = str(exc)
-    return type(exc).__name__ == "SafetensorError" or (
-        isinstance(exc, RuntimeError) and ("PytorchStreamWriter" in text or "os error" in text)
-    )
-
-
-def _write_failed(tmp: Path, final: Path, exc: BaseException) -> CheckpointError:
+def write_failed(tmp: Path, final: Path, exc: BaseException) -> CheckpointError:
     """Remove the half-written temporary folder; the one-line error to raise."""
     shutil.rmtree(tmp, ignore_errors=True)
-    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    reason = first_line(exc)
     return CheckpointError(
         f"cannot write checkpoint {final} ({reason}); is the disk full? Free space (or set "
         "runtime.checkpoint.directory elsewhere) and continue with --resume: the earlier "
@@ -172,39 +166,9 @@ def save_checkpoint(
         _write_payload(tmp, model_state, config, trainer_state)
         return finish_checkpoint(tmp, final, step, extra_manifest)
     except Exception as exc:
-        if not _is_write_failure(exc):
+        if not is_write_failure(exc):
             raise
-        raise _write_failed(tmp, final, exc) from None
-
-
-def link_checkpoint(
-    source: str | os.PathLike, directory: str | os.PathLike, extra_manifest: dict | None = None
-) -> Path:
-    """A copy of the complete checkpoint ``source`` in ``directory`` (same step), made of hard
-    links to its files: the best-checkpoint keeper uses it when the step was just saved, instead
-    of writing gigabytes a second time. Files are never modified in place (every save writes new
-    ones), so sharing them is safe, and rotating ``source`` away leaves the links' data intact.
-    Across filesystems (no hard links) the files are copied. Atomic like :func:`save_checkpoint`."""
-    source = Path(source)
-    manifest = read_manifest(source)
-    step = int(manifest["step"])
-    final, tmp = begin_checkpoint(directory, step)
-    try:
-        for name in manifest["files"]:
-            target = tmp / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(source / name, target)
-            except OSError:  # another filesystem, or links not supported: copy instead
-                shutil.copyfile(source / name, target)
-        # The source's own keys (e.g. a sharded checkpoint's format and world_size) carry over.
-        extra = {k: v for k, v in manifest.items() if k not in ("step", "files")}
-        extra |= extra_manifest or {}
-        return finish_checkpoint(tmp, final, step, extra, known_files=manifest["files"])
-    except Exception as exc:
-        if not _is_write_failure(exc):
-            raise
-        raise _write_failed(tmp, final, exc) from None
+        raise write_failed(tmp, final, exc) from None
 
 
 def begin_checkpoint(
@@ -214,12 +178,16 @@ def begin_checkpoint(
     pid by default; sharded saves pass rank 0's, so every rank writes into the same folder)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    final = directory / checkpoint_name(step)
-    tmp = directory / f"{_TMP_PREFIX}{final.name}-{tag or os.getpid()}"
+    final, tmp = directory / checkpoint_name(step), temporary_path(directory, step, tag)
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
     return final, tmp
+
+
+def temporary_path(directory: str | os.PathLike, step: int, tag: str | None = None) -> Path:
+    """Where a checkpoint of ``step`` is written before its rename into place."""
+    return Path(directory) / f"{_TMP_PREFIX}{checkpoint_name(step)}-{tag or os.getpid()}"
 
 
 def finish_checkpoint(
@@ -389,65 +357,6 @@ def _newest_intact(damaged: Path, check_hashes: bool) -> str:
     return f"there is no intact checkpoint in {damaged.parent}"
 
 
-def rotate_checkpoints(directory: str | os.PathLike, max_keep: int | None) -> list[Path]:
-    """Delete the oldest complete checkpoints beyond ``max_keep``; returns what was deleted.
-    Incomplete folders are left for the user to inspect (resume ignores them). Training rotates
-    by lineage instead (:func:`lmstream.train.run_folder.rotate_lineage`)."""
-    if max_keep is None:
-        return []
-    complete = complete_checkpoints(directory)
-    doomed = complete[: max(0, len(complete) - max_keep)]
-    for path in doomed:
-        remove_folder(path)
-    return doomed
-
-
-def save_best(
-    directory: str | os.PathLike,
-    step: int,
-    val_loss: float,
-    max_keep: int,
-    model_state: dict[str, torch.Tensor],
-    config: TrainingConfig,
-    trainer_state: dict,
-) -> Path | None:
-    """Keep the ``max_keep`` lowest-validation-loss checkpoints in ``directory``.
-
-    Saves only when ``val_loss`` would be among them; returns the new folder or None.
-    """
-    if not qualifies_as_best(directory, val_loss, max_keep):
-        return None
-    saved = save_checkpoint(
-        directory, step, model_state, config, trainer_state, extra_manifest={"val_loss": val_loss}
-    )
-    prune_best(directory, max_keep, keep=saved)
-    return saved
-
-
-def prune_best(directory: str | os.PathLike, max_keep: int, keep: Path | None = None) -> None:
-    """Delete best checkpoints beyond the ``max_keep`` lowest validation losses, never ``keep``
-    (the one just written)."""
-    for _, path in best_checkpoints(directory)[max_keep:]:
-        if keep is None or path.name != Path(keep).name:
-            remove_folder(path)
-
-
-def qualifies_as_best(directory: str | os.PathLike, val_loss: float, max_keep: int) -> bool:
-    """Whether a checkpoint with ``val_loss`` would be among the ``max_keep`` lowest."""
-    kept = best_checkpoints(directory)
-    return len(kept) < max_keep or val_loss < kept[max_keep - 1][0]
-
-
-def best_checkpoints(directory: str | os.PathLike) -> list[tuple[float, Path]]:
-    """(val_loss, path) of the complete best checkpoints, lowest loss first (ties: newer first)."""
-    found = []
-    for path in complete_checkpoints(directory):
-        loss = read_manifest(path).get("val_loss")
-        if isinstance(loss, int | float):
-            found.append((float(loss), -int(read_manifest(path)["step"]), path))
-    return [(loss, path) for loss, _, path in sorted(found)]
-
-
 def is_sharded(path: str | os.PathLike) -> bool:
     """Whether a checkpoint folder holds torch.distributed.checkpoint shards (FSDP) instead of
     model.safetensors."""
@@ -489,5 +398,47 @@ def load_trainer_state(path: str | os.PathLike) -> dict:
     try:
         return torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # UnpicklingError for refused globals, RuntimeError for bad zips
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{file}: refused or unreadable trainer state ({first})") from None
+        raise CheckpointError(
+            f"{file}: refused or unreadable trainer state ({first_line(exc)})"
+        ) from None
+
+
+# ------------------------------------------------------------------------ inference
+def load_checkpoint_model(
+    path: str | os.PathLike, device: torch.device | str = "cpu", *, verify: bool = True
+) -> tuple[Transformer, TrainingConfig, Path]:
+    """The model of a checkpoint (any path resolve_checkpoint accepts, for eval, generate and export), in eval mode, fp32.
+    ``verify`` checks every file's sha256 against the manifest first (what resume does), so a
+    damaged file is refused instead of silently evaluated, sampled or exported."""
+    folder = resolve_checkpoint(path, check_hashes=verify)
+    state, cfg = load_model_state(folder)
+    if "embed.weight" not in state:
+        raise CheckpointError(
+            f"{folder}: model.safetensors has no 'embed.weight'; not an lmstream model"
+        )
+    vocab = cfg.model.vocab_size or state["embed.weight"].shape[0]
+    with torch.device("meta"):
+        model = Transformer(cfg.model, vocab)
+    model.to_empty(device=device)
+    model.rope.reset_parameters()  # non-persistent: not in the file
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else "shape mismatch"
+        raise CheckpointError(
+            f"{folder}: weights do not match the saved model config ({first})"
+        ) from None
+    return model.eval(), cfg, folder
+
+
+def load_checkpoint_tokenizer(folder: Path, cfg: TrainingConfig) -> Tokenizer:
+    """The checkpoint's own tokenizer.json, else the one its config points to."""
+    for candidate in (folder / TOKENIZER_FILE, cfg.tokenizer.tokenizer_json):
+        if candidate is not None and Path(candidate).is_file():
+            try:
+                return Tokenizer.from_file(str(candidate))
+            except Exception as exc:  # tokenizers raises a bare Exception on bad JSON
+                raise CheckpointError(f"{candidate}: cannot load tokenizer ({exc})") from None
+    raise CheckpointError(
+        f"{folder}: no {TOKENIZER_FILE} in the checkpoint and {cfg.tokenizer.tokenizer_json} is missing"
+    )

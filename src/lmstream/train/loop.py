@@ -18,13 +18,11 @@ import time
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from lmstream import distributed as dist
 from lmstream.errors import DataSourceError, LmstreamError
-from lmstream.train import checkpoint as ckpt
-from lmstream.train import faults, micro_batch, run_folder
-from lmstream.train.background import CheckpointWriter, snapshot
+from lmstream.train import faults, micro_batch
+from lmstream.train.checkpointer import Checkpointer, due
 from lmstream.train.evaluate import evaluate
 from lmstream.train.fetch import StepFetcher
 from lmstream.train.metrics import Logger
@@ -34,124 +32,17 @@ from lmstream.train.mixture_metrics import (
     mixture_of,
     source_metrics,
 )
-from lmstream.train.optim import set_lr
-from lmstream.train.precision import Precision, matmul_kind, memory_gb, peak_flops
+from lmstream.train.precision import matmul_kind, memory_gb, peak_flops
 from lmstream.train.setup import Run
 from lmstream.train.signals import StopRequest
 from lmstream.train.spike_guard import SpikeGuard
-from lmstream.train.state import capture_rng, optimizer_state
-from lmstream.train.z_loss import z_loss_term
+from lmstream.train.step import forward_backward, optimizer_step
 
 
 class NonFiniteLossError(LmstreamError):
     """Too many consecutive non-finite losses: the run stops, its last good checkpoint kept."""
 
     exit_code = 5
-
-
-def forward_backward(
-    model: nn.Module,
-    micro_batches: list,
-    precision: Precision,
-    device: torch.device,
-    z_loss: float = 0.0,
-    aux: dict | None = None,
-) -> torch.Tensor:
-    """Accumulate gradients of the mean loss per target token over the step's micro-batches of
-    every rank; returns this rank's part of that mean (detached), scaled so that the mean of the
-    parts over ranks is the step's loss. Gradients are synchronised across ranks only on the
-    last micro-step (nanoGPT's ``require_backward_grad_sync``).
-
-    Ranks can hold different numbers of counted (not -100) targets: a worker's final batch is
-    padded with ignored targets, and a rank whose part of the epoch is used up steps on idle
-    batches (weight 0, lmstream.data.loader). DDP and FSDP2 average gradients over ranks with
-    equal weights, so each rank scales its loss by (its tokens / all ranks' tokens) x world
-    size; the average is then the gradient of one batch of all ranks' counted tokens.
-
-    ``z_loss`` > 0 adds PaLM's z-loss to the objective (lmstream.train.z_loss); the returned loss
-    stays the cross-entropy, and this rank's part of the z-loss goes to ``aux["z_loss"]``.
-    """
-    n = len(micro_batches)
-    # Counted from the host copies of the targets (no device sync); an idle batch counts for
-    # nothing. One small all-reduce per step gives every rank the step's total.
-    counts = [int(b.weight * int((b.targets != -100).sum())) for b in micro_batches]
-    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-    total_count = sum(counts)
-    if world > 1:
-        total_count = int(dist.all_reduce_sum(torch.tensor(total_count, device=device)).item())
-    total = torch.zeros((), device=device)
-    z_total = torch.zeros((), device=device)
-    for i, batch in enumerate(micro_batches):
-        inputs = batch.inputs.to(device, non_blocking=True)
-        targets = batch.targets.to(device, non_blocking=True)
-        # An integer ratio that is exactly 1.0 when every micro-batch of every rank counts the
-        # same tokens (the packer's full rows), so the usual step stays bit-identical to
-        # ``loss / n``. Nothing counted anywhere (all idle): weight 0.
-        share = counts[i] * n * world / total_count if total_count else batch.weight
-        with dist.gradient_sync(model, enabled=i == n - 1):
-            with precision.autocast():
-                logits, loss = model(inputs, targets)
-            objective = loss
-            if z_loss:
-                z = z_loss * z_loss_term(logits, targets)
-                objective = loss + z
-                z_total += z.detach() * share
-            scaled = objective * share / n
-            if precision.scaler is not None:
-                scaled = precision.scaler.scale(scaled)
-            scaled.backward()
-        total += loss.detach() * share
-    if aux is not None and z_loss:
-        aux["z_loss"] = z_total / n
-    return total / n
-
-
-def optimizer_step(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    precision: Precision,
-    loss: torch.Tensor,
-    lr: float,
-    max_grad_norm: float | None,
-    guard: SpikeGuard | None = None,
-) -> tuple[torch.Tensor, bool]:
-    """Clip, check and step. Returns (gradient norm before clipping, whether the update was
-    applied).
-
-    A non-finite loss or gradient norm skips the update. Under fp16 that is also the
-    GradScaler's overflow check (an inf/NaN in the unscaled gradients makes the norm non-finite),
-    so an update the scaler would skip is reported as skipped, not counted as a step. A finite
-    step that ``guard`` judges a spike is skipped too (``guard.last_reason`` says why).
-    """
-    set_lr(optimizer, lr)
-    scaler = precision.scaler
-    if scaler is not None:
-        scaler.unscale_(optimizer)
-    limit = max_grad_norm if max_grad_norm is not None else float("inf")
-    # Under FSDP2 the norm is a DTensor over every rank's shards: make it one plain value.
-    grad_norm = dist.local_tensor(torch.nn.utils.clip_grad_norm_(model.parameters(), limit))
-    bad = ~torch.isfinite(loss) | ~torch.isfinite(grad_norm)
-    ok = dist.all_reduce_sum(bad.float()).item() == 0  # every rank must agree to skip
-    spike = False
-    if guard is not None:
-        guard.last_reason = None
-        spike = ok and guard.check(loss, grad_norm)  # (non-finite values stay out of its stats)
-    if ok and not spike:
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-    elif spike and scaler is not None:
-        scaler.update()  # finite gradients: no backoff, but this step's unscale_ is closed
-    elif scaler is not None:
-        # Back off from the agreed decision rather than this rank's own inf check: under FSDP
-        # a rank whose gradient shard is finite would otherwise keep its scale while the others
-        # lower theirs. As the scaler's own backoff, the growth count restarts.
-        scaler.update(scaler.get_scale() * scaler.get_backoff_factor())
-        scaler.load_state_dict(scaler.state_dict() | {"_growth_tracker": 0})
-    optimizer.zero_grad(set_to_none=True)
-    return grad_norm.detach(), ok and not spike
 
 
 @dataclass
@@ -190,16 +81,13 @@ class Trainer:
         self.mixture = mixture_of(run.loader)  # (names, weights) of a mixture's sources
         # runtime.micro_batch: how each step's rows are cut (train/micro_batch.py).
         self.micro_batch = micro_batch.resolve(run, logger.message, forward_backward)
-        self._saved_step: int | None = None
         self._evaluated_step: int | None = None
-        self._parent = run.lineage_parent  # the checkpoint the next one continues from
         self._start = run.state.step  # 0, or the step resumed from (already on disk)
-        # Sharded (FSDP) saves are collective and stay synchronous.
-        background = self.cfg.runtime.checkpoint.async_save and run.strategy != "fsdp"
-        self.writer = CheckpointWriter(background=background)
         guard = self.cfg.runtime.spike_guard
         self.guard = SpikeGuard(guard, run.state) if guard is not None else None
         self._aux: dict = {}  # the last step's z-loss part, for the log
+        # When, where, which format, rotation, best; the micro-batch cut is saved with each.
+        self.checkpoints = Checkpointer(run, logger, {"micro_batch": self.micro_batch})
 
     # ---------------------------------------------------------------------------- the loop
     def fit(self) -> int:
@@ -226,7 +114,7 @@ class Trainer:
         """A checkpoint still being written lands before the run ends, however it ends; the
         loader's workers are stopped (they ignore stop signals: the rank ends them)."""
         try:
-            self._report(self.writer.close())
+            self.checkpoints.close()
         finally:
             self.run.loader.close()
 
@@ -327,7 +215,7 @@ class Trainer:
                 self.logger.advance(st.step)
                 paused = time.perf_counter()
                 self._after_step(last, epoch_ended, stopping=stopping)
-                self._report(self.writer.poll())  # a background write's result (or error)
+                self.checkpoints.poll()  # a background write's result (or error)
                 clock.paused += time.perf_counter() - paused
                 if stopping:
                     self.logger.message(
@@ -346,10 +234,9 @@ class Trainer:
         run would), unless that step is already saved. ``position`` is None on every rank when
         some rank still held batches read before its start (a resume's first steps): no
         position would then be exact, and the run's last checkpoint is where it continues."""
-        st = self.run.state
-        last = self._saved_step if self._saved_step is not None else self._start
+        st, last = self.run.state, self.checkpoints.last_step
         if st.step > last and position is not None:
-            self._save_plain_or_sharded(None, data_state=position)
+            self.checkpoints.save_now(data_state=position)
             saved = "checkpoint saved"
         elif st.step > last:
             saved = f"not saved (batches read before the start were still queued); resume from step {last}"
@@ -368,11 +255,10 @@ class Trainer:
         loader go into the checkpoint (``pending``), so a resume feeds them first and continues
         exactly as an uninterrupted run (the loader's saved position is after them)."""
         st = self.run.state
-        progress = st.step > (self._saved_step if self._saved_step is not None else self._start)
-        if progress:
+        if st.step > self.checkpoints.last_step:
             pending = [(b.inputs, b.targets, b.epoch) for b in fetched if b.weight > 0]
             try:
-                self._save_plain_or_sharded(pending)
+                self.checkpoints.save_now(pending)
                 saved = f"; checkpoint saved at step {st.step}"
             except LmstreamError as err:  # e.g. the disk is full too: say both
                 saved = f"; the checkpoint at step {st.step} failed too: {err}"
@@ -447,136 +333,27 @@ class Trainer:
         self.logger.log(st.step, metrics)
 
     # ------------------------------------------------------------------- eval and checkpoints
-    @staticmethod
-    def _due(count: int, every: int | None) -> bool:
-        return every is not None and count > 0 and count % every == 0
-
     def _after_step(self, final: bool, epoch_ended: bool, stopping: bool = False) -> None:
-        """Evaluate, checkpoint and keep the best when due; ``final`` forces both, ``stopping``
-        (a signal) forces the checkpoint only, to stay within a pod's grace period. An epoch's
-        end comes after its last step (``epoch_ended``): only the per-epoch settings apply."""
-        rt, st = self.cfg.runtime, self.run.state
-        ev, ck = rt.evaluation, rt.checkpoint
+        """Evaluate when due, then let the checkpointer save and keep the best; ``final``
+        forces both, ``stopping`` (a signal) forces the checkpoint only, to stay within a pod's
+        grace period. An epoch's end comes after its last step (``epoch_ended``): only the
+        per-epoch settings apply."""
+        ev, st = self.cfg.runtime.evaluation, self.run.state
         steps = not epoch_ended  # the per-step settings were applied at this step already
-        want_eval = final or (steps and self._due(st.step, ev.every_n_steps))
-        want_eval |= epoch_ended and self._due(st.epoch, ev.every_n_epochs)
-        want_save = final or stopping or (steps and self._due(st.step, ck.every_n_steps))
-        want_save |= epoch_ended and self._due(st.epoch, ck.every_n_epochs)
-        # A step comes here again at its epoch's end and when the run ends by epochs: what was
-        # done for it is not redone (the final evaluation still runs if it was only saved).
-        want_save &= self._saved_step != st.step
+        want_eval = final or (steps and due(st.step, ev.every_n_steps))
+        want_eval |= epoch_ended and due(st.epoch, ev.every_n_epochs)
+        # A step comes here again at its epoch's end and when the run ends by epochs: the
+        # final evaluation still runs if it was only saved, but is not redone.
         want_eval &= self._evaluated_step != st.step
         val = None
         if want_eval and not stopping:
             val, self._evaluated_step = self._evaluate(), st.step
-        keep_best = False
-        if val is not None and math.isfinite(val):
-            self._report(self.writer.wait())  # earlier writes settled before best is judged
-            main = self.run.env.is_main
-            keep = main and ckpt.qualifies_as_best(ev.best.directory, val, ev.best.max_keep)
-            keep_best = bool(dist.broadcast_object(keep if main else None))
-        if want_save or keep_best:
-            if self.run.strategy == "fsdp":
-                self._save_sharded(want_save, keep_best, val)
-            else:
-                self._save_plain(want_save, keep_best, val)
-            if stopping:  # written within the grace period, reported before the stop message
-                self._report(self.writer.wait())
-        if want_save:
-            self._saved_step = st.step
+        self.checkpoints.after_step(
+            final=final, epoch_ended=epoch_ended, stopping=stopping, val_loss=val
+        )
         if val is not None and math.isfinite(val):  # after the snapshot, as the state was saved
             st.best_val_loss = val if st.best_val_loss is None else min(val, st.best_val_loss)
         dist.barrier()
-
-    def _save_plain_or_sharded(self, pending: list | None, data_state: dict | None = None) -> None:
-        """A checkpoint now (no best bookkeeping), written before returning. ``data_state``:
-        this rank's loader position to save instead of the current one."""
-        if self.run.strategy == "fsdp":
-            self._save_sharded(True, False, None, pending, data_state)
-        else:
-            self._save_plain(True, False, None, pending, data_state)
-        self._report(self.writer.wait())
-        self._saved_step = self.run.state.step
-
-    def _save_plain(
-        self,
-        want_save: bool,
-        keep_best: bool,
-        val: float | None,
-        pending: list | None = None,
-        data_state: dict | None = None,
-    ) -> None:
-        """Single-file format: every rank joins the snapshot (RNG and data positions are
-        gathered), rank 0 writes it, in the background when runtime.checkpoint.async_save."""
-        run, step = self.run, self.run.state.step
-        model_state = dist.full_model_state_dict(run.model)  # fresh host copies
-        trainer = self._trainer_state(pending, data_state)
-        trainer["optimizer"] = optimizer_state(run.model, run.optimizer)
-        if not run.env.is_main:
-            return
-        if self.writer.background:  # the training thread goes on changing the live tensors
-            trainer = snapshot(trainer, clone_host_tensors=self.device.type == "cpu")
-
-        def save(directory, extra=None):
-            return ckpt.save_checkpoint(
-                directory, step, model_state, self.cfg, trainer, extra_manifest=extra
-            )
-
-        self._report(
-            self.writer.submit(lambda: self._save_and_keep(save, want_save, keep_best, val, True))
-        )
-
-    def _save_sharded(
-        self,
-        want_save: bool,
-        keep_best: bool,
-        val: float | None,
-        pending: list | None = None,
-        data_state: dict | None = None,
-    ) -> None:
-        """FSDP: every rank writes its shards (collective, synchronous)."""
-        from lmstream.train.sharded import save_sharded_checkpoint
-
-        run, step = self.run, self.run.state.step
-
-        def save(directory, extra=None):
-            return save_sharded_checkpoint(
-                directory, step, run.model, run.optimizer, self.cfg, self._trainer_state(pending, data_state),
-                world_size=run.env.world_size, extra_manifest=extra,
-            )  # fmt: skip
-
-        self._report(self._save_and_keep(save, want_save, keep_best, val, run.env.is_main))
-
-    def _save_and_keep(
-        self, save, want_save: bool, keep_best: bool, val: float | None, main: bool
-    ) -> list[str]:
-        """The checkpoint (then rotation) and the best copy (then pruning) of one step, through
-        ``save(directory, extra_manifest)``; the folder operations on the main rank only.
-        Returns the messages for the run's log."""
-        ck, best = self.cfg.runtime.checkpoint, self.cfg.runtime.evaluation.best
-        messages, path = [], None
-        if want_save:
-            path = save(ck.directory, {"parent": self._parent})
-            self._parent = path.name
-            if main:
-                run_folder.rotate_lineage(path, ck.max_keep)
-            messages.append(f"saved checkpoint {path}")
-        if keep_best:
-            extra = {"val_loss": val}
-            if path is None:
-                best_path = save(best.directory, extra)
-            elif main:  # this step was just saved: link its files, no rewrite
-                best_path = ckpt.link_checkpoint(path, best.directory, extra)
-            else:
-                best_path = path
-            if main:
-                ckpt.prune_best(best.directory, best.max_keep, keep=best_path)
-            messages.append(f"best checkpoint {best_path} (val_loss {val:.4f})")
-        return messages
-
-    def _report(self, messages: list[str]) -> None:
-        for text in messages:
-            self.logger.message(text)
 
     def _evaluate(self) -> float:
         metrics: dict[str, float] = {}
@@ -596,21 +373,3 @@ class Trainer:
         if metrics:
             self.logger.log(self.run.state.step, metrics)
         return metrics.get("val_loss", float("nan"))
-
-    def _trainer_state(self, pending: list | None = None, data_state: dict | None = None) -> dict:
-        """Everything but the weights and optimizer; collective (each rank's RNG and data
-        position are gathered: one entry per rank), so every rank calls it. ``pending``: this
-        rank's micro-batches taken from the loader for a step not yet done (a source failed)."""
-        run = self.run
-        extra = {"pending": dist.gather_objects(pending)} if pending is not None else {}
-        return extra | {
-            "state": run.state.to_dict(),
-            "scaler": run.precision.scaler.state_dict() if run.precision.scaler else None,
-            "rng": dist.gather_objects(capture_rng()),
-            "data": dist.gather_objects(data_state or run.loader.state_dict()),
-            "world_size": run.env.world_size,
-            "total_steps": run.total_steps,
-            "trackers": self.logger.state_dict(),  # rank 0's W&B run id, for --resume
-            "data_source": run.data_source,
-            "micro_batch": self.micro_batch,
-        }

@@ -1,9 +1,10 @@
 """Build everything a run needs from training.yaml, and restore it from a checkpoint on resume.
 
-Order matters for exact resume: seed, build the model (init draws from the RNG), build the data
-loader and the fixed validation batches, then, when resuming, load weights, optimizer, counters,
-the data position and finally the RNG states, so the generators continue exactly where the
-interrupted run left them.
+:func:`build_run` computes each part once, in the order exact resume needs, then constructs the
+finished :class:`Run`: seed, build the model (init draws from the RNG), the optimizer, the data
+loader and the fixed validation batches; then :func:`_start` (fresh) or :func:`_resume`, which
+loads weights, optimizer, counters and the data position and restores the RNG states last, so
+the generators continue exactly where the interrupted run left them.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import itertools
 import logging
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -23,6 +24,7 @@ from lmstream.config import TrainingConfig
 from lmstream.errors import CheckpointError, ConfigError
 from lmstream.train import checkpoint as ckpt
 from lmstream.train import run_folder
+from lmstream.train.checkpointer import restore_weights
 from lmstream.train.device_defaults import loss_chunk_tokens, resolve_compile
 from lmstream.train.optim import build_optimizer, make_schedule
 from lmstream.train.precision import Precision, build_precision
@@ -30,7 +32,6 @@ from lmstream.train.state import (
     TrainState,
     check_resume_config,
     check_resume_data_source,
-    load_optimizer_state,
     restore_rng,
     seed_everything,
 )
@@ -52,17 +53,33 @@ class Run:
     schedule: Callable[[int], float]
     total_steps: int
     flops_per_token: float
-    state: TrainState = field(default_factory=TrainState)
-    batches: Iterator | None = None  # iter(loader), made before the RNG is restored
-    prefetched: int = 0  # micro-batches at the head of ``batches`` already past the loader
+    strategy: str  # "ddp" (plain checkpoints) or "fsdp" (sharded checkpoints)
+    data_source: dict | None  # streaming_config.json as trained on (saved, compared)
+    # Where training starts (the fields of :class:`Start`): step 0, or a restored checkpoint.
+    state: TrainState
+    batches: Iterator | None
+    prefetched: int
+    resumed_from: Path | None
+    notes: list[str]
+    tracker_state: dict
+    history: list[str]
+    lineage_parent: str | None
+    micro_batch: int | None
+
+
+@dataclass
+class Start:
+    """Where training starts: step 0, or the state a checkpoint restored."""
+
+    state: TrainState
+    batches: Iterator | None  # iter(loader), made before the RNG is restored; None: finished
+    prefetched: int  # micro-batches at the head of ``batches`` already past the loader
     resumed_from: Path | None = None
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # resume compatibility notes, to report
     tracker_state: dict = field(default_factory=dict)  # the checkpoint's tracker run ids
     history: list[str] = field(default_factory=list)  # run-folder changes (rollback), to report
     lineage_parent: str | None = None  # what the next checkpoint continues from (its manifest)
     micro_batch: int | None = None  # the checkpoint's runtime.micro_batch choice (resume)
-    data_source: dict | None = None  # streaming_config.json as trained on (saved, compared)
-    strategy: str = "ddp"  # "ddp" (plain checkpoints) or "fsdp" (sharded checkpoints)
 
 
 def resolve_vocab_size(cfg: TrainingConfig, tokenizer) -> int:
@@ -132,9 +149,10 @@ def build_run(
     # Refuse an incompatible checkpoint before spending minutes building a large model.
     opened = _open_resume(resume, env, cfg, rollback) if resume is not None else None
     source = data_source(run_dir)
+    source_notes: list[str] = []
     if opened is not None:  # before the loader writes its validation cache
         _check_tokenizer(opened[0], cfg.tokenizer.tokenizer_json)
-        notes = check_resume_data_source(opened[1].get("data_source"), source)
+        source_notes = check_resume_data_source(opened[1].get("data_source"), source)
     seed_everything(cfg.runtime.seed)
 
     model = build_model(cfg, cfg.model.vocab_size, env.device)
@@ -162,27 +180,27 @@ def build_run(
     val_batches = build_validation_batches(
         cfg, tokenizer, run_dir, rank=env.rank, world_size=env.world_size
     )
-    run = Run(cfg, env, model, optimizer, precision, loader, val_batches, lambda s: 0.0, 0, flops)
-    run.strategy = strategy
-    run.data_source = source
-    if opened is not None:
-        _restore(run, *opened)
-        run.notes += notes
-        run.lineage_parent = _parent_ref(opened[0], cfg)
-        if env.is_main:  # every check passed: now the newer branch may move aside
-            moved = run_folder.roll_back(cfg, run_dir, run.state.step)
-            run.history = [moved] if moved else []
-        dist.barrier()
+    if opened is None:
+        start = Start(TrainState(), _primed(loader), 1)
     else:
-        run.batches, run.prefetched = _primed(loader), 1
+        path, trainer = opened
+        start = _resume(cfg, env, model, optimizer, precision, loader, path, trainer)
+        start.notes += source_notes
+        start.lineage_parent = _parent_ref(path, cfg)
+        if env.is_main:  # every check passed: now the newer branch may move aside
+            moved = run_folder.roll_back(cfg, run_dir, start.state.step)
+            start.history = [moved] if moved else []
+        dist.barrier()
     total = cfg.scheduler.total_steps
     if total is None:
-        if run.state.steps_per_epoch is None:
-            run.state.steps_per_epoch = _measure_steps_per_epoch(cfg, tokenizer, run_dir, env)
-        total = run.state.steps_per_epoch * cfg.scheduler.total_epochs
-    run.total_steps = total
-    run.schedule = make_schedule(cfg.scheduler, cfg.peak_lr, cfg.min_lr, total)
-    return run
+        if start.state.steps_per_epoch is None:
+            start.state.steps_per_epoch = _measure_steps_per_epoch(cfg, tokenizer, run_dir, env)
+        total = start.state.steps_per_epoch * cfg.scheduler.total_epochs
+    schedule = make_schedule(cfg.scheduler, cfg.peak_lr, cfg.min_lr, total)
+    return Run(
+        cfg, env, model, optimizer, precision, loader, val_batches, schedule, total, flops,
+        strategy, source, **{f.name: getattr(start, f.name) for f in fields(Start)},
+    )  # fmt: skip
 
 
 def _primed(loader) -> Iterator:
@@ -286,42 +304,37 @@ def _check_tokenizer(path: Path, tokenizer_json: Path) -> None:
         )
 
 
-def _restore(run: Run, path: Path, trainer: dict) -> None:
-    run.notes = check_resume_config(ckpt.load_config(path), run.cfg)
-    if ckpt.is_sharded(path):
-        from lmstream.train.sharded import load_sharded_checkpoint
+def _resume(cfg, env, model, optimizer, precision, loader, path: Path, trainer: dict) -> Start:
+    """Restore a checkpoint in the order exact resume needs (each step below may draw from the
+    RNG or depend on the one before): weights and optimizer, loss scaler, counters, the data
+    position, the batches the loader hands out first, and the RNG states last."""
+    notes = check_resume_config(ckpt.load_config(path), cfg)
+    restore_weights(path, model, optimizer, trainer)
+    if precision.scaler is not None and trainer.get("scaler"):
+        precision.scaler.load_state_dict(trainer["scaler"])
+    state = TrainState.from_dict(trainer["state"])
+    loader.load_state_dict(trainer["data"][env.rank])
+    start = Start(state, None, 0, path, notes, trainer.get("trackers") or {},
+                  micro_batch=trainer.get("micro_batch"))  # fmt: skip
+    if not _finished(cfg, state):  # else nothing to train: no batch taken (the loader stays)
+        # iter(loader) draws the DataLoader's base seed from the RNG: before the restore below.
+        start.batches, start.prefetched = _primed(loader), 1
+        pending = trainer.get("pending")  # micro-batches taken before a source failed: first
+        if pending and pending[env.rank]:
+            from lmstream.data.packing import Batch
 
-        load_sharded_checkpoint(path, run.model, run.optimizer)
-    else:
-        model_state, _ = ckpt.load_model_state(path)
-        dist.load_full_model_state_dict(run.model, model_state)
-        load_optimizer_state(run.model, run.optimizer, trainer["optimizer"])
-    if run.precision.scaler is not None and trainer.get("scaler"):
-        run.precision.scaler.load_state_dict(trainer["scaler"])
-    run.state = TrainState.from_dict(trainer["state"])
-    run.tracker_state = trainer.get("trackers") or {}
-    run.loader.load_state_dict(trainer["data"][run.env.rank])
-    run.resumed_from = path
-    run.micro_batch = trainer.get("micro_batch")
-    if _finished(run):  # nothing to train: no batch taken (the loader stays where it was)
-        restore_rng(trainer["rng"][run.env.rank])
-        return
-    run.batches, run.prefetched = _primed(run.loader), 1
-    pending = trainer.get("pending")  # micro-batches taken before a source failed: first
-    if pending and pending[run.env.rank]:
-        from lmstream.data.packing import Batch
-
-        first = [Batch(x, y, int(epoch)) for x, y, epoch in pending[run.env.rank]]
-        run.batches = itertools.chain(first, run.batches)
-        run.prefetched += len(first)
-    restore_rng(trainer["rng"][run.env.rank])  # last: nothing may draw from the RNG after this
+            first = [Batch(x, y, int(epoch)) for x, y, epoch in pending[env.rank]]
+            start.batches = itertools.chain(first, start.batches)
+            start.prefetched += len(first)
+    restore_rng(trainer["rng"][env.rank])  # last: nothing may draw from the RNG after this
+    return start
 
 
-def _finished(run: Run) -> bool:
+def _finished(cfg: TrainingConfig, state: TrainState) -> bool:
     """Whether the restored run is already at its last step (total_steps, or total_epochs
     times the steps per epoch it measured)."""
-    s = run.cfg.scheduler
+    s = cfg.scheduler
     total = s.total_steps
-    if total is None and run.state.steps_per_epoch is not None:
-        total = run.state.steps_per_epoch * s.total_epochs
-    return total is not None and run.state.step >= total
+    if total is None and state.steps_per_epoch is not None:
+        total = state.steps_per_epoch * s.total_epochs
+    return total is not None and state.step >= total

@@ -29,6 +29,7 @@ from torch import nn
 from lmstream import distributed as dist
 from lmstream.config import TrainingConfig
 from lmstream.errors import CheckpointError
+from lmstream.failures import first_line
 from lmstream.train import checkpoint as ckpt
 
 MODEL_PREFIX = "model."
@@ -52,7 +53,7 @@ def save_sharded_checkpoint(
         final, tmp = ckpt.begin_checkpoint(directory, step, tag=str(tag))
     else:
         final = Path(directory) / ckpt.checkpoint_name(step)
-        tmp = Path(directory) / f"{ckpt._TMP_PREFIX}{final.name}-{tag}"
+        tmp = ckpt.temporary_path(directory, step, tag=str(tag))
     dist.barrier()  # the temporary folder exists before anyone writes into it
     dcp.save(dist.sharded_state_dicts(model, optimizer), checkpoint_id=tmp / ckpt.SHARDED_DIR)
     dist.barrier()  # every rank's shard is on disk
@@ -90,8 +91,9 @@ def load_sharded_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim
     try:
         dcp.load(state, checkpoint_id=path / ckpt.SHARDED_DIR)
     except Exception as exc:  # DCP wraps per-rank failures in CheckpointException
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CheckpointError(f"{path}: cannot load the sharded checkpoint ({first})") from None
+        raise CheckpointError(
+            f"{path}: cannot load the sharded checkpoint ({first_line(exc)})"
+        ) from None
     dist.load_sharded_state_dicts(model, optimizer, state)
 
 

@@ -13,6 +13,8 @@ import torch
 
 from lmstream.errors import CheckpointError
 from lmstream.train import checkpoint as ck
+from lmstream.train.checkpointer import BestCheckpoints, link_checkpoint
+from lmstream.train.run_folder import rotate_lineage
 
 
 def _state(value: float) -> dict[str, torch.Tensor]:
@@ -70,10 +72,10 @@ def test_folder_without_manifest_is_skipped(tmp_path, small_config):
 def test_rotation_keeps_exactly_max_keep(tmp_path, small_config):
     directory = tmp_path / "ckpts"
     for step in range(1, 6):
-        _save(directory, step, small_config)
-        ck.rotate_checkpoints(directory, 2)
+        newest = _save(directory, step, small_config)
+        rotate_lineage(newest, 2)
     assert [p.name for p in ck.list_checkpoints(directory)] == ["step-00000004", "step-00000005"]
-    ck.rotate_checkpoints(directory, None)  # null = keep all
+    rotate_lineage(newest, None)  # null = keep all
     assert len(ck.list_checkpoints(directory)) == 2
 
 
@@ -81,26 +83,30 @@ def test_best_keeps_the_lowest_losses(tmp_path, small_config):
     directory = tmp_path / "best"
     trainer = {"step": 0}
     losses = {1: 5.0, 2: 3.0, 3: 4.0, 4: 6.0, 5: 2.0}
+    best = BestCheckpoints(directory, 2)
     for step, loss in losses.items():
-        ck.save_best(directory, step, loss, 2, _state(float(step)), small_config, trainer)
-    kept = ck.best_checkpoints(directory)
+        if best.qualifies(loss):
+            best.keep(loss, lambda d, extra, step=step: ck.save_checkpoint(
+                d, step, _state(float(step)), small_config, trainer, extra_manifest=extra
+            ))  # fmt: skip
+    kept = best.entries()
     assert [(loss, p.name) for loss, p in kept] == [(2.0, "step-00000005"), (3.0, "step-00000002")]
     assert len(ck.list_checkpoints(directory)) == 2
 
 
 def test_link_checkpoint_shares_files_and_outlives_its_source(tmp_path, small_config):
     source = _save(tmp_path / "ckpts", 4, small_config, 3.0)
-    best = ck.link_checkpoint(source, tmp_path / "best", {"val_loss": 1.5})
+    best = link_checkpoint(source, tmp_path / "best", {"val_loss": 1.5})
     assert best == tmp_path / "best" / "step-00000004"
     for name in ck.read_manifest(source)["files"]:
         assert (best / name).stat().st_ino == (source / name).stat().st_ino  # no second write
     manifest = ck.verify_checkpoint(best)  # hashes re-checked against the shared bytes
     assert manifest["val_loss"] == 1.5 and manifest["step"] == 4
     assert "val_loss" not in ck.read_manifest(source)  # the source's manifest is untouched
-    assert [(loss, p.name) for loss, p in ck.best_checkpoints(tmp_path / "best")] == [
+    assert [(loss, p.name) for loss, p in BestCheckpoints(tmp_path / "best", 1).entries()] == [
         (1.5, "step-00000004")
     ]
-    ck.rotate_checkpoints(tmp_path / "ckpts", 0)  # the regular checkpoint rotates away
+    rotate_lineage(source, 0)  # the regular checkpoint rotates away
     assert not source.exists()
     ck.verify_checkpoint(best)
     state, _ = ck.load_model_state(best)
@@ -113,7 +119,7 @@ def test_link_checkpoint_keeps_the_source_manifest_keys(tmp_path, small_config):
         tmp_path / "ckpts", 3, _state(1.0), small_config, trainer,
         extra_manifest={"format": "sharded", "world_size": 2},
     )  # fmt: skip
-    manifest = ck.read_manifest(ck.link_checkpoint(source, tmp_path / "best", {"val_loss": 2.0}))
+    manifest = ck.read_manifest(link_checkpoint(source, tmp_path / "best", {"val_loss": 2.0}))
     assert manifest["format"] == "sharded" and manifest["world_size"] == 2
     assert manifest["val_loss"] == 2.0
 
@@ -122,7 +128,7 @@ def test_link_checkpoint_refuses_an_incomplete_source(tmp_path, small_config):
     source = _save(tmp_path / "ckpts", 4, small_config)
     (source / "manifest.json").unlink()
     with pytest.raises(CheckpointError, match="incomplete"):
-        ck.link_checkpoint(source, tmp_path / "best")
+        link_checkpoint(source, tmp_path / "best")
     assert not (tmp_path / "best").exists() or not any((tmp_path / "best").iterdir())
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from lmstream import distributed as dist
+from lmstream import failures
 from lmstream.cli import main as cli_main
 from lmstream.errors import CheckpointError, ConfigError
 from lmstream.train import checkpoint as ckpt
@@ -15,10 +16,10 @@ from lmstream.train import checkpoint as ckpt
 
 def test_on_rank_tags_every_line_and_keeps_the_type():
     err = ConfigError(["a: bad", "b: worse"])
-    tagged = dist.on_rank(err, dist.DistEnv(rank=1, world_size=2))
+    tagged = failures.on_rank(err, dist.DistEnv(rank=1, world_size=2))
     assert isinstance(tagged, ConfigError) and tagged.exit_code == 2
     assert str(tagged).splitlines() == ["rank 1: a: bad", "rank 1: b: worse"]
-    assert dist.on_rank(err, dist.DistEnv()) is err  # one process: unchanged
+    assert failures.on_rank(err, dist.DistEnv()) is err  # one process: unchanged
 
 
 def test_peer_failure_is_one_clear_line():
@@ -26,9 +27,9 @@ def test_peer_failure_is_one_clear_line():
         "[/__w/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error "
         "[127.0.0.1]:29100: Connection reset by peer. This is typically caused by ..."
     )
-    assert dist.is_peer_failure(raw)
-    assert not dist.is_peer_failure(RuntimeError("shape mismatch"))
-    text = str(dist.peer_failure_error(raw))
+    assert failures.is_peer_failure(raw)
+    assert not failures.is_peer_failure(RuntimeError("shape mismatch"))
+    text = str(failures.peer_failure_error(raw))
     assert text.startswith("most likely another rank stopped")  # no process group: no names
     assert (
         "a collective operation failed (Read error [127.0.0.1]:29100: Connection reset by peer)"

@@ -16,6 +16,7 @@ from lmstream.config import parse_training_config
 from lmstream.errors import CheckpointError, ConfigError
 from lmstream.train import checkpoint as ck
 from lmstream.train import run_folder
+from lmstream.train.checkpointer import BestCheckpoints
 
 from .conftest import small_config_dict
 
@@ -70,11 +71,11 @@ def test_symlinked_checkpoint_folder_is_unlinked_by_rotation(tmp_path, small_con
     (d / moved.name).symlink_to(moved, target_is_directory=True)
     _save(d, 2, small_config, "step-00000001")
     newest = _save(d, 3, small_config, "step-00000002")
-    ck.rotate_checkpoints(d, 2)
+    run_folder.rotate_lineage(newest, 2)
     assert not (d / moved.name).exists() and not (d / moved.name).is_symlink()
     ck.verify_checkpoint(moved, check_hashes=True)  # the target is left in place
     assert run_folder.lineage(newest) == [newest, d / "step-00000002"]
-    ck.prune_best(d, 1)  # no val_loss: nothing to prune, and no crash either
+    BestCheckpoints(d, 1).prune()  # no val_loss: nothing to prune, and no crash either
 
 
 def test_resave_killed_between_its_two_renames_is_recovered(tmp_path, small_config):
