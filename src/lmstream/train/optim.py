@@ -142,8 +142,9 @@ def make_schedule(
         )
     decay = cfg.decay_length(total_steps)
     if cfg.warmup_steps + decay > total_steps:  # total_epochs: known only now
+        field = "decay_steps" if cfg.decay_steps is not None else "decay_fraction"
         raise ConfigError(
-            f"scheduler.decay_steps: warmup ({cfg.warmup_steps}) + decay ({decay}) exceed the "
+            f"scheduler.{field}: warmup ({cfg.warmup_steps}) + decay ({decay}) exceed the "
             f"run's {total_steps} optimizer steps; shorten the decay or the warmup"
         )
 

@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 from tests.support.models import tiny_model
 
-from lmstream.config import OptimizerConfig
-from lmstream.train.optim import build_optimizer, set_lr
+from lmstream.config import OptimizerConfig, SchedulerConfig
+from lmstream.errors import ConfigError
+from lmstream.train.optim import build_optimizer, make_schedule, set_lr
 from lmstream.train.state import load_optimizer_state, optimizer_state
 
 CPU = torch.device("cpu")
@@ -42,3 +43,13 @@ def test_muon_resumed_with_a_changed_learning_rate_uses_the_new_rates():
     assert muon["lr"] == pytest.approx(0.01)
     assert adam_matrices["lr"] == pytest.approx(2e-3) and adam_vectors["lr"] == pytest.approx(2e-3)
     assert resumed.state  # the moments themselves were restored
+
+
+def test_an_epoch_sized_wsd_too_long_names_decay_fraction_when_that_is_what_was_set():
+    """With total_epochs the length check runs once the epoch is measured; the user set
+    decay_fraction, so that is the field the one line must name."""
+    cfg = SchedulerConfig(
+        strategy="warmup_stable_decay", warmup_steps=5, decay_fraction=1.0, total_epochs=1
+    )
+    with pytest.raises(ConfigError, match=r"^scheduler\.decay_fraction: "):
+        make_schedule(cfg, 1e-3, 0.0, 12)
