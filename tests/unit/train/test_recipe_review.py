@@ -53,3 +53,21 @@ def test_an_epoch_sized_wsd_too_long_names_decay_fraction_when_that_is_what_was_
     )
     with pytest.raises(ConfigError, match=r"^scheduler\.decay_fraction: "):
         make_schedule(cfg, 1e-3, 0.0, 12)
+
+
+@pytest.mark.parametrize(
+    "length", [{"decay_steps": 1}, {"decay_fraction": 0.01}, {"decay_steps": 10}]
+)
+def test_wsd_decay_reaches_min_lr_at_the_last_update(length):
+    """The decay ends at min_lr on the run's last update (step total - 1), however short: a
+    one-step decay (decay_steps 1, or a decay_fraction that rounds to one step) must not leave
+    the whole run at the peak."""
+    total = 40
+    cfg = SchedulerConfig(
+        strategy="warmup_stable_decay", warmup_steps=4, total_steps=total, **length
+    )
+    decay = cfg.decay_length(total)
+    lr = make_schedule(cfg, 1e-3, 1e-4, total)
+    assert lr(total - decay - 1) == 1e-3  # the last stable update
+    assert lr(total - 1) == pytest.approx(1e-4)
+    assert all(lr(s) < lr(s - 1) for s in range(total - decay, total))
