@@ -8,10 +8,11 @@ import torch
 import torch.nn.functional as F
 from tests.support.models import tiny_model
 
-from lmstream.config import OptimizerConfig, SchedulerConfig
+from lmstream.config import OptimizerConfig, SchedulerConfig, SpikeGuardConfig
 from lmstream.errors import ConfigError
 from lmstream.train.optim import build_optimizer, make_schedule, set_lr
-from lmstream.train.state import load_optimizer_state, optimizer_state
+from lmstream.train.spike_guard import SpikeGuard
+from lmstream.train.state import TrainState, load_optimizer_state, optimizer_state
 
 CPU = torch.device("cpu")
 
@@ -71,3 +72,14 @@ def test_wsd_decay_reaches_min_lr_at_the_last_update(length):
     assert lr(total - decay - 1) == 1e-3  # the last stable update
     assert lr(total - 1) == pytest.approx(1e-4)
     assert all(lr(s) < lr(s - 1) for s in range(total - decay, total))
+
+
+def test_spike_guard_resumed_with_a_smaller_window_judges_by_that_window():
+    """A checkpoint's history was kept for window 8; resumed with window 4, the statistics are
+    those of the last 4 steps from the first check on (the config's window, not the saved one)."""
+    state = TrainState()
+    state.spike_history = [[v, 1.0] for v in (1.0, 5.0, 1.0, 5.0, 3.0, 3.01, 2.99, 3.0)]
+    guard = SpikeGuard(SpikeGuardConfig(window=4, watch="loss"), state)
+    # 3.5 is ~60 sigmas above the last four (3.0 +- 0.008) and under one sigma of all eight.
+    assert guard.check(torch.tensor(3.5), torch.tensor(1.0))
+    assert "last 4 steps" in guard.last_reason and len(state.spike_history) == 4
