@@ -399,8 +399,9 @@ class SchedulerConfig(_Section):
             self.total_steps is not None
             and self.warmup_steps + self.decay_length(self.total_steps) > self.total_steps
         ):
+            field = "decay_steps" if self.decay_steps is not None else "decay_fraction"
             raise ValueError(
-                f"decay_steps: warmup_steps ({self.warmup_steps}) + decay "
+                f"{field}: warmup_steps ({self.warmup_steps}) + decay "
                 f"({self.decay_length(self.total_steps)}) exceed total_steps ({self.total_steps})"
             )
         return self

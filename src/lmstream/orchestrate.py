@@ -241,10 +241,13 @@ def training_yaml_dict(
     opts: OrchestrateOptions,
     data_files: list[str] | None,
     validation_documents: int | None = None,
+    vocab_size: int | None = None,
 ) -> dict:
     """The seed's training.yaml with this experiment's paths, relative to runs/EXP/; a preset
     meant for CPUs (tiny) gets its CPU recipe instead of the seed's GPU settings.
-    ``validation_documents``: each source's holdout (default: sized from --max-samples)."""
+    ``validation_documents``: each source's holdout (default: sized from --max-samples).
+    ``vocab_size``: the trained tokenizer's (default --vocab-size), which --tokens chinchilla
+    counts: training sizes the embedding from the tokenizer, not from the flag."""
 
     def rel(path: Path) -> str:
         return os.path.relpath(path, paths.run_dir)
@@ -327,7 +330,8 @@ def training_yaml_dict(
     size = opts.model_size
     _set_dotted(out, {**learning_rate_by_size(size), **CPU_RECIPES.get(size, {})})
     if opts.tokens is not None:  # after the CPU recipe: its batch shape decides the steps
-        _set_dotted(out, budget_schedule(size, opts.vocab_size, opts.tokens, out))
+        vocab = vocab_size if vocab_size is not None else opts.vocab_size
+        _set_dotted(out, budget_schedule(size, vocab, opts.tokens, out))
     if size in CPU_RECIPES:
         out["data"]["num_workers"] = cpu_loader_workers()
     return out
@@ -395,7 +399,7 @@ def write_training_yaml(
         + "# Paths are relative to this file's folder. Edit freely, then run:\n"
         f"#   lmstream train --config {paths.training_yaml}\n"
     )
-    data = training_yaml_dict(paths, opts, data_files, validation_documents)
+    data = training_yaml_dict(paths, opts, data_files, validation_documents, vocab_size)
     if token_shards:
         data["data"]["train_shards"] = [os.path.relpath(token_shards["train"], paths.run_dir)]
         if "validation" in token_shards:

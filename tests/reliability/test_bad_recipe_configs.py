@@ -27,6 +27,8 @@ CASES = [
     ("decay_fraction 1.5", change(**WSD, scheduler__decay_fraction=1.5), "scheduler.decay_fraction"),
     ("decay_steps 0", change(**WSD, scheduler__decay_steps=0), "scheduler.decay_steps"),
     ("warmup + decay > total", change(**WSD, scheduler__warmup_steps=2, scheduler__decay_steps=1000), "exceed total_steps"),
+    ("warmup + decay_fraction > total", change(**WSD, scheduler__warmup_steps=2, scheduler__decay_fraction=1.0), "scheduler.decay_fraction: warmup"),
+    ("separator outside the tokenizer's vocabulary", change(model__document_masking=True, model__document_separator_id=1000000), "model.document_separator_id: 1000000 is not a token id"),
     ("decay_shape exp", change(**WSD, scheduler__decay_steps=2, scheduler__decay_shape="exp"), "scheduler.decay_shape"),
     ("decay_steps with cosine", change(scheduler__decay_steps=2), "only used with strategy: warmup_stable_decay"),
     ("decay_shape with linear", change(scheduler__strategy="linear_with_warmup", scheduler__decay_shape="cosine"), "scheduler.decay_shape"),

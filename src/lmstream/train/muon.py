@@ -49,7 +49,12 @@ class MuonWithAdamW(torch.optim.Optimizer):
         return loss
 
     def load_state_dict(self, state_dict: dict) -> None:
+        # The saved groups carry the saved run's lr_scale (its muon lr / its lr); a resume with
+        # changed rates must keep this config's, or set_lr would apply the old ratio.
+        scales = [group.get("lr_scale", 1.0) for group in self.param_groups]
         super().load_state_dict(state_dict)
+        for group, scale in zip(self.param_groups, scales, strict=True):
+            group["lr_scale"] = scale
         self._share()
 
 

@@ -96,8 +96,9 @@ def lr_at(
     at its end value.
 
     ``warmup_stable_decay`` (WSD; Hu et al. 2024, MiniCPM; Hägele et al. 2024) holds the peak
-    until ``total - decay_steps``, then decays to ``min`` with ``p = (step - (total - decay)) /
-    decay``: linear ``peak - (peak - min) * p``, cosine as above, 1-sqrt
+    until ``total - decay_steps``, then decays to ``min`` with ``p = (step + 1 - (total - decay))
+    / decay`` (counted like the warmup, so the run's last update, ``total - 1``, is at ``min``
+    and even a one-step decay decays): linear ``peak - (peak - min) * p``, cosine as above, 1-sqrt
     ``min + (peak - min) * (1 - sqrt(p))`` (Hägele et al.'s best shape). The decay is anchored to
     the end, so a resume with a larger ``total_steps`` is still in the stable phase.
     """
@@ -122,7 +123,7 @@ def _wsd(step: int, peak: float, floor: float, total: int, decay: int, shape: st
     start = total - decay
     if step < start:
         return peak
-    p = min(1.0, (step - start) / max(1, decay))
+    p = min(1.0, (step + 1 - start) / max(1, decay))
     if shape == "cosine":
         return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * p))
     if shape == "1-sqrt":
@@ -142,8 +143,9 @@ def make_schedule(
         )
     decay = cfg.decay_length(total_steps)
     if cfg.warmup_steps + decay > total_steps:  # total_epochs: known only now
+        field = "decay_steps" if cfg.decay_steps is not None else "decay_fraction"
         raise ConfigError(
-            f"scheduler.decay_steps: warmup ({cfg.warmup_steps}) + decay ({decay}) exceed the "
+            f"scheduler.{field}: warmup ({cfg.warmup_steps}) + decay ({decay}) exceed the "
             f"run's {total_steps} optimizer steps; shorten the decay or the warmup"
         )
 

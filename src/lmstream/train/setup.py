@@ -17,10 +17,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from lmstream import distributed as dist
-from lmstream.config import TrainingConfig
+from lmstream.config import ModelConfig, TrainingConfig, format_validation_error
 from lmstream.errors import CheckpointError, ConfigError
 from lmstream.train import checkpoint as ckpt
 from lmstream.train import run_folder
@@ -141,7 +142,11 @@ def build_run(
 
     tokenizer = load_tokenizer(cfg.tokenizer.tokenizer_json)
     cfg = cfg.model_copy(deep=True)
-    cfg.model.vocab_size = resolve_vocab_size(cfg, tokenizer)
+    try:
+        cfg.model.vocab_size = resolve_vocab_size(cfg, tokenizer)
+    except ValidationError as err:  # a model check that needs the vocabulary (the separator id)
+        lines = format_validation_error(err, "model", ModelConfig)
+        raise ConfigError([line.replace("model: ", "model.", 1) for line in lines]) from None
     if cfg.model.document_masking and cfg.model.document_separator_id is None:
         from lmstream.data.packing import eot_id  # the separator the packer writes
 

@@ -36,6 +36,7 @@ class SpikeGuard:
         value = float(dist.all_reduce_mean(loss.detach().float()).item())
         norm = float(grad_norm.item())
         history = self.state.spike_history
+        del history[: -self.cfg.window]  # a checkpoint of a run with a longer window
         self.last_reason = None
         if len(history) >= self.cfg.window:
             for index, name, current in ((0, "loss", value), (1, "grad_norm", norm)):

@@ -137,7 +137,7 @@ def _wsd(step, total, decay, shape, warm=4, peak=1e-3, floor=1e-4):
     start = total - decay
     if step < start:
         return peak
-    p = min(1.0, (step - start) / decay)
+    p = min(1.0, (step + 1 - start) / decay)
     return {
         "linear": peak - (peak - floor) * p,
         "cosine": floor + (peak - floor) * (1 + math.cos(math.pi * p)) / 2,
@@ -159,12 +159,12 @@ def test_wsd_at_every_step(shape, length):
     lr = make_schedule(cfg, 1e-3, 1e-4, total)
     for step in range(total + 5):
         assert lr(step) == pytest.approx(_wsd(step, total, 10, shape), rel=1e-12), step
-    assert lr(29) == 1e-3 and lr(30) == 1e-3 and lr(total) == pytest.approx(1e-4)
+    assert lr(29) == 1e-3 and lr(30) < 1e-3 and lr(total - 1) == pytest.approx(1e-4)
     # A longer run: the same step is still in the stable phase (the decay is anchored to the end).
     longer = make_schedule(cfg.model_copy(update={"total_steps": 80}), 1e-3, 1e-4, 80)
     assert longer(35) == 1e-3
     if "decay_fraction" in length:
-        assert longer(60) == 1e-3 and longer(61) < 1e-3  # 25% of 80 = 20 steps of decay
+        assert longer(59) == 1e-3 and longer(60) < 1e-3  # 25% of 80 = 20 steps of decay
 
 
 def test_wsd_too_long_for_an_epoch_sized_run():
