@@ -101,8 +101,20 @@ def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
 
 
 def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
-    """Load a name-keyed optimizer state. Unsharded models map names back to the optimizer's own
-    indices (torch's set_optimizer_state_dict asserts on a CPU model without a process group)."""
+    """Load a name-keyed optimizer state: the saved moments, with this config's settings.
+
+    torch's load_state_dict also restores each group's settings (weight_decay, betas, eps,
+    momentum...), so a value changed in training.yaml before --resume would be silently ignored;
+    the groups keep the ones the optimizer was just built with (the lr is the schedule's anyway)."""
+    configured = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    _load_optimizer_state(model, optimizer, state)
+    for group, settings in zip(optimizer.param_groups, configured, strict=True):
+        group.update(settings)
+
+
+def _load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Unsharded models map names back to the optimizer's own indices (torch's
+    set_optimizer_state_dict asserts on a CPU model without a process group)."""
     plain = dist.unwrap(model)
     if dist._is_sharded(plain):
         dist.load_full_optimizer_state_dict(model, optimizer, state)

@@ -46,6 +46,27 @@ def test_muon_resumed_with_a_changed_learning_rate_uses_the_new_rates():
     assert resumed.state  # the moments themselves were restored
 
 
+@pytest.mark.parametrize("algorithm", ["adam_w", "sgd"])
+def test_a_resume_uses_the_resumed_configs_optimizer_settings(algorithm: str):
+    """weight_decay, betas, eps and momentum changed in training.yaml before --resume apply:
+    the checkpoint brings back the moments, not the saved run's settings (torch's
+    load_state_dict restores both, so a changed weight_decay was silently ignored)."""
+    model = tiny_model(64, 0, tie_embeddings=False)
+    first = OptimizerConfig(algorithm=algorithm, learning_rate=1e-3, weight_decay=0.1,
+                            beta1=0.9, beta2=0.95, epsilon=1e-8, momentum=0.9)  # fmt: skip
+    opt = build_optimizer(model, first, first.learning_rate, CPU)
+    _one_step(model, opt)
+    saved = optimizer_state(model, opt)
+
+    changed = OptimizerConfig(algorithm=algorithm, learning_rate=1e-3, weight_decay=0.01,
+                              beta1=0.8, beta2=0.99, epsilon=1e-6, momentum=0.5)  # fmt: skip
+    resumed = build_optimizer(model, changed, changed.learning_rate, CPU)
+    expected = [{k: v for k, v in g.items() if k != "params"} for g in resumed.param_groups]
+    load_optimizer_state(model, resumed, saved)
+    assert [{k: v for k, v in g.items() if k != "params"} for g in resumed.param_groups] == expected
+    assert resumed.state  # the moments themselves were restored
+
+
 def test_an_epoch_sized_wsd_too_long_names_decay_fraction_when_that_is_what_was_set():
     """With total_epochs the length check runs once the epoch is measured; the user set
     decay_fraction, so that is the field the one line must name."""
