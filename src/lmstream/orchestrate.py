@@ -331,7 +331,7 @@ def training_yaml_dict(
     _set_dotted(out, {**learning_rate_by_size(size), **CPU_RECIPES.get(size, {})})
     if opts.tokens is not None:  # after the CPU recipe: its batch shape decides the steps
         vocab = vocab_size if vocab_size is not None else opts.vocab_size
-        _set_dotted(out, budget_schedule(size, vocab, opts.tokens, out))
+        _set_dotted(out, budget_schedule(size, vocab, opts.tokens, out, opts.ranks))
     if size in CPU_RECIPES:
         out["data"]["num_workers"] = cpu_loader_workers()
     return out

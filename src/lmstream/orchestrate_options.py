@@ -93,9 +93,13 @@ class OrchestrateOptions(Options):
     tokens: str | None = flag(
         None,
         "token budget: N tokens or 'chinchilla' (20 per parameter); sets scheduler.total_steps "
-        "for one rank's batch (with R ranks, divide it by R)",
+        "from the global batch of --ranks ranks",
         group=EXPERIMENT,
     )
+    ranks: int = flag(
+        1, "ranks (GPUs) the run will use, for --tokens: the global batch grows with them",
+        group=EXPERIMENT, ge=1,
+    )  # fmt: skip
     seed: int = flag(42, "runtime.seed and the stream's seed", group=EXPERIMENT, ge=0)
     overwrite: bool = flag(False, "replace an existing experiment's files", group=EXPERIMENT)
     pretokenize: bool = flag(

@@ -169,17 +169,19 @@ def learning_rate_by_size(name: str) -> dict[str, Any]:
     return {"optimizer.learning_rate": lr, "scheduler.min_lr": round(lr / 10, 12)}
 
 
-def budget_schedule(name: str, vocab_size: int, tokens: str, cfg: dict) -> dict[str, Any]:
+def budget_schedule(
+    name: str, vocab_size: int, tokens: str, cfg: dict, ranks: int = 1
+) -> dict[str, Any]:
     """Overrides that spend a token budget (a count, or "chinchilla": 20 tokens per parameter)
     in the batch shape of training.yaml dict ``cfg``: ``scheduler.total_steps`` = budget /
-    tokens per optimizer step of one rank, rounded up; a warmup that would not fit becomes a
-    tenth of the run."""
+    tokens per optimizer step of all ``ranks`` (the global batch), rounded up; a warmup that
+    would not fit becomes a tenth of the run."""
     if tokens == "chinchilla":
         budget = CHINCHILLA_TOKENS_PER_PARAMETER * preset_parameters(name, vocab_size)
     else:
         budget = int(float(tokens))
     d = cfg["data"]
-    per_step = d["batch_size"] * d["gradient_accumulation_steps"] * d["sequence_length"]
+    per_step = d["batch_size"] * d["gradient_accumulation_steps"] * d["sequence_length"] * ranks
     steps = max(1, -(-budget // per_step))
     out: dict[str, Any] = {"scheduler.total_steps": steps}
     if cfg["scheduler"]["warmup_steps"] >= steps:

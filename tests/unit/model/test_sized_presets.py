@@ -51,6 +51,14 @@ def test_token_budget_sets_total_steps_from_the_batch(tmp_path):
     assert short["scheduler"]["total_steps"] == 763 and short["scheduler"]["warmup_steps"] == 76
 
 
+def test_token_budget_counts_the_global_batch_of_all_ranks(tmp_path):
+    """With 8 GPUs each optimizer step takes 8 ranks' batches: the budget is spent in an
+    eighth of the steps (before, total_steps was one rank's and 8 ranks trained 8x the budget)."""
+    one = _yaml(tmp_path, model_size="125m", tokens="2e9")["scheduler"]["total_steps"]
+    eight = _yaml(tmp_path, model_size="125m", tokens="2e9", ranks=8)["scheduler"]["total_steps"]
+    assert eight == -(-2_000_000_000 // (2 * 32 * 2048 * 8)) == 1908 and one == 15259
+
+
 def test_chinchilla_budget_is_20_tokens_per_parameter(tmp_path):
     cfg = _yaml(tmp_path, model_size="1b", tokens="chinchilla")
     params = preset_parameters("1b", 50000)
