@@ -217,3 +217,29 @@ def test_http_source_failing_a_fifth_of_requests_resumes_exactly(mix, tmp_path, 
     assert len(faults.injected) >= 2
     assert _losses(run_dir) == _losses(clean)
     assert_same_weights(run_dir, clean, STEPS)
+
+
+def test_eval_reproduces_the_logged_weighted_val_loss(reference, capsys):
+    """`lmstream eval` on a mixture checkpoint prints what the run logged at that step: each
+    ``val_loss/NAME`` and ``val_loss`` = their weighted mean (not a token-weighted mean of all
+    sources' rows, which would let the longest validation documents decide)."""
+    logged = [r for r in _records(reference) if "val_loss" in r and r["step"] == STEPS][0]
+    step = reference / "checkpoints" / f"step-{STEPS:08d}"
+    assert cli_main(["eval", "--checkpoint", str(step), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for name in WEIGHTS:
+        assert result[f"val_loss/{name}"] == pytest.approx(logged[f"val_loss/{name}"], rel=1e-6)
+    assert result["val_loss"] == pytest.approx(logged["val_loss"], rel=1e-6)
+
+
+def test_eval_on_files_of_a_mixture_checkpoint(mix, reference, capsys):
+    """`lmstream eval --data FILE` on a files-mode mixture's checkpoint evaluates those files
+    as one set (it crashed on the schema's mixture-vs-train_shards check)."""
+    root, paths = mix
+    best = str(reference / "best")
+    assert cli_main(["eval", "--checkpoint", best, "--data", *paths["b"], "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["tokens"] > 0 and not any("/" in k for k in result)
+    assert cli_main(["eval", "--checkpoint", best]) == 0  # the text form names every source
+    out = capsys.readouterr().out
+    assert all(f"val_loss/{n}" in out for n in WEIGHTS), out
