@@ -30,6 +30,25 @@ def find_run_dir(checkpoint: Path, cfg: TrainingConfig) -> Path:
     raise CheckpointError(f"{checkpoint}: cannot find its run folder; pass --run-dir")
 
 
+def trained_weights(folder: Path) -> dict[str, float] | None:
+    """A streaming mixture's weights by source name as the checkpoint trained (and logged
+    val_loss) with: its trainer state keeps them, while the run folder's streaming_config.json
+    may since hold new ones for a resume that changes the mix. None: files mode (the
+    checkpoint's own config holds them) or no trainer state."""
+    import torch
+
+    from lmstream.train.checkpoint import TRAINER_STATE_FILE
+    from lmstream.train.mixture_resume import stream_sources
+
+    path = folder / TRAINER_STATE_FILE
+    if not path.is_file():
+        return None
+    source = torch.load(path, map_location="cpu", weights_only=True).get("data_source") or {}
+    if source.get("mode") != "streaming" or not source.get("sources"):
+        return None
+    return {s["name"]: s["weight"] for s in stream_sources(source)}
+
+
 def eval_config(cfg: TrainingConfig, data: list[str] | None, max_batches: int | None,
                 batch_size: int | None, documents: int | None,
                 max_sequences: int | None = None) -> TrainingConfig:  # fmt: skip
@@ -110,7 +129,10 @@ def evaluate_checkpoint(
         batches = build_validation_batches(cfg, tokenizer, rdir)
         sources = resolve_sources(cfg, rdir)
         if len(sources) > 1:  # a mixture: val_loss/NAME and their weighted mean, as logged
-            names, weights = zip(*((s.name, s.weight) for s in sources), strict=True)
+            saved = trained_weights(folder)
+            names, weights = zip(*(
+                (s.name, s.weight if saved is None else saved.get(s.name, 0.0)) for s in sources
+            ), strict=True)  # fmt: skip
             result = evaluate_sources(model, batches, dev, autocast, names, weights)
         else:
             result = evaluate(model, batches, dev, autocast)

@@ -243,3 +243,27 @@ def test_eval_on_files_of_a_mixture_checkpoint(mix, reference, capsys):
     assert cli_main(["eval", "--checkpoint", best]) == 0  # the text form names every source
     out = capsys.readouterr().out
     assert all(f"val_loss/{n}" in out for n in WEIGHTS), out
+
+
+def test_eval_uses_the_weights_the_checkpoint_logged(mix, tmp_path, capsys):
+    """A streaming mixture whose streaming_config.json has since got new weights (as a resume
+    that changes the mix leaves it): `lmstream eval` of an earlier checkpoint still reproduces
+    the val_loss that checkpoint's run logged, from the weights it trained with."""
+    root, paths = mix
+    run_dir = tmp_path / "run"
+    cfg = _config(mix, **{"data.train_shards": [], "scheduler.total_steps": 12})
+    del cfg["data"]["mixture"]
+    write_run(run_dir, cfg)
+    sources = [{"name": n, "weight": w, "dataset": paths[n][0], "data_files": paths[n]}
+               for n, w in (("a", 0.7), ("b", 0.3))]  # fmt: skip
+    sc_path = run_dir / "streaming_config.json"
+    sc_path.write_text(json.dumps({"version": 2, "sources": sources}))
+    assert train_in_process(run_dir / "training.yaml") == 0
+    logged = [r for r in _records(run_dir) if "val_loss" in r][-1]
+    sources[0]["weight"], sources[1]["weight"] = 0.1, 0.9
+    sc_path.write_text(json.dumps({"version": 2, "sources": sources}))
+    capsys.readouterr()
+    assert cli_main(["eval", "--checkpoint", str(run_dir / "checkpoints"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["val_loss/b"] == pytest.approx(logged["val_loss/b"], rel=1e-6)
+    assert result["val_loss"] == pytest.approx(logged["val_loss"], rel=1e-6)
