@@ -267,3 +267,19 @@ def test_eval_uses_the_weights_the_checkpoint_logged(mix, tmp_path, capsys):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["val_loss/b"] == pytest.approx(logged["val_loss/b"], rel=1e-6)
     assert result["val_loss"] == pytest.approx(logged["val_loss"], rel=1e-6)
+
+
+def test_sigkill_after_a_weight_change_resumes_bit_exact(mix, reference, tmp_path):
+    """Resume with new weights, SIGKILL a few steps later, resume again (at the new weights,
+    from the changed run's own checkpoint): the same losses and weights as a run that changed
+    the weights and never stopped."""
+    cfg = _config(mix, {"a": 0.2, "b": 0.3, "c": 0.5}, **{"scheduler.total_steps": STEPS + 12})
+    start = str(reference / "checkpoints" / f"step-{STEPS:08d}")
+    unbroken = tmp_path / "unbroken"
+    assert train_in_process(write_run(unbroken, cfg), "--resume", start) == 0
+    run_dir = tmp_path / "run"
+    config = write_run(run_dir, cfg)
+    _kill_at(config, run_dir, STEPS + 6, "--resume", start)
+    assert train_in_process(config, "--resume") == 0
+    assert _losses(run_dir) == _losses(unbroken)
+    assert_same_weights(run_dir, unbroken, STEPS + 12)
