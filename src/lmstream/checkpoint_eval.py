@@ -30,6 +30,25 @@ def find_run_dir(checkpoint: Path, cfg: TrainingConfig) -> Path:
     raise CheckpointError(f"{checkpoint}: cannot find its run folder; pass --run-dir")
 
 
+def trained_weights(folder: Path) -> dict[str, float] | None:
+    """A streaming mixture's weights by source name as the checkpoint trained (and logged
+    val_loss) with: its trainer state keeps them, while the run folder's streaming_config.json
+    may since hold new ones for a resume that changes the mix. None: files mode (the
+    checkpoint's own config holds them) or no trainer state."""
+    import torch
+
+    from lmstream.train.checkpoint import TRAINER_STATE_FILE
+    from lmstream.train.mixture_resume import stream_sources
+
+    path = folder / TRAINER_STATE_FILE
+    if not path.is_file():
+        return None
+    source = torch.load(path, map_location="cpu", weights_only=True).get("data_source") or {}
+    if source.get("mode") != "streaming" or not source.get("sources"):
+        return None
+    return {s["name"]: s["weight"] for s in stream_sources(source)}
+
+
 def eval_config(cfg: TrainingConfig, data: list[str] | None, max_batches: int | None,
                 batch_size: int | None, documents: int | None,
                 max_sequences: int | None = None) -> TrainingConfig:  # fmt: skip
@@ -50,6 +69,7 @@ def eval_config(cfg: TrainingConfig, data: list[str] | None, max_batches: int | 
     if documents is not None:
         cfg.data.validation_documents = documents
     if data:
+        cfg.data.mixture = None  # the files given are one set, whatever the run trained on
         cfg.data.validation_shards = [
             str(Path(p).expanduser().absolute()) if "://" not in p else p for p in data
         ]
@@ -71,7 +91,8 @@ def evaluate_checkpoint(
     precision: str | None = None,
 ) -> dict:
     """Load a checkpoint and return ``{"val_loss", "val_ppl", "tokens", "sequences",
-    "batches", "precision", "checkpoint"}``.
+    "batches", "precision", "checkpoint"}`` (a mixture adds ``val_loss/NAME`` per source, and
+    its ``val_loss`` is their weighted mean, the value training logs and ranks best by).
 
     ``precision`` defaults to the one the checkpoint was trained with (runtime.precision), so
     the number is the one training logged; fp32 master weights, autocast as in training.
@@ -79,10 +100,12 @@ def evaluate_checkpoint(
     import tempfile
     import warnings
 
+    from lmstream.data.mixture_plan import resolve_sources
     from lmstream.data.validation import build_validation_batches
     from lmstream.distributed import pick_device
     from lmstream.train.checkpoint import load_checkpoint_model, load_checkpoint_tokenizer
     from lmstream.train.evaluate import evaluate
+    from lmstream.train.mixture_metrics import evaluate_sources
     from lmstream.train.precision import build_precision
 
     dev = pick_device(device)
@@ -104,7 +127,15 @@ def evaluate_checkpoint(
         else:
             rdir = Path(run_dir) if run_dir else find_run_dir(folder, cfg)
         batches = build_validation_batches(cfg, tokenizer, rdir)
-        result = evaluate(model, batches, dev, autocast)
+        sources = resolve_sources(cfg, rdir)
+        if len(sources) > 1:  # a mixture: val_loss/NAME and their weighted mean, as logged
+            saved = trained_weights(folder)
+            names, weights = zip(*(
+                (s.name, s.weight if saved is None else saved.get(s.name, 0.0)) for s in sources
+            ), strict=True)  # fmt: skip
+            result = evaluate_sources(model, batches, dev, autocast, names, weights)
+        else:
+            result = evaluate(model, batches, dev, autocast)
     tokens = sum(int((b.targets != -100).sum()) for b in batches)
     sequences = sum(len(b.targets) for b in batches)
     result.update(

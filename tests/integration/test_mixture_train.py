@@ -217,3 +217,69 @@ def test_http_source_failing_a_fifth_of_requests_resumes_exactly(mix, tmp_path, 
     assert len(faults.injected) >= 2
     assert _losses(run_dir) == _losses(clean)
     assert_same_weights(run_dir, clean, STEPS)
+
+
+def test_eval_reproduces_the_logged_weighted_val_loss(reference, capsys):
+    """`lmstream eval` on a mixture checkpoint prints what the run logged at that step: each
+    ``val_loss/NAME`` and ``val_loss`` = their weighted mean (not a token-weighted mean of all
+    sources' rows, which would let the longest validation documents decide)."""
+    logged = [r for r in _records(reference) if "val_loss" in r and r["step"] == STEPS][0]
+    step = reference / "checkpoints" / f"step-{STEPS:08d}"
+    assert cli_main(["eval", "--checkpoint", str(step), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for name in WEIGHTS:
+        assert result[f"val_loss/{name}"] == pytest.approx(logged[f"val_loss/{name}"], rel=1e-6)
+    assert result["val_loss"] == pytest.approx(logged["val_loss"], rel=1e-6)
+
+
+def test_eval_on_files_of_a_mixture_checkpoint(mix, reference, capsys):
+    """`lmstream eval --data FILE` on a files-mode mixture's checkpoint evaluates those files
+    as one set (it crashed on the schema's mixture-vs-train_shards check)."""
+    root, paths = mix
+    best = str(reference / "best")
+    assert cli_main(["eval", "--checkpoint", best, "--data", *paths["b"], "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["tokens"] > 0 and not any("/" in k for k in result)
+    assert cli_main(["eval", "--checkpoint", best]) == 0  # the text form names every source
+    out = capsys.readouterr().out
+    assert all(f"val_loss/{n}" in out for n in WEIGHTS), out
+
+
+def test_eval_uses_the_weights_the_checkpoint_logged(mix, tmp_path, capsys):
+    """A streaming mixture whose streaming_config.json has since got new weights (as a resume
+    that changes the mix leaves it): `lmstream eval` of an earlier checkpoint still reproduces
+    the val_loss that checkpoint's run logged, from the weights it trained with."""
+    root, paths = mix
+    run_dir = tmp_path / "run"
+    cfg = _config(mix, **{"data.train_shards": [], "scheduler.total_steps": 12})
+    del cfg["data"]["mixture"]
+    write_run(run_dir, cfg)
+    sources = [{"name": n, "weight": w, "dataset": paths[n][0], "data_files": paths[n]}
+               for n, w in (("a", 0.7), ("b", 0.3))]  # fmt: skip
+    sc_path = run_dir / "streaming_config.json"
+    sc_path.write_text(json.dumps({"version": 2, "sources": sources}))
+    assert train_in_process(run_dir / "training.yaml") == 0
+    logged = [r for r in _records(run_dir) if "val_loss" in r][-1]
+    sources[0]["weight"], sources[1]["weight"] = 0.1, 0.9
+    sc_path.write_text(json.dumps({"version": 2, "sources": sources}))
+    capsys.readouterr()
+    assert cli_main(["eval", "--checkpoint", str(run_dir / "checkpoints"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["val_loss/b"] == pytest.approx(logged["val_loss/b"], rel=1e-6)
+    assert result["val_loss"] == pytest.approx(logged["val_loss"], rel=1e-6)
+
+
+def test_sigkill_after_a_weight_change_resumes_bit_exact(mix, reference, tmp_path):
+    """Resume with new weights, SIGKILL a few steps later, resume again (at the new weights,
+    from the changed run's own checkpoint): the same losses and weights as a run that changed
+    the weights and never stopped."""
+    cfg = _config(mix, {"a": 0.2, "b": 0.3, "c": 0.5}, **{"scheduler.total_steps": STEPS + 12})
+    start = str(reference / "checkpoints" / f"step-{STEPS:08d}")
+    unbroken = tmp_path / "unbroken"
+    assert train_in_process(write_run(unbroken, cfg), "--resume", start) == 0
+    run_dir = tmp_path / "run"
+    config = write_run(run_dir, cfg)
+    _kill_at(config, run_dir, STEPS + 6, "--resume", start)
+    assert train_in_process(config, "--resume") == 0
+    assert _losses(run_dir) == _losses(unbroken)
+    assert_same_weights(run_dir, unbroken, STEPS + 12)

@@ -158,4 +158,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"precision: {result['precision']} ({source})")
         print(f"val_loss {result['val_loss']:.4f} | val_ppl {result['val_ppl']:.2f} | "
               f"{result['tokens']:,} tokens in {result['sequences']} sequences")  # fmt: skip
+        for key in sorted(k for k in result if k.startswith("val_loss/")):  # a mixture's
+            print(f"{key} {result[key]:.4f}")
     return 0

@@ -71,6 +71,15 @@ def compare_sources(saved: list[dict], current: list[dict], keys) -> tuple[list[
         for name in old if name in new
         for k in keys if old[name].get(k) != new[name].get(k)
     ]  # fmt: skip
+    # A new name over a removed source's settings is that source renamed: it would restart
+    # from its first document (positions are kept by name) and train on it a second time.
+    breaking += [
+        f"source {name} renamed from {gone!r} (the same settings): it would restart from its "
+        f"first document; keep the name {gone!r}"
+        for name in new if name not in old
+        for gone in old if gone not in new and all(
+            old[gone].get(k) == new[name].get(k) for k in keys)
+    ]  # fmt: skip
     changes = [
         f"{name} {old[name]['weight']:.3g} -> {new[name]['weight']:.3g}"
         for name in old

@@ -49,6 +49,16 @@ def test_streaming_kept_source_change_is_refused():
         check_resume_data_source(_v2(WEB, CODE), changed)
 
 
+def test_renamed_source_is_refused():
+    """A renamed source (the settings of a saved one under a new name) would restart from its
+    first document and train on what it already trained on: refused, naming both names."""
+    renamed = {**CODE, "name": "code2"}
+    with pytest.raises(CheckpointError, match="code2.*renamed.*'code'"):
+        check_resume_data_source(_v2(WEB, CODE), _v2(WEB, renamed))
+    with pytest.raises(CheckpointError, match="code2.*renamed.*'code'"):  # with a weight change
+        check_resume_data_source(_v2(WEB, CODE), _v2({**WEB, "weight": 0.1}, renamed))
+
+
 def test_version_1_run_may_become_a_mixture():
     v1 = _dump({"dataset": "HuggingFaceFW/fineweb-edu"})
     notes = check_resume_data_source(v1, _v2({**WEB, "name": None}, CODE))
@@ -67,6 +77,10 @@ def test_files_mixture_changes_in_training_yaml(mix):
     more = parse_training_config(mixture_config(root, paths, {"a": 0.5, "c": 0.5}), root)
     notes = check_resume_config(base, more)
     assert any("added c" in n and "removed b" in n for n in notes)
+    renamed = {"a": paths["a"], "b2": paths["b"]}
+    with pytest.raises(CheckpointError, match="b2.*renamed.*'b'"):
+        check_resume_config(base, parse_training_config(
+            mixture_config(root, renamed, {"a": 0.5, "b2": 0.5}), root))  # fmt: skip
     other = {**paths, "a": paths["a"] + paths["c"]}
     moved = parse_training_config(mixture_config(root, other, {"a": 0.5, "b": 0.5}), root)
     with pytest.raises(CheckpointError, match="data.mixture source a train_shards"):
