@@ -154,6 +154,23 @@ def test_total_epochs_counts_the_largest_weight_source(tmp_path):
     assert last["epoch/a"] >= 1  # the smaller source restarted as its own next epoch
 
 
+def test_total_epochs_of_a_mixture_with_several_workers_is_refused(tmp_path, capsys):
+    """Each worker's mixer rolls its primary source over on its own, and the loop stops at the
+    first: one "epoch" trained 364 of 392 primary documents with 8 workers. Until an epoch
+    waits for every worker, a mixture's total_epochs needs one data worker in all."""
+    root = tmp_path / "small"
+    root.mkdir()
+    paths = write_sources(root, {"a": 24, "b": 24})
+    cfg = mixture_config(root, paths, {"a": 0.45, "b": 0.55}, **{
+        "scheduler.total_steps": None, "scheduler.total_epochs": 1,
+        "data.validation_documents": 8, "data.num_workers": 2,
+    })  # fmt: skip
+    assert train_in_process(write_run(tmp_path / "run", cfg)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "scheduler.total_epochs: " in err[0] and "total_steps" in err[0]
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 @pytest.mark.parametrize("bad", ["empty", "text_field"])
 def test_bad_source_is_one_line_naming_it(mix, tmp_path, capsys, bad):
     root, paths = mix
