@@ -9,6 +9,11 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo
 
+EOT_TOKEN = "<|endoftext|>"  # the document separator, the one special token the data needs
+PAD_TOKEN = "<|pad|>"
+SPECIAL_TOKENS_DEFAULT = [EOT_TOKEN, PAD_TOKEN]
+DEFAULT_ROPE_THETA = 10000.0
+
 
 def _resolve_path(value: Path, info: ValidationInfo) -> Path:
     """Relative paths resolve against the folder of the file they were written in."""
