@@ -41,6 +41,7 @@ from lmstream.model.presets import (
     learning_rate_by_size,
 )
 from lmstream.orchestrate_options import OrchestrateOptions
+from lmstream.orchestrate_report import mixture_lines, reasons
 from lmstream.orchestrate_sources import plan_sources
 from lmstream.tokenizer import (
     check_special_tokens,
@@ -159,7 +160,7 @@ def orchestrate(opts: OrchestrateOptions) -> OrchestrateResult:
         files=files,
         vocab_requested=opts.vocab_size,
         max_samples=limit,
-        mixture=_mixture_lines(sample, sources) if len(sources) > 1 else [],
+        mixture=mixture_lines(sample, sources) if len(sources) > 1 else [],
     )
 
 
@@ -171,29 +172,9 @@ def _check_documents(sample: MixtureSample, sources: list, specs: list[SourceSpe
             too_long = set(stream.skipped) == {"too_long"}  # the field is right: raise the limit
             hint = "raise --max-chars" if too_long else "check --text-field and the source"
             raise DataSourceError(
-                f"{where}: no usable documents (skipped: {_reasons(stream.skipped) or 'none'}); "
+                f"{where}: no usable documents (skipped: {reasons(stream.skipped) or 'none'}); "
                 + hint
             )
-
-
-def _mixture_lines(sample: MixtureSample, sources: list) -> list[str]:
-    """What each source gave the tokenizer, and which source's end stopped the sample."""
-    lines = ["tokenizer sample (characters, share vs weight):"]
-    total_weight = sum(s.weight for s in sources)
-    for source, stream, chars, share in zip(
-        sources, sample.streams, sample.chars, sample.shares(), strict=True
-    ):
-        lines.append(
-            f"  {source.name}: {stream.documents:,} documents, {chars:,} characters, "
-            f"{share:.1%} vs {source.weight / total_weight:.1%}"
-        )
-    if sample.ended is not None:
-        lines.append(f"  (the sample ended with source {sources[sample.ended].name!r}'s pass)")
-    return lines
-
-
-def _reasons(skipped: dict[str, int]) -> str:
-    return ", ".join(f"{k} {v:,}" for k, v in sorted(skipped.items()))
 
 
 class _Progress:
@@ -409,51 +390,3 @@ def write_training_yaml(
     body = yaml.safe_dump(data, sort_keys=False)
     paths.training_yaml.write_text(text + body, encoding="utf-8")
     load_training_config(paths.training_yaml)  # a bug here must not reach the user's train run
-
-
-def summary(result: OrchestrateResult, seconds: float | None = None) -> str:
-    """The end-of-run report: what was read, what was skipped, what was written where."""
-    secs = seconds if seconds is not None else result.seconds
-    mb = result.bytes / 1e6
-    skipped = sum(result.skipped.values())
-    lines = [
-        f"samples: {result.documents:,} documents, {mb:,.1f} MB in {secs:,.1f} s "
-        f"({result.documents / max(secs, 1e-9):,.0f} samples/s, {mb / max(secs, 1e-9):,.1f} MB/s)",
-        f"skipped: {skipped:,}" + (f" ({_reasons(result.skipped)})" if skipped else ""),
-        f"retries: {result.retries}",
-    ]
-    if result.special_text:
-        lines.append(
-            f"special-token text: {result.special_text:,} documents (kept as plain text; only "
-            "the packer inserts <|endoftext|>, between documents)"
-        )
-    lines += [
-        f"vocab size: {result.vocab_size:,}",
-        f"tokenizer: {result.paths.tokenizer_dir}",
-        f"run folder: {result.paths.run_dir}",
-    ]
-    lines += [f"  wrote {f}" for f in result.files]
-    lines += result.mixture
-    lines += notes(result)
-    lines.append(f"next: lmstream train --config {result.paths.training_yaml}")
-    return "\n".join(lines)
-
-
-def notes(result: OrchestrateResult) -> list[str]:
-    """What did not go as asked: a smaller vocabulary, a source shorter than --max-samples."""
-    out = []
-    asked, got = result.vocab_requested, result.vocab_size
-    if asked is not None and got < asked:
-        out.append(
-            f"note: vocabulary {got:,}, not the {asked:,} asked: the corpus "
-            f"({result.bytes / 1e6:,.1f} MB) ran out of pairs to merge; training takes the "
-            f"tokenizer's size as is; ask for at most {got:,} to get what you ask for"
-        )
-    limit = result.max_samples
-    if limit is not None and result.documents < limit:
-        out.append(
-            f"note: the source ran out at {result.documents:,} documents, before --max-samples "
-            f"{limit:,}; training will read these {result.documents:,} documents once per "
-            "epoch (its start-up line says how many epochs the plan implies)"
-        )
-    return out

@@ -47,7 +47,8 @@ def register(sub: argparse._SubParsersAction, formatter: type) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lmstream.orchestrate import orchestrate, summary
+    from lmstream.orchestrate import orchestrate
+    from lmstream.orchestrate_report import summary
 
     opts = from_args(OrchestrateOptions, args)
     started = time.perf_counter()
