@@ -97,3 +97,19 @@ def test_an_fp8_checkpoint_evaluates_on_a_cpu(tmp_path):
     result = evaluate_checkpoint(ckpt, verify=False, max_batches=1, device="cpu")
     assert result["precision"] == "bf16"
     assert result["val_loss"] == pytest.approx(result["val_loss"])  # finite
+
+
+def test_the_dry_run_of_the_seed_yaml_plans_memory_before_the_tokenizer_exists(tmp_path, capsys):
+    """The seed's training.yaml names a tokenizer that orchestrate has not written yet and no
+    model.vocab_size: the plan still comes, for orchestrate's default vocabulary, and says so."""
+    from tests.conftest import FIXTURES
+
+    from lmstream.cli import main as cli_main
+
+    config = tmp_path / "training.yaml"
+    config.write_text((FIXTURES / "seed_training.yaml").read_text())
+    assert cli_main(["train", "--config", str(config), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "MFU = tokens/s per GPU x FLOPs per token / peak" in out, out
+    assert "memory plan per device: " in out, out
+    assert "assuming a vocabulary of 50,000" in out, out
