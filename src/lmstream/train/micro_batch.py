@@ -167,9 +167,9 @@ def measure(run, forward_backward, limit: float | None) -> tuple[int, str]:
     peak_gb = timings[best][1] / GB if best in timings else float("nan")
     if best == batch:
         return best, f"micro-batch {_cut(best, rows)} as written ({peak_gb:.1f} GB peak)"
-    if batch in timings:
+    if batch in fitting:
         speed = f"{timings[batch][0] / timings[best][0]:.2f}x faster"
-    else:
+    else:  # measured (it always is) but over the limit: how fast it ran does not matter
         speed = "the written size does not fit"
     return best, (
         f"micro-batch {_cut(best, rows)} instead of {_cut(batch, rows)}: {speed}, "

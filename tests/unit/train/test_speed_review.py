@@ -113,3 +113,19 @@ def test_the_dry_run_of_the_seed_yaml_plans_memory_before_the_tokenizer_exists(t
     assert "MFU = tokens/s per GPU x FLOPs per token / peak" in out, out
     assert "memory plan per device: " in out, out
     assert "assuming a vocabulary of 50,000" in out, out
+
+
+@pytest.mark.slow
+def test_a_micro_batch_chosen_because_the_written_one_does_not_fit_is_not_called_faster(
+    tmp_path, capsys
+):
+    """batch_size 3 (prime) x 1 under a limit that admits only 1 row: the search takes 1 x 3
+    however slow it is; the line said "0.51x faster" on this CPU."""
+    from tests.integration.test_micro_batch import config
+
+    corpus = write_kjv_corpus(tmp_path, 200, 300)
+    cfg = config(corpus, 2, **{"data.batch_size": 3, "data.gradient_accumulation_steps": 1})
+    assert train_in_process(write_run(tmp_path / "run", cfg)) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("micro-batch"))
+    assert line.startswith("micro-batch 1 x 3 instead of 3 x 1: the written size does not fit")
+    assert "faster" not in line, line
