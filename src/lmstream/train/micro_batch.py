@@ -4,7 +4,8 @@ The YAML's ``batch_size x gradient_accumulation_steps`` rows per rank and step s
 what it says; only how they are cut into forward/backward passes changes. The loader still
 yields ``batch_size`` rows at a time and :func:`regroup` concatenates a step's rows in order
 and cuts them again, so every step trains on the same rows in the same order and the loss is
-the same mean over the same tokens: numerics change only by float summation order.
+the same mean over the same tokens: numerics change only by float summation order (and
+dropout masks, drawn per micro-batch).
 
 The choice is measured once at start-up on synthetic tokens (a warm-up and two timed passes per
 candidate; the RNG is restored after, so training draws what it would have), cached per run
