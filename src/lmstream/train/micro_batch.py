@@ -103,7 +103,7 @@ def resolve(run, say: Callable[[str], None], forward_backward) -> int:
     cache = Path(cfg.runtime.checkpoint.directory) / CACHE_NAME
     key = cache_key(run)
     known = _read_cache(cache).get(key)
-    if known is not None and rows % known["micro_batch"] == 0:
+    if isinstance(known, dict) and known.get("micro_batch") in candidates(rows):
         say(f"{known['line']} (measured before, {cache})")
         return known["micro_batch"]
     size, line = measure(run, forward_backward, memory_limit(run))
@@ -119,9 +119,10 @@ def resolve(run, say: Callable[[str], None], forward_backward) -> int:
 
 def _read_cache(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        entries = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}  # none yet, or a damaged one: measure again
+    return entries if isinstance(entries, dict) else {}  # JSON, but not ours
 
 
 def _cut(size: int, rows: int) -> str:

@@ -129,3 +129,21 @@ def test_a_micro_batch_chosen_because_the_written_one_does_not_fit_is_not_called
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("micro-batch"))
     assert line.startswith("micro-batch 1 x 3 instead of 3 x 1: the written size does not fit")
     assert "faster" not in line, line
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["null", "[4]"])
+def test_a_damaged_micro_batch_cache_is_measured_again(tmp_path, capsys, damage):
+    """RUN/checkpoints/micro_batch.json that parses but is not the cache's shape (written by
+    hand, or by another version) is ignored, as unparsable ones are, not a crash at start-up."""
+    from tests.integration.test_micro_batch import config
+
+    from lmstream.train.micro_batch import CACHE_NAME
+
+    corpus = write_kjv_corpus(tmp_path, 200, 300)
+    run = tmp_path / "run"
+    cache = run / "checkpoints" / CACHE_NAME
+    cache.parent.mkdir(parents=True)
+    cache.write_text(damage)
+    assert train_in_process(write_run(run, config(corpus, 2))) == 0
+    assert "micro-batch 1 x 4 instead of 2 x 2" in capsys.readouterr().out
