@@ -130,7 +130,7 @@ def report(result: dict, command: str) -> str:
         "## Small model on CPU: the whole `lmstream train` run vs a minimal loop",
         "",
         f"- Command: `{command}`",
-        f"- Machine: {result['machine']}; 1-minute load average {result['load_average']:.1f} at the end",
+        f"- Machine: {result['machine']}",  # its line ends with the load average already
         f"- Date: {result['date']}",
         f"- 4 layers, 128 wide, 4 heads, context 64, micro-batch 12, fp32, 2 threads, vocabulary "
         f"2,048, {result['steps']:,} steps; lmstream with {result['num_workers']} loader worker(s),"

@@ -113,6 +113,8 @@ def evaluate_checkpoint(
     tokenizer = load_checkpoint_tokenizer(folder, cfg)
     cfg = eval_config(cfg, data, max_batches, batch_size, documents, max_sequences)
     name = precision or cfg.runtime.precision
+    if name == "fp8" and precision is None:  # master weights in plain linears: bf16 anywhere
+        name = "bf16"
     with warnings.catch_warnings(record=True) as slow:  # bf16/fp16 on a CPU: say it our way
         warnings.simplefilter("always")
         autocast = build_precision(name, dev, cfg.runtime.tf32).autocast

@@ -273,3 +273,13 @@ def test_gpu_loop_rejects_too_few_steps():
     g = load("gpu_loop")
     with pytest.raises(SystemExit):
         g.parse_args(["--steps", "5", "--every", "4"])
+
+
+def test_the_cpu_pair_report_says_the_load_once():
+    """machine_description already ends with the load average; the report said it twice."""
+    bench = load("bench_cpu_small")
+    result = {"seconds": {"minimal": [2.0], "lmstream": [1.0]}, "ratio": 2.0, "steps": 10,
+              "machine": bench.machine_description(), "load_average": 1.0, "date": "today",
+              "num_workers": 1}  # fmt: skip
+    text = bench.report(result, "python bench/bench_cpu_small.py")
+    assert text.count("load average") <= 1, text

@@ -329,6 +329,9 @@ def describe_parallelism(run) -> str:
     return text + f"; device {run.env.device.type}"
 
 
+ASSUMED_VOCAB = 50_000  # orchestrate's --vocab-size default
+
+
 def run(args: argparse.Namespace) -> int:
     config_path = Path(args.config).expanduser().absolute()
     if not config_path.is_file():
@@ -343,12 +346,14 @@ def run(args: argparse.Namespace) -> int:
         print(dump_training_config(cfg), end="")
         print(describe_plan(cfg))
         print("\n".join(describe_data_and_time(cfg, run_dir)))
-        vocab, _ = _vocab_size(cfg)
-        if vocab is not None:
-            from lmstream.train.speed_plan import describe_speed
+        from lmstream.train.speed_plan import describe_speed
 
-            world = int(os.environ.get("WORLD_SIZE", "1"))
-            print("\n".join(describe_speed(cfg, vocab, world)))
+        vocab, _ = _vocab_size(cfg)
+        if vocab is None:  # before orchestrate writes the tokenizer: plan for its default size
+            vocab = ASSUMED_VOCAB
+            print(f"speed plan assuming a vocabulary of {vocab:,} (orchestrate's default)")
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        print("\n".join(describe_speed(cfg, vocab, world)))
         return 0
     from lmstream.trackers import require_extras
 

@@ -4,7 +4,8 @@ The YAML's ``batch_size x gradient_accumulation_steps`` rows per rank and step s
 what it says; only how they are cut into forward/backward passes changes. The loader still
 yields ``batch_size`` rows at a time and :func:`regroup` concatenates a step's rows in order
 and cuts them again, so every step trains on the same rows in the same order and the loss is
-the same mean over the same tokens: numerics change only by float summation order.
+the same mean over the same tokens: numerics change only by float summation order (and
+dropout masks, drawn per micro-batch).
 
 The choice is measured once at start-up on synthetic tokens (a warm-up and two timed passes per
 candidate; the RNG is restored after, so training draws what it would have), cached per run
@@ -102,7 +103,7 @@ def resolve(run, say: Callable[[str], None], forward_backward) -> int:
     cache = Path(cfg.runtime.checkpoint.directory) / CACHE_NAME
     key = cache_key(run)
     known = _read_cache(cache).get(key)
-    if known is not None and rows % known["micro_batch"] == 0:
+    if isinstance(known, dict) and known.get("micro_batch") in candidates(rows):
         say(f"{known['line']} (measured before, {cache})")
         return known["micro_batch"]
     size, line = measure(run, forward_backward, memory_limit(run))
@@ -118,9 +119,10 @@ def resolve(run, say: Callable[[str], None], forward_backward) -> int:
 
 def _read_cache(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        entries = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}  # none yet, or a damaged one: measure again
+    return entries if isinstance(entries, dict) else {}  # JSON, but not ours
 
 
 def _cut(size: int, rows: int) -> str:
@@ -167,9 +169,9 @@ def measure(run, forward_backward, limit: float | None) -> tuple[int, str]:
     peak_gb = timings[best][1] / GB if best in timings else float("nan")
     if best == batch:
         return best, f"micro-batch {_cut(best, rows)} as written ({peak_gb:.1f} GB peak)"
-    if batch in timings:
+    if batch in fitting:
         speed = f"{timings[batch][0] / timings[best][0]:.2f}x faster"
-    else:
+    else:  # measured (it always is) but over the limit: how fast it ran does not matter
         speed = "the written size does not fit"
     return best, (
         f"micro-batch {_cut(best, rows)} instead of {_cut(batch, rows)}: {speed}, "

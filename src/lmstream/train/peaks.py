@@ -31,6 +31,8 @@ def known_peak_tflops(device_name: str, kind: str) -> float | None:
     """The dense peak of ``kind`` ("bf16", "fp16", "fp8", "tf32", "fp32") for a GPU name as
     torch.cuda.get_device_name gives it, else None (unknown card, or no such units)."""
     kind = "bf16" if kind == "fp16" else kind  # the same tensor-core rate
+    if "Laptop" in device_name:  # "RTX 4090 Laptop GPU" is a smaller chip: far below the desktop
+        return None
     for pattern, peaks in _TABLE:
         if re.search(pattern, device_name):
             return peaks.get(kind)
