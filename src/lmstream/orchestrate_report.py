@@ -26,7 +26,9 @@ def mixture_lines(sample: MixtureSample, sources: list) -> list[str]:
             f"{share:.1%} vs {source.weight / total_weight:.1%}"
         )
     if sample.ended is not None:
-        lines.append(f"  (the sample ended with source {sources[sample.ended].name!r}'s pass)")
+        lines.append(
+            f"  (the sample ended when source {sources[sample.ended].name!r} finished its pass)"
+        )
     return lines
 
 
