@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationInfo
 
 EOT_TOKEN = "<|endoftext|>"  # the document separator, the one special token the data needs
 PAD_TOKEN = "<|pad|>"
@@ -42,3 +42,14 @@ class _Section(BaseModel):
     """Base for every section: unknown keys are errors, assignments are validated."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+def _auto_or_bool(value: object) -> object:
+    # One check instead of pydantic's one error per member of the union ("auto", bool), so a
+    # bad value is one line naming the field.
+    if value == "auto" or isinstance(value, bool):
+        return value
+    raise ValueError("expected true, false or auto")
+
+
+AutoOrBool = Annotated[Literal["auto"] | bool, BeforeValidator(_auto_or_bool)]

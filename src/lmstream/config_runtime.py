@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field
 
 from lmstream.config_base import (
+    AutoOrBool,
     ResolvedPath,
     _Section,
 )
@@ -159,10 +160,10 @@ class RuntimeConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="'auto' = cuda when available, else cpu."
     )
-    compile: Literal["auto"] | bool = Field(
+    compile: AutoOrBool = Field(
         default="auto", description="torch.compile each transformer block; auto = on CUDA only."
     )
-    chunked_loss: Literal["auto"] | bool = Field(
+    chunked_loss: AutoOrBool = Field(
         default="auto",
         description="Cross-entropy in chunks of tokens, never the full fp32 logits (same loss "
         "and gradients); auto = on CUDA only (on CPU the recomputed head matmul costs time).",
