@@ -68,14 +68,8 @@ def resolve_plan(cfg: TrainingConfig, run_dir: Path) -> DataPlan:
         return max(sources, key=lambda s: s.weight).plan  # max keeps the first of equals
     if sc_path.is_file():
         sc = load_streaming_config(sc_path)
-        spec = SourceSpec.from_streaming_config(sc, cache_dir=cache)
         ident = {"mode": "streaming", **sc.model_dump(mode="json", exclude={"experiment"})}
-        if sc.validation_split:
-            return DataPlan(
-                "text", spec, sc.split, sc.max_samples, validation="split",
-                validation_spec=spec, validation_split=sc.validation_split, identity=ident,
-            )  # fmt: skip
-        return DataPlan("text", spec, sc.split, sc.max_samples, identity=ident)
+        return stream_plan(sc.source_list()[0], sc, cache, ident)
     train, val = list(cfg.data.train_shards), list(cfg.data.validation_shards)
     if not train:
         raise ConfigError(
@@ -83,6 +77,19 @@ def resolve_plan(cfg: TrainingConfig, run_dir: Path) -> DataPlan:
             "training files or globs, or run `lmstream orchestrate --stream` to stream a dataset"
         )
     return files_plan(train, val, cache)
+
+
+def stream_plan(source, sc, cache: str | None, identity: dict) -> DataPlan:
+    """The plan of one streamed ``source`` of streaming_config.json ``sc`` (version 1's one
+    source or a version-2 source); ``identity`` is what decides its documents (the validation
+    cache key and the loader's resume check)."""
+    spec = SourceSpec.from_source(source, sc, cache_dir=cache)
+    if source.validation_split:
+        return DataPlan(
+            "text", spec, source.split, source.max_samples, validation="split",
+            validation_spec=spec, validation_split=source.validation_split, identity=identity,
+        )  # fmt: skip
+    return DataPlan("text", spec, source.split, source.max_samples, identity=identity)
 
 
 def files_plan(

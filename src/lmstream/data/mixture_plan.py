@@ -18,8 +18,7 @@ from pathlib import Path
 
 from lmstream.config import TrainingConfig, load_streaming_config
 from lmstream.config_sources import default_source_name, normalised_weights
-from lmstream.data.documents import DataPlan, TextSource, files_plan, resolve_plan
-from lmstream.data.sources import SourceSpec
+from lmstream.data.documents import DataPlan, TextSource, files_plan, resolve_plan, stream_plan
 from lmstream.data.token_shards import TokenShards
 from lmstream.errors import CheckpointError, ConfigError, DataSourceError, LmstreamError
 from lmstream.workspace import STREAMING_CONFIG
@@ -65,7 +64,6 @@ def resolve_sources(cfg: TrainingConfig, run_dir: Path) -> list[SourcePlan]:
 def _stream_plan(sc, src, cache: str | None) -> DataPlan:
     """A version-2 source's plan; its identity holds what decides its documents (the loader's
     SOURCE_KEYS) and the file-wide reading settings."""
-    spec = SourceSpec.from_source(src, sc, cache_dir=cache)
     ident = {
         "mode": "streaming",
         **src.model_dump(mode="json", exclude={"name", "weight"}),
@@ -73,12 +71,7 @@ def _stream_plan(sc, src, cache: str | None) -> DataPlan:
         "stream_batch_size": sc.stream_batch_size,
         "trust_remote_code": sc.trust_remote_code,
     }
-    if src.validation_split:
-        return DataPlan(
-            "text", spec, src.split, src.max_samples, validation="split",
-            validation_spec=spec, validation_split=src.validation_split, identity=ident,
-        )  # fmt: skip
-    return DataPlan("text", spec, src.split, src.max_samples, identity=ident)
+    return stream_plan(src, sc, cache, ident)
 
 
 def probe_sources(sources: list[SourcePlan]) -> None:

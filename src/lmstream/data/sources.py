@@ -98,23 +98,10 @@ class SourceSpec:
     read_timeout: float = field(default_factory=lambda: env_number(READ_TIMEOUT_ENV, 60.0))
 
     @classmethod
-    def from_streaming_config(cls, cfg: Any, cache_dir: str | Path | None = None) -> SourceSpec:
-        return cls(
-            path=cfg.dataset,
-            subset=cfg.subset,
-            data_files=tuple(cfg.data_files) if cfg.data_files else None,
-            text_field=cfg.text_field,
-            revision=cfg.revision,
-            trust_remote_code=cfg.trust_remote_code,
-            cache_dir=str(cache_dir) if cache_dir else None,
-            batch_size=cfg.stream_batch_size,
-            max_chars=cfg.max_chars,
-        )
-
-    @classmethod
     def from_source(cls, source: Any, cfg: Any, cache_dir: str | Path | None = None) -> SourceSpec:
-        """One source of a mixture (a StreamSourceConfig) with the file-wide settings of its
-        streaming_config.json (batch size, longest document, remote code)."""
+        """One streamed source (version 1's one source or a version-2 ``sources`` entry: its
+        dataset, subset, files, text field, revision) with the file-wide reading settings of
+        its streaming_config.json ``cfg`` (batch size, longest document, remote code)."""
         return cls(
             path=source.dataset,
             subset=source.subset,

@@ -156,7 +156,8 @@ def test_named_split_files(tmp_path):
 
 
 def test_unreachable_hub_fails_fast():
-    spec = SourceSpec.from_streaming_config(StreamingConfig(dataset="no-such-org/no-such-set"))
+    sc = StreamingConfig(dataset="no-such-org/no-such-set")
+    spec = SourceSpec.from_source(sc.source_list()[0], sc)
     assert not spec.is_files
     with pytest.raises(DataSourceError, match="no-such-org/no-such-set"):
         open_dataset(spec, "train")
