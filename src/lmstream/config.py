@@ -49,8 +49,11 @@ from lmstream.config_runtime import (
     WandbConfig,
 )
 from lmstream.config_sources import (
+    PER_SOURCE_FIELDS,
     FilesSourceConfig,
     StreamSourceConfig,
+    StreamSourceFields,
+    StreamSourcePass,
     check_mixture,
     check_validation_split,
     normalised_weights,
@@ -139,9 +142,7 @@ class TrainingConfig(_Section):
 # ------------------------------------------------------------------------ streaming_config.json
 
 
-class StreamingConfig(_Section):
-    """streaming_config.json, written by `lmstream orchestrate --stream` beside training.yaml."""
-
+class _StreamingVersion(_Section):
     version: Literal[1, 2] = Field(
         default=1,
         description="Schema version of this file: 1 = one source, its fields at the top level; 2 = a mixture, its sources under `sources`.",
@@ -149,22 +150,9 @@ class StreamingConfig(_Section):
     streaming: bool = Field(
         default=True, description="Stream from the source while training (always true here)."
     )
-    dataset: str | None = Field(
-        default=None,
-        description="Version 1: hub dataset id, local file/glob/folder, http(s) URL, or s3://, gs:// or hf:// URL (globs allowed).",
-    )
-    subset: str | None = Field(
-        default=None, description="The dataset's configuration name (hub `name`)."
-    )
-    split: str = Field(default="train", description="Split to train on.")
-    validation_split: str | None = Field(
-        default=None, description="Split to validate on; null = a fixed holdout from the stream."
-    )
-    text_field: str = Field(default="text", description="Record field holding the document text.")
-    data_files: list[str] | None = Field(
-        default=None, description="Explicit data files (local paths or URLs) for the source."
-    )
-    revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit).")
+
+
+class _StreamingSources(_Section):
     sources: list[StreamSourceConfig] | None = Field(
         default=None,
         description="Version 2: the mixture's sources, each with name, weight and the per-source fields above (dataset, subset, split, validation_split, text_field, data_files, revision, max_samples).",
@@ -173,10 +161,20 @@ class StreamingConfig(_Section):
         default=False,
         description="Allow the dataset's own loading script (only when asked on the command line).",
     )
-    max_samples: int | None = Field(
+
+
+class StreamingConfig(StreamSourcePass, _StreamingSources, StreamSourceFields, _StreamingVersion):
+    """streaming_config.json, written by `lmstream orchestrate --stream` beside training.yaml.
+
+    The per-source fields come from config_sources (declared once for both versions). The bases
+    are laid out for the key order version 1 has always been written in (pydantic lists the
+    last base's fields first): version, streaming, the source's fields, sources,
+    trust_remote_code, max_samples, then the fields below.
+    """
+
+    dataset: str | None = Field(  # optional here: version 2 has it in each source
         default=None,
-        ge=1,
-        description="Documents per pass: the first N clean documents of the source (bad and too-long records not counted), the N the tokenizer was trained on; the validation holdout comes from within them. null = the whole (possibly endless) stream.",
+        description="Version 1: hub dataset id, local file/glob/folder, http(s) URL, or s3://, gs:// or hf:// URL (globs allowed).",
     )
     max_chars: int = Field(
         default=1_000_000,
@@ -201,7 +199,7 @@ class StreamingConfig(_Section):
                 raise ValueError("dataset: missing (the source to stream)")
             check_validation_split(self.split, self.validation_split)
             return self
-        misplaced = sorted(_PER_SOURCE_FIELDS & self.model_fields_set)
+        misplaced = sorted(PER_SOURCE_FIELDS & self.model_fields_set)
         if misplaced:
             raise ValueError(
                 f"{misplaced[0]}: version 2 gives each source its own fields under `sources`"
@@ -218,19 +216,13 @@ class StreamingConfig(_Section):
         """The sources, named: version 1's one source (weight 1) or version 2's list."""
         if self.sources is not None:
             return list(self.sources)
-        one = StreamSourceConfig(**{f: getattr(self, f) for f in _PER_SOURCE_FIELDS})
+        one = StreamSourceConfig(**{f: getattr(self, f) for f in PER_SOURCE_FIELDS})
         check_mixture([one])
         return [one]
 
     def weights(self) -> list[float]:
         """The sources' token proportions (sum 1), in source_list() order."""
         return normalised_weights(self.source_list())
-
-
-_PER_SOURCE_FIELDS = frozenset(
-    {"dataset", "subset", "split", "validation_split", "text_field", "data_files", "revision",
-     "max_samples"}
-)  # fmt: skip
 
 
 # --------------------------------------------------------------------------------- load / dump
@@ -366,7 +358,7 @@ def load_streaming_config(path: str | Path) -> StreamingConfig:
 def dump_streaming_config(cfg: StreamingConfig, path: str | Path) -> None:
     """Version 1 as it always was (no `sources`); version 2 without the top-level per-source
     fields, which its sources hold."""
-    exclude = {"sources"} if cfg.version == 1 else set(_PER_SOURCE_FIELDS)
+    exclude = {"sources"} if cfg.version == 1 else set(PER_SOURCE_FIELDS)
     Path(path).write_text(
         json.dumps(cfg.model_dump(mode="json", exclude=exclude), indent=2) + "\n",
         encoding="utf-8",

@@ -56,9 +56,9 @@ class _SourceCommon(_Section):
         return value
 
 
-class StreamSourceConfig(_SourceCommon):
-    """One streamed source: everything a version-1 streaming_config.json holds for its one
-    source, plus ``name`` and ``weight``."""
+class StreamSourceFields(_Section):
+    """Where one streamed source's documents come from, declared once for a version-2 source
+    (StreamSourceConfig) and version 1's top level (``config.StreamingConfig``)."""
 
     dataset: str = Field(
         description="Hub dataset id, local file/glob/folder, http(s) URL, or s3://, gs:// or hf:// URL (globs allowed)."
@@ -75,11 +75,30 @@ class StreamSourceConfig(_SourceCommon):
         default=None, description="Explicit data files (local paths or URLs) for the source."
     )
     revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit).")
+
+
+class StreamSourcePass(_Section):
+    """How much of a streamed source one pass reads. A class of its own (not a field of
+    StreamSourceFields) only because version 1's file has ``trust_remote_code`` between the two
+    and pydantic orders fields by class (``config.StreamingConfig``)."""
+
     max_samples: int | None = Field(
         default=None,
         ge=1,
-        description="Documents per pass of this source: its first N clean documents; null = the whole (possibly endless) stream.",
+        description="Documents per pass of the source: its first N clean documents (bad and too-long records not counted), which the tokenizer was trained on and the validation holdout comes from. null = the whole (possibly endless) stream.",
     )
+
+
+# Every per-source field: version 1 has them at the top level, version 2 under `sources`.
+PER_SOURCE_FIELDS = frozenset(StreamSourceFields.model_fields) | frozenset(
+    StreamSourcePass.model_fields
+)
+
+
+class StreamSourceConfig(StreamSourcePass, StreamSourceFields, _SourceCommon):
+    """One streamed source: everything a version-1 streaming_config.json holds for its one
+    source, plus ``name`` and ``weight`` (fields in that order: pydantic lists a base's
+    fields before its subclass's, the last base first)."""
 
     @model_validator(mode="after")
     def _validation_is_not_training(self) -> StreamSourceConfig:
