@@ -5,15 +5,15 @@ memory limit is set between the plans of two sizes so the choice is known in adv
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 from tests.support.training import (
+    kjv_corpus_fixture,
+    logged,
     tiny_training_config,
     train_in_process,
-    write_kjv_corpus,
     write_run,
 )
 
@@ -27,9 +27,7 @@ from lmstream.train.micro_batch import CACHE_NAME, regroup
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    return write_kjv_corpus(tmp_path_factory.mktemp("corpus"), 200, 300)
+corpus = kjv_corpus_fixture(200, 300)
 
 
 def config(corpus: Path, steps: int, **overrides) -> dict:
@@ -50,11 +48,6 @@ def config(corpus: Path, steps: int, **overrides) -> dict:
     one, two = (plan_memory(plan, n, m).total for m in (1, 2))
     cfg["runtime"]["memory_limit_gb"] = (one + two) / 2 / GB
     return cfg
-
-
-def losses(run_dir: Path) -> dict[int, float]:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return {r["step"]: r["loss"] for r in map(json.loads, lines) if "loss" in r}
 
 
 def test_regroup_keeps_the_rows_in_order():
@@ -80,7 +73,7 @@ def test_auto_keeps_the_batch_and_order_and_resumes_exactly(corpus, tmp_path, ca
     out = capsys.readouterr().out
     assert "micro-batch 1 x 4 instead of 2 x 2" in out, out
     # The same rows per step: the same losses up to float summation order.
-    fixed, full = losses(fixed_dir), losses(full_dir)
+    fixed, full = logged(fixed_dir, "loss"), logged(full_dir, "loss")
     assert fixed.keys() == full.keys()
     for step in fixed:
         assert full[step] == pytest.approx(fixed[step], rel=1e-5)
@@ -91,7 +84,7 @@ def test_auto_keeps_the_batch_and_order_and_resumes_exactly(corpus, tmp_path, ca
     assert train_in_process(write_run(run_dir, config(corpus, 6)), "--resume") == 0
     out = capsys.readouterr().out
     assert "micro-batch 1 x 4 (as in the checkpoint)" in out, out
-    assert losses(run_dir) == full  # bit-exact continuation
+    assert logged(run_dir, "loss") == full  # bit-exact continuation
 
     # A new run in the same folder reuses the measured choice instead of measuring again.
     assert train_in_process(write_run(run_dir, config(corpus, 2)), "--restart") == 0

@@ -1,6 +1,7 @@
 """Shared builders for the end-to-end, distributed and reliability tests: a tiny KJV corpus with
-its tokenizer, dotted-key overrides of a config dict, a run folder holding training.yaml, and
-what one pass of a run's training loader holds."""
+its tokenizer (and a module-scoped fixture of it), dotted-key overrides of a config dict, a run
+folder holding training.yaml, what a run logged and checkpointed, and what one pass of a run's
+training loader holds."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import itertools
 import json
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
@@ -16,6 +18,8 @@ from lmstream.config import load_training_config
 from lmstream.corpus import kjv_documents
 from lmstream.data.loader import build_train_loader
 from lmstream.tokenizer import load_tokenizer, save_tokenizer, train_bpe
+from lmstream.train.checkpoint import checkpoint_name
+from lmstream.workspace import CHECKPOINTS, METRICS
 
 
 def write_kjv_corpus(root: Path, n_docs: int, vocab_size: int) -> Path:
@@ -27,6 +31,17 @@ def write_kjv_corpus(root: Path, n_docs: int, vocab_size: int) -> Path:
             f.write(json.dumps({"text": doc}) + "\n")
     save_tokenizer(train_bpe(docs, vocab_size, ["<|endoftext|>", "<|pad|>"]), root / "tok")
     return root
+
+
+def kjv_corpus_fixture(n_docs: int, vocab_size: int):
+    """A module-scoped fixture ``corpus``: ``write_kjv_corpus`` in a folder of its own, made once
+    per test module (``corpus = kjv_corpus_fixture(200, 300)`` at a module's top level)."""
+
+    @pytest.fixture(scope="module", name="corpus")
+    def corpus(tmp_path_factory) -> Path:
+        return write_kjv_corpus(tmp_path_factory.mktemp("corpus"), n_docs, vocab_size)
+
+    return corpus
 
 
 DELETE = object()  # an override value that removes the key (a missing field)
@@ -63,6 +78,17 @@ def write_run(run_dir: Path, cfg: dict) -> Path:
     path = run_dir / "training.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+def logged(run_dir: Path, key: str) -> dict[int, float]:
+    """{step: value} of ``key`` in the run's metrics.jsonl (the steps that logged it)."""
+    lines = (run_dir / METRICS).read_text().splitlines()
+    return {r["step"]: r[key] for r in map(json.loads, lines) if key in r}
+
+
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    """The run's checkpoint folder of ``step``."""
+    return run_dir / CHECKPOINTS / checkpoint_name(step)
 
 
 def tiny_training_config(corpus: Path, total_steps: int, **overrides) -> dict:
