@@ -17,7 +17,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lmstream.config import TrainingConfig, load_streaming_config
+from lmstream.config import (
+    StreamingConfig,
+    StreamSourceConfig,
+    TrainingConfig,
+    load_streaming_config,
+)
 from lmstream.data.interleave import STREAMS, InterleavedPass, count_documents, cuts_of
 from lmstream.data.sources import SourceSpec, open_dataset
 from lmstream.data.stream import DocumentStream
@@ -79,7 +84,12 @@ def resolve_plan(cfg: TrainingConfig, run_dir: Path) -> DataPlan:
     return files_plan(train, val, cache)
 
 
-def stream_plan(source, sc, cache: str | None, identity: dict) -> DataPlan:
+def stream_plan(
+    source: StreamSourceConfig | StreamingConfig,
+    sc: StreamingConfig,
+    cache: str | None,
+    identity: dict,
+) -> DataPlan:
     """The plan of one streamed ``source`` of streaming_config.json ``sc`` (version 1's one
     source or a version-2 source); ``identity`` is what decides its documents (the validation
     cache key and the loader's resume check)."""
