@@ -16,20 +16,11 @@ of per-repetition ratios. On a GPU the masked path is flex attention instead: me
 from __future__ import annotations
 
 import argparse
-import sys
 
 import torch
 
-from harness import (
-    fmt_int,
-    machine_description,
-    markdown_table,
-    median,
-    time_steps,
-    today,
-    update_benchmarks_md,
-    write_result,
-)
+from _common import bench_parser, parse, publish, report_head
+from harness import fmt_int, markdown_table, median, time_steps
 from lmstream.config import ModelConfig, OptimizerConfig
 from lmstream.model.presets import model_preset
 from lmstream.model.transformer import Transformer
@@ -111,11 +102,11 @@ def report(result: dict, args: argparse.Namespace) -> str:
     rows = [[n, fmt_int(v)] for n, v in t.items()]
     return "\n".join(
         [
-            "## Document masking: cost against plain causal attention (CPU, fp32)",
-            "",
-            f"- Command: `{' '.join(['python bench/bench_document_mask.py', *args.argv])}`",
-            f"- Machine: {machine_description(torch.device('cpu'))}",
-            f"- Date: {today()}",
+            *report_head(
+                "Document masking: cost against plain causal attention (CPU, fp32)",
+                args.command,
+                torch.device("cpu"),
+            ),
             f"- Full training step (forward, fp32 loss, backward, AdamW), tiny preset (hidden 256, "
             f"4 layers, 4 heads), sequence {args.seq}, batch {args.batch_size}, vocabulary "
             f"{args.vocab}; documents of mean {args.doc_tokens} tokens "
@@ -134,19 +125,14 @@ def report(result: dict, args: argparse.Namespace) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--quick", action="store_true", help="a smoke-sized run (never recorded)")
+    p = bench_parser(__doc__, quick="a smoke-sized run (never recorded)")
     p.add_argument("--seq", type=int, default=256, help="sequence length")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per step")
     p.add_argument("--vocab", type=int, default=8000, help="vocabulary size")
     p.add_argument("--doc-tokens", type=int, default=100, help="mean document length in tokens")
     p.add_argument("--steps", type=int, default=5, help="timed steps per repetition")
     p.add_argument("--repeats", type=int, default=5, help="alternating repetitions")
-    p.add_argument("--record", action="store_true", help="write the section in BENCHMARKS.md")
-    args = p.parse_args(argv)
-    args.argv = list(argv if argv is not None else sys.argv[1:])
+    args = parse(p, argv, __file__)
     if args.quick:
         args.seq, args.batch_size, args.vocab = 32, 2, 256
         args.steps, args.repeats, args.doc_tokens = 1, 2, 8
@@ -156,11 +142,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     result = measure(args)
-    write_result("document_mask_quick" if args.quick else "document_mask", result)
-    text = report(result, args)
-    print(text)
-    if args.record and not args.quick:
-        update_benchmarks_md("document_mask", text)
+    name = "document_mask_quick" if args.quick else "document_mask"
+    publish(name, result, report(result, args), record=args.record and not args.quick)
     return 0
 
 

@@ -26,17 +26,8 @@ from pathlib import Path
 
 import torch
 
-from harness import (
-    RESULTS_DIR,
-    fmt_int,
-    machine_description,
-    markdown_table,
-    median,
-    time_steps,
-    today,
-    update_benchmarks_md,
-    write_result,
-)
+from _common import bench_parser, parse, publish, report_head
+from harness import RESULTS_DIR, fmt_int, markdown_table, median, time_steps
 from lmstream.config import ModelConfig, OptimizerConfig
 from lmstream.model.presets import PRESETS
 from lmstream.model.transformer import Transformer
@@ -225,11 +216,11 @@ def report(points: list[dict], command: str, device: str) -> str:
     )
     return "\n".join(
         [
-            f"## Scaling: throughput and memory vs model size and sequence length ({device}, fp32)",
-            "",
-            f"- Command: `{command}`",
-            f"- Machine: {machine_description(torch.device(device))}",
-            f"- Date: {today()}",
+            *report_head(
+                f"Scaling: throughput and memory vs model size and sequence length ({device}, fp32)",
+                command,
+                torch.device(device),
+            ),
             "- One full step (forward + fp32 loss + backward + AdamW), each point in a fresh process; "
             f"peak MiB = {memory_note}. GFLOP/s (wall) from `Transformer.flops_per_token`. "
             "tokens/CPU-s: tokens per second of this process's CPU time (all threads), robust to "
@@ -248,20 +239,16 @@ def report(points: list[dict], command: str, device: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--quick", action="store_true", help="minuscule points only (smoke run)")
+    p = bench_parser(__doc__, quick="minuscule points only (smoke run)")
     p.add_argument(
         "--sizes", default="tiny,small,125m", help="comma-separated sizes: " + ",".join(SIZES)
     )
     p.add_argument("--vocab", type=int, default=32000, help="vocabulary size of every model")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--record", action="store_true", help="write the section in BENCHMARKS.md")
     p.add_argument(
         "--point", nargs=4, metavar=("SIZE", "SEQ", "BATCH", "STEPS"), help=argparse.SUPPRESS
     )
-    args = p.parse_args(argv)
+    args = parse(p, argv, __file__)
     if args.point:  # child process: one measurement, printed as JSON
         size, seq, batch, steps = args.point[0], *map(int, args.point[1:])
         print(json.dumps(measure_point(size, seq, batch, steps, args.vocab, args.device)))
@@ -285,15 +272,9 @@ def main(argv: list[str] | None = None) -> int:
             ),
             flush=True,
         )
-    write_result("scaling", {"points": points})
     chart(points, RESULTS_DIR / "scaling.png")
-    command = "python bench/bench_scaling.py " + " ".join(
-        argv if argv is not None else sys.argv[1:]
-    )
-    text = report(points, command.strip(), args.device)
-    print(text)
-    if args.record and not args.quick:
-        update_benchmarks_md("scaling", text)
+    text = report(points, args.command, args.device)
+    publish("scaling", {"points": points}, text, record=args.record and not args.quick)
     return 0
 
 

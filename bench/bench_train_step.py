@@ -20,7 +20,6 @@ torch.compile is applied the way each side is used: lmstream compiles each block
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from collections.abc import Callable
@@ -30,16 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness import (
-    fmt_int,
-    machine_description,
-    markdown_table,
-    median,
-    time_steps,
-    today,
-    update_benchmarks_md,
-    write_result,
-)
+from _common import bench_parser, parse, publish, report_head
+from harness import fmt_int, markdown_table, median, time_steps
 from lmstream.config import ModelConfig, OptimizerConfig
 from lmstream.distributed import apply_compile
 from lmstream.export import choose_architecture, convert_state_dict, hf_config
@@ -263,12 +254,12 @@ def report(result: dict, command: str) -> str:
     cuda = result.get("device", "cpu") == "cuda"
     return "\n".join(
         [
-            "## Training step: lmstream vs transformers Llama "
-            + ("(one GPU, bf16 autocast)" if cuda else "(CPU, fp32)"),
-            "",
-            f"- Command: `{command}`",
-            f"- Machine: {machine_description(torch.device('cuda', 0) if cuda else None)}",
-            f"- Date: {today()}",
+            *report_head(
+                "Training step: lmstream vs transformers Llama "
+                + ("(one GPU, bf16 autocast)" if cuda else "(CPU, fp32)"),
+                command,
+                torch.device("cuda", 0) if cuda else None,
+            ),
             f"- Shapes: hidden {s['hidden']}, {s['layers']} layers, {s['heads']} heads / {s['kv_heads']} kv, "
             f"intermediate {s['intermediate']}, vocab {s['vocab']}, seq {s['seq']}, batch {s['batch']}; "
             "SwiGLU, RMSNorm, untied head; step = forward + fp32 CE + backward + clip + AdamW (build_optimizer: fused)",
@@ -307,10 +298,7 @@ def profile_table(shape: Shape, model: str = "lmstream", rows: int = 20) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--quick", action="store_true", help="tiny shapes, eager only (smoke run)")
+    p = bench_parser(__doc__, quick="tiny shapes, eager only (smoke run)")
     p.add_argument("--gpu-1b", action="store_true", help="one CUDA GPU, bf16, Llama-1B shape")
     p.add_argument("--reps", type=int, default=5, help="alternating repetitions")
     p.add_argument("--steps", type=int, default=5, help="timed steps per repetition")
@@ -318,13 +306,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--threads", type=int, default=None, help="torch intra-op threads (default: all)"
     )
-    p.add_argument("--record", action="store_true", help="write the section in BENCHMARKS.md")
     p.add_argument(
         "--profile",
         choices=["lmstream", "llama"],
         help="print torch.profiler's operator table for two eager steps of this model and exit",
     )
-    args = p.parse_args(argv)
+    args = parse(p, argv, __file__)
     shape = QUICK if args.quick else GPU_1B if args.gpu_1b else Shape()
     device = "cuda" if args.gpu_1b else "cpu"
     if args.gpu_1b and not torch.cuda.is_available():
@@ -338,14 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     reps, steps = (2, 2) if args.quick else (args.reps, args.steps)
     result = run(shape, reps, steps, not (args.quick or args.no_compile), device)
     name = "train_step_gpu_1b" if args.gpu_1b else "train_step"
-    write_result(name, result)
-    command = "python bench/bench_train_step.py " + " ".join(
-        argv if argv is not None else sys.argv[1:]
-    )
-    text = report(result, command.strip())
-    print(text)
-    if args.record and not args.quick:
-        update_benchmarks_md(name, text)
+    publish(name, result, report(result, args.command), record=args.record and not args.quick)
     return 0
 
 

@@ -39,17 +39,9 @@ from pathlib import Path
 
 import torch
 
+from _common import bench_parser, parse, publish, report_head
 from bench_document_mask import SEPARATOR, packed_rows
-from harness import (
-    fmt_int,
-    machine_description,
-    markdown_table,
-    median,
-    time_steps,
-    today,
-    update_benchmarks_md,
-    write_result,
-)
+from harness import fmt_int, markdown_table, median, time_steps
 from lmstream.config import ModelConfig, OptimizerConfig, TrainingConfig
 from lmstream.distributed import apply_activation_checkpointing, apply_compile
 from lmstream.model.presets import model_preset
@@ -228,11 +220,9 @@ def report(results: dict[str, dict], args: argparse.Namespace, device: torch.dev
     model = "tiny CPU smoke model" if args.cpu_smoke else "seed 1B preset"
     return "\n".join(
         [
-            f"## 1B on one GPU: tokens/s, MFU, peak memory ({model})",
-            "",
-            f"- Command: `{' '.join(['python bench/gpu_1b.py', *args.argv])}`",
-            f"- Machine: {machine_description(device)}",
-            f"- Date: {today()}",
+            *report_head(
+                f"1B on one GPU: tokens/s, MFU, peak memory ({model})", args.command, device
+            ),
             f"- Sequence {args.seq}, batch {args.batch_size}, vocabulary {args.vocab}, "
             f"{'fp32' if args.cpu_smoke else 'bf16 autocast, fp32 master weights'}, "
             f"MFU against {args.peak_tflops:g} TFLOPS; median of {args.steps} steps after "
@@ -246,11 +236,8 @@ def report(results: dict[str, dict], args: argparse.Namespace, device: torch.dev
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = bench_parser(__doc__, quick="fewer timed and warm-up steps")
     p.add_argument("--cpu-smoke", action="store_true", help="tiny model on CPU: checks the logic")
-    p.add_argument("--quick", action="store_true", help="fewer timed and warm-up steps")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per step")
     p.add_argument("--seq", type=int, default=2048, help="sequence length")
     p.add_argument("--vocab", type=int, default=50000, help="vocabulary size (the seed's 50k)")
@@ -279,9 +266,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="also time each variant with model.document_masking (flex attention)",
     )
     p.add_argument("--doc-tokens", type=int, default=600, help="mean document length in tokens")
-    p.add_argument("--record", action="store_true", help="write the section in BENCHMARKS.md")
-    args = p.parse_args(argv)
-    args.argv = list(argv if argv is not None else sys.argv[1:])
+    args = parse(p, argv, __file__)
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
@@ -309,11 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # fp32 leftovers (loss) on tensor cores
     results = run_variants(args, device)
-    write_result("gpu_1b_cpu_smoke" if args.cpu_smoke else "gpu_1b", {"variants": results})
+    name = "gpu_1b_cpu_smoke" if args.cpu_smoke else "gpu_1b"
     text = report(results, args, device)
-    print(text)
-    if args.record and not args.cpu_smoke:
-        update_benchmarks_md("gpu_1b", text)
+    publish(name, {"variants": results}, text, record=args.record and not args.cpu_smoke)
     return 0
 
 

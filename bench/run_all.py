@@ -48,8 +48,10 @@ def discover(bench_dir: Path = BENCH_DIR) -> list[Path]:
 
 
 def accepts(script: Path, flag: str) -> bool:
-    """Whether a script declares ``flag`` (read from its source: running --help costs an import)."""
-    return f'"{flag}"' in script.read_text(encoding="utf-8")
+    """Whether a script declares ``flag`` (read from its source: running --help costs an import);
+    a script whose parser is _common.bench_parser has its flags (--quick, --record)."""
+    text = script.read_text(encoding="utf-8")
+    return f'"{flag}"' in text or (flag in ("--quick", "--record") and "bench_parser(" in text)
 
 
 def cuda_available() -> bool:
