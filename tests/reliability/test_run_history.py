@@ -205,6 +205,35 @@ def test_resume_continues_from_a_best_copy_newer_than_any_checkpoint(
         assert_same_weights(run_dir, tmp_path / "never-stopped", step=8)
 
 
+@pytest.mark.slow
+def test_a_damaged_best_copy_newer_than_any_checkpoint_is_skipped(
+    corpus, tmp_path, monkeypatch, capsys
+):
+    """A plain --resume falls back to the newest intact checkpoint; a damaged best copy newer
+    than every checkpoint (4 KB zeroed in its weights, same size) made it refuse the run
+    instead ("there is no intact checkpoint in RUN/best") while checkpoints/step-4 was intact."""
+    from lmstream.train.faults import NONFINITE_ENV
+
+    run_dir = tmp_path / "run"
+    cfg = tiny_config(corpus, **{"scheduler.total_steps": 8, "runtime.max_nonfinite_steps": 1,
+                                 "runtime.checkpoint.every_n_steps": 4,
+                                 "runtime.evaluation.every_n_steps": 2,
+                                 "runtime.evaluation.best.max_keep": 10})  # fmt: skip
+    config = write_run(run_dir, cfg)
+    monkeypatch.setenv(NONFINITE_ENV, "7-")
+    assert train_in_process(config) != 0
+    monkeypatch.delenv(NONFINITE_ENV)
+    with open(run_dir / "best" / "step-00000006" / ckpt.MODEL_FILE, "r+b") as f:
+        f.seek(16 * 1024)
+        f.write(bytes(4096))
+    capsys.readouterr()
+    assert train_in_process(config, "--resume") == 0
+    assert f"resumed from {run_dir / 'checkpoints' / 'step-00000004'} at step 4" in (
+        capsys.readouterr().out
+    )
+    assert logged_steps(run_dir) == list(range(1, 9))
+
+
 def _children(pid: int) -> list[int]:
     return [int(c) for t in Path(f"/proc/{pid}/task").iterdir()
             for c in (t / "children").read_text().split()]  # fmt: skip

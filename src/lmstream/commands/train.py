@@ -299,16 +299,23 @@ def newest_saved(cfg: TrainingConfig) -> tuple[str | None, str | None]:
     The newest complete checkpoint, unless a best copy is newer: best copies are full
     checkpoints saved at evaluation steps, which need not be checkpoint steps, so a run that
     ended after one would otherwise redo those steps (its best copy moved aside), or, with no
-    checkpoint yet, be refused as a fresh start in a used folder."""
+    checkpoint yet, be refused as a fresh start in a used folder. A newer best copy that fails
+    its sha256 check is skipped, as a damaged checkpoint is (resume would refuse it by name)."""
+    from lmstream.errors import CheckpointError
     from lmstream.train import checkpoint as ckpt
 
     directory, best = cfg.runtime.checkpoint.directory, cfg.runtime.evaluation.best.directory
     newest = ckpt.complete_checkpoints(directory)[-1:]
-    copies = ckpt.complete_checkpoints(best)[-1:] if best is not None else []
     newest_step = int(newest[0].name.split("-")[1]) if newest else -1
-    if copies and int(copies[0].name.split("-")[1]) > newest_step:
-        text = f"--resume: the best copy {copies[0]} is newer than any checkpoint in {directory}"
-        return str(copies[0]), text
+    copies = ckpt.complete_checkpoints(best) if best is not None else []
+    for copy in reversed([c for c in copies if int(c.name.split("-")[1]) > newest_step]):
+        try:
+            ckpt.verify_checkpoint(copy, check_hashes=True)
+        except CheckpointError as err:
+            ckpt.log.warning("skipping best copy: %s; trying an older one", err)
+            continue
+        text = f"--resume: the best copy {copy} is newer than any checkpoint in {directory}"
+        return str(copy), text
     if newest:
         return str(directory), None
     return None, f"--resume: no checkpoint in {directory} yet; starting at step 0"
