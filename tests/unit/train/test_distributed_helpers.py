@@ -63,3 +63,32 @@ def test_consolidate_leaves_a_plain_checkpoint_alone(tmp_path, capsys):
     )
     assert cli_main(["consolidate", "--checkpoint", str(folder)]) == 0
     assert "already in the plain format" in capsys.readouterr().out
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")
+def test_consolidate_refuses_a_damaged_sharded_checkpoint(tmp_path, small_config, capsys):
+    """consolidate checks the manifest's sha256 sums as eval, generate and export do (issue
+    #19): a shard with 4 KB overwritten (same size) is refused in one line naming the newest
+    intact checkpoint; --no-verify reads it and says so."""
+    from lmstream.model.transformer import Transformer
+    from lmstream.train.sharded import save_sharded_checkpoint
+
+    model = Transformer(small_config.model, 64)
+    optimizer = torch.optim.AdamW(model.parameters())
+    folders = [
+        save_sharded_checkpoint(tmp_path / "checkpoints", step, model, optimizer, small_config,
+                                {"step": step}, world_size=1)
+        for step in (1, 2)
+    ]  # fmt: skip
+    shard = max((folders[1] / ckpt.SHARDED_DIR).glob("*.distcp"), key=lambda p: p.stat().st_size)
+    with open(shard, "r+b") as f:
+        f.seek(shard.stat().st_size // 2)
+        f.write(bytes(4096))
+    capsys.readouterr()
+    assert cli_main(["consolidate", "--checkpoint", str(folders[1])]) == 4
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "fails its sha256 check" in lines[0], lines
+    assert f"the newest intact checkpoint there is {folders[0]}" in lines[0]
+    assert not (tmp_path / "consolidated").exists()
+    assert cli_main(["consolidate", "--checkpoint", str(folders[1]), "--no-verify"]) == 0
+    assert "--no-verify" in capsys.readouterr().err
