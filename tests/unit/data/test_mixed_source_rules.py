@@ -110,17 +110,18 @@ def held_out(cfg, tokenizer, run: Path) -> dict[str, list[int]]:
     }
 
 
-def trained(cfg, tokenizer, run: Path, batches: int) -> tuple[list[int], np.ndarray]:
-    """(ids of every whole document in the loader's first ``batches`` batches, all tokens)."""
-    loader = build_train_loader(cfg, tokenizer, run)
-    streams: dict[int, list[np.ndarray]] = defaultdict(list)
-    try:
-        it = iter(loader)
-        for _ in range(batches):
-            batch = next(it)
-            streams[loader.last_worker].append(real_tokens(batch))
-    finally:
-        loader.close()
+def trained(cfg, tokenizer, run: Path, batches: int, world: int = 1) -> tuple[list, np.ndarray]:
+    """(ids of every whole document in each rank's first ``batches`` batches, all tokens)."""
+    streams: dict[tuple, list[np.ndarray]] = defaultdict(list)
+    for rank in range(world):
+        loader = build_train_loader(cfg, tokenizer, run, rank=rank, world_size=world)
+        try:
+            it = iter(loader)
+            for _ in range(batches):
+                batch = next(it)
+                streams[(rank, loader.last_worker)].append(real_tokens(batch))
+        finally:
+            loader.close()
     eot = tokenizer.token_to_id("<|endoftext|>")
     ids = []
     for parts in streams.values():
@@ -130,20 +131,23 @@ def trained(cfg, tokenizer, run: Path, batches: int) -> tuple[list[int], np.ndar
     return ids, np.concatenate([t for parts in streams.values() for t in parts])
 
 
-@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize(("world", "workers"), [(1, 0), (1, 2), (2, 2)])
 def test_each_source_trains_its_max_samples_prefix_without_its_holdout(
-    tmp_path, tokenizer, workers
+    tmp_path, tokenizer, world, workers
 ):
     clean = write_mixture(tmp_path / "run", tmp_path / "data")
     run = tmp_path / "run"
     cfg = training_config(run, tokenizer, workers)
     assert held_out(cfg, tokenizer, run) == {"a": clean["a"][:5], "b": clean["b"][:5]}
-    ids, tokens = trained(cfg, tokenizer, run, 120)
+    ids, tokens = trained(cfg, tokenizer, run, 120 // world, world)
     assert {i for i in ids if i < B} == set(clean["a"][5:70])
     assert {i for i in ids if i >= B} == set(clean["b"][5:30])
     # special-token text stayed text: every <|endoftext|> is a document boundary (ids_of
-    # would have met a piece that is no whole document) and no <|pad|> was trained
-    assert tokenizer.token_to_id("<|pad|>") not in set(tokens.tolist())
+    # would have met a piece that is no whole document) and no <|pad|> was trained or held out
+    pad = tokenizer.token_to_id("<|pad|>")
+    assert pad not in set(tokens.tolist())
+    for source in resolve_sources(cfg, run):
+        assert pad not in set(load_validation_set(cfg, tokenizer, run, source.plan).tokens.tolist())
 
 
 def test_orchestrate_and_training_see_the_same_documents_of_each_source(
