@@ -106,16 +106,8 @@ def _measure_steps_per_epoch(cfg: TrainingConfig, tokenizer, run_dir: Path, env)
     """Optimizer steps in one epoch of a finite stream, counted by one pass of a fresh loader
     (needed to shape the schedule when only scheduler.total_epochs is given)."""
     from lmstream.data.loader import build_train_loader
-    from lmstream.train.mixture_metrics import mixture_of
 
     loader = build_train_loader(cfg, tokenizer, run_dir, rank=env.rank, world_size=env.world_size)
-    if mixture_of(loader) is not None and max(cfg.data.num_workers, 1) * env.world_size > 1:
-        # Each global worker's mixer passes over its part of the primary source on its own and
-        # the first to finish would end the epoch for all, skipping the others' last documents.
-        raise ConfigError(
-            "scheduler.total_epochs: a mixture's epochs are exact with one data worker in all "
-            "(data.num_workers 0 or 1, one rank); with more, give scheduler.total_steps"
-        )
     micro = 0
     for batch in loader:
         if batch.epoch > 0:
