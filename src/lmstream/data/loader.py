@@ -253,8 +253,10 @@ class TrainLoader:
                 "epoch is a whole pass since issue #20); it cannot resume exactly: finish that run "
                 "with the lmstream that wrote it, or start a new run without --resume"
             )
-        if self.mix is not None and version not in _MIXTURE_READS and "sources" in (
-            state.get("source") or {}
+        if (
+            self.mix is not None
+            and version not in _MIXTURE_READS
+            and "sources" in (state.get("source") or {})
         ):
             raise CheckpointError(
                 f"the checkpoint's data state (version {version}) is a mixture's whose epochs "
