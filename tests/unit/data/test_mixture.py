@@ -263,3 +263,22 @@ def test_each_source_has_its_own_validation_set(sources, tmp_path):
     finally:
         loader.close()
     assert not trained & set(by_source["a"][1:])  # a's holdout is never trained on
+
+
+def test_version_3_mixture_state_is_refused_in_one_line(sources, tmp_path):
+    """A version-3 mixture state ran its epochs per worker (another data order): refused in
+    one line, not resumed inexactly. Version-3 one-source states still resume
+    (test_mixture_resume.py)."""
+    loader = _loader(sources, WEIGHTS3, tmp_path, **{"data.num_workers": 2})
+    try:
+        _take(loader, 3)
+        state = loader.state_dict()
+    finally:
+        loader.close()
+    old = {k: v for k, v in state.items() if k != "carry"} | {"version": 3}
+    fresh = _loader(sources, WEIGHTS3, tmp_path, **{"data.num_workers": 2})
+    with pytest.raises(CheckpointError) as err:
+        fresh.load_state_dict(old)
+    message = str(err.value)
+    assert len(message.splitlines()) == 1 and "(version 3) is a mixture's" in message
+    assert "without --resume" in message
