@@ -9,7 +9,7 @@ sources of unequal document lengths (tests/support/mixture.py), 2 real DataLoade
 * per-source metrics read back from metrics.jsonl, TensorBoard's event files and the stdout
   line, and ``lmstream plot``; ``val_loss`` is the weight-averaged mean of ``val_loss/NAME``;
 * resume with changed weights prints one line; ``scheduler.total_epochs`` counts passes over
-  the largest-weight source;
+  the largest-weight source (with workers: test_mixture_epochs_train.py);
 * bad input (a source without documents, a source lacking its text_field): one line naming
   the source, exit 3, nothing written.
 """
@@ -152,23 +152,6 @@ def test_total_epochs_counts_the_largest_weight_source(tmp_path):
     last = [r for r in _records(run_dir) if "loss" in r][-1]
     assert last["epoch/b"] == 0  # the primary source's one pass, no more
     assert last["epoch/a"] >= 1  # the smaller source restarted as its own next epoch
-
-
-def test_total_epochs_of_a_mixture_with_several_workers_is_refused(tmp_path, capsys):
-    """Each worker's mixer rolls its primary source over on its own, and the loop stops at the
-    first: one "epoch" trained 364 of 392 primary documents with 8 workers. Until an epoch
-    waits for every worker, a mixture's total_epochs needs one data worker in all."""
-    root = tmp_path / "small"
-    root.mkdir()
-    paths = write_sources(root, {"a": 24, "b": 24})
-    cfg = mixture_config(root, paths, {"a": 0.45, "b": 0.55}, **{
-        "scheduler.total_steps": None, "scheduler.total_epochs": 1,
-        "data.validation_documents": 8, "data.num_workers": 2,
-    })  # fmt: skip
-    assert train_in_process(write_run(tmp_path / "run", cfg)) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "scheduler.total_epochs: " in err[0] and "total_steps" in err[0]
-    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 @pytest.mark.parametrize("bad", ["empty", "text_field"])

@@ -117,6 +117,18 @@ def drive(
     return records, epoch
 
 
+def roundtrip(state: dict) -> dict:
+    """A loader state through torch.save / torch.load(weights_only=True), as checkpoints keep it."""
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)
+
+
 def trained_ids(records: list[tuple], tokenizer) -> dict[int, Counter]:
     """{epoch: Counter of the document ids trained in it} from ``drive``'s records."""
     streams: dict[tuple, list[np.ndarray]] = defaultdict(list)

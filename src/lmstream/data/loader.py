@@ -75,9 +75,11 @@ __all__ = [
     "check_vocab",
 ]
 
-STATE_VERSION = 3  # 2: per-pass epochs (epoch, drained, worker "done"); 3: mixtures
-# Versions whose one-source states read the same (3 added only the mixtures' states).
-_READS = (2, 3)
+STATE_VERSION = 4  # 2: per-pass epochs (epoch, drained, worker "done"); 3: mixtures;
+# 4: a mixture's epochs are passes over its primary source for every worker (workers' carry).
+# Versions whose one-source states read the same (3 and 4 changed only the mixtures' states).
+_READS = (2, 3, 4)
+_MIXTURE_READS = (4,)  # a version-3 mixture ran its epochs per worker: another data order
 
 # The settings that decide which documents a pass holds and where the holdout ends (keys of
 # ``DataPlan.identity``): a saved position means nothing once one of them changes. How the
@@ -119,6 +121,9 @@ class TrainLoader:
         self.dataset = dataset
         self.mix: MixSettings | None = getattr(dataset, "mix", None)  # a mixture's sources
         self.source_epochs: list[int] = []  # a mixture's epoch per source, as far as yielded
+        # A mixture's workers' states at the end of their last part (global worker -> state):
+        # where each continues its other sources at the next pass (see mixture.py).
+        self._carry: dict[int, dict] = {}
         self.num_workers = num_workers
         self.sync_passes = sync_passes
         self.epoch = 0  # the pass being read
@@ -163,6 +168,8 @@ class TrainLoader:
         while True:
             if not self._drained:
                 self.dataset.epoch = self.epoch
+                if self.mix is not None:
+                    self.dataset.carry = dict(self._carry)
                 self.dataset.prepare(self.epoch)
                 yield from self._one_pass()
                 self._drained = True
@@ -196,6 +203,8 @@ class TrainLoader:
             _stop_workers(it)
 
     def _mixed(self, batch: Batch, extra: dict) -> MixBatch:
+        if "end" in extra:  # the worker's part of the pass ended with this batch
+            self._carry[extra["end"]["worker"]] = extra["end"]
         epochs = extra["epochs"]
         self.source_epochs = [max(a, b) for a, b in itertools.zip_longest(
             self.source_epochs, epochs, fillvalue=0)]  # fmt: skip
@@ -231,6 +240,7 @@ class TrainLoader:
             "epoch": epoch,
             "drained": drained,
             "loader": None if self._drained else self._loader.state_dict(),
+            **({"carry": dict(self._carry)} if self.mix is not None else {}),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -241,6 +251,17 @@ class TrainLoader:
                 f"the checkpoint's data state (version {version}) was written by {which} "
                 f"lmstream whose data order differs (this one reads versions {_READS}: an "
                 "epoch is a whole pass since issue #20); it cannot resume exactly: finish that run "
+                "with the lmstream that wrote it, or start a new run without --resume"
+            )
+        if (
+            self.mix is not None
+            and version not in _MIXTURE_READS
+            and "sources" in (state.get("source") or {})
+        ):
+            raise CheckpointError(
+                f"the checkpoint's data state (version {version}) is a mixture's whose epochs "
+                "ended per data worker (this lmstream ends them when every worker has finished "
+                "its part of the primary source); it cannot resume exactly: finish that run "
                 "with the lmstream that wrote it, or start a new run without --resume"
             )
         meta = {k: v for k, v in self._meta().items() if k != "version"}  # checked above
@@ -254,6 +275,7 @@ class TrainLoader:
             )
         self._check_source(state.get("source"))
         self._skipped = {int(k): dict(v) for k, v in state.get("skipped", {}).items()}
+        self._carry = {int(k): v for k, v in state.get("carry", {}).items()}
         self.epoch, self._drained = int(state["epoch"]), bool(state["drained"])
         self._advance = False
         if state["loader"] is not None:

@@ -10,11 +10,19 @@ its share and the others make up the rest, so over any window of T tokens each s
 by at most about (sources x longest document) / T: under 1 point over 1M tokens for documents
 up to a few thousand tokens. The order is a pure function of the seed, weights and sources.
 
-A finite source that ends restarts as its own next epoch (new window orders, new shard order)
-while the others go on: a mixture never drains, so the loader's synchronised passes do not
-apply. A batch's ``epoch`` is that of the *primary* source (the largest weight, the first on
-ties) at the batch's end, so ``scheduler.total_epochs`` counts passes over the primary source;
-every source's epoch travels with the batch (``epoch/NAME``).
+**Epochs.** The mixture's epochs are passes over its *primary* source (the largest weight, the
+first on ties), with the loader's passes as for one source (``loader.py``): each worker mixes
+until the mixer picks the primary and the worker's part of the primary's pass is used up; it
+then emits what it packed as a final batch (padding ignored by the loss) and stops, and the
+rank waits for its other workers and the other ranks. So an epoch trains every primary document
+of the pass once, for any worker and rank count, and a worker never draws secondary documents
+past its part of the epoch (that would skew the shares toward them while the others finish):
+every document it drew was drawn at the weights. The other sources are not cut at the epoch's
+end: a finite one that ends restarts as its own next epoch (new window orders, new shard order)
+while the others go on, and at the next pass each worker continues them where it left them,
+with its mixer's counts (the worker's *carry*, sent with its final batch and kept in the
+loader's state). A batch's ``epoch`` is the pass, which ``scheduler.total_epochs`` counts; every
+source's epoch travels with the batch (``epoch/NAME``).
 
 **Resume.** Every packed document is tagged with what the mixer knew when it drew it: the
 tokens drawn per source before it and each source's next position (the document after its
@@ -24,7 +32,8 @@ position, the mixer takes the saved counts, and the saved document is drawn firs
 ``offset`` tokens skipped), after which the mixer draws exactly what it drew before. With
 changed weights or sources (a resume that changes the mix), kept sources continue from their
 positions, new ones start at their beginning, and the mixer's counts restart from zero so the
-new weights apply to the tokens from here on.
+new weights apply to the tokens from here on. A resume that makes another source the primary
+continues it where it was if that is in the current pass, else from the pass's start.
 """
 
 from __future__ import annotations
@@ -97,13 +106,18 @@ def _after(pos: Position) -> Position:
 class _Pipe:
     """One source's documents for one global worker, pass after pass, tokenized ahead."""
 
-    def __init__(self, s: StreamSettings, tokenizer: Any, name: str, worker: int, workers: int):
+    def __init__(
+        self, s: StreamSettings, tokenizer: Any, name: str, worker: int, workers: int,
+        *, primary: bool, sizes: list | None,
+    ):  # fmt: skip
         self.name, self.tokenizer = name, tokenizer
         self.worker, self.workers = worker, workers
+        self.primary = primary  # its pass ends the worker's pass instead of restarting
         self.next = Position()  # the next document to draw: where a resume re-opens it
         self._windows = WindowedDocuments(
-            _open(s, worker, workers), window_size=s.window_size, seed=s.seed, worker=worker
-        )
+            _open(s, worker, workers, sizes), window_size=s.window_size, seed=s.seed,
+            worker=worker,
+        )  # fmt: skip
         self._docs = None
         self._buf: deque = deque()
 
@@ -111,9 +125,13 @@ class _Pipe:
     def skipped(self) -> Counter:
         return self._windows.skipped
 
-    def draw(self) -> tuple[Position, np.ndarray]:
+    def draw(self) -> tuple[Position, np.ndarray] | None:
+        """The next document, or None once the primary's part of the pass is used up."""
+        epoch = self.next.epoch
         while not self._buf:
             self._fill()
+            if self.primary and self.next.epoch != epoch:
+                return None
         pos, tokens = self._buf.popleft()
         self.next = _after(pos)
         return pos, tokens
@@ -149,14 +167,15 @@ class _Pipe:
                 self._windows.skipped["no_tokens"] += 1
 
 
-def _open(s: StreamSettings, worker: int, workers: int):
+def _open(s: StreamSettings, worker: int, workers: int, sizes: list | None):
     p = s.plan
     if p.kind == "tokens":
         shards = TokenShards(p.token_paths)
         return TokenShardSource(shards, worker=worker, workers=workers, skip_first=s.skip_first)
     return TextSource(
         p.spec, p.split, worker=worker, workers=workers, max_samples=p.max_samples,
-        skip_first=s.skip_first, exclude=s.exclude, **shuffled_reading(s.window_size, s.seed),
+        skip_first=s.skip_first, exclude=s.exclude, sizes=sizes,
+        **shuffled_reading(s.window_size, s.seed),
     )  # fmt: skip
 
 
@@ -178,11 +197,22 @@ class MixedDataset(IterableDataset):
     def __init__(self, mix: MixSettings, tokenizer: Any):
         self.mix, self.tokenizer = mix, tokenizer
         self.settings = mix.settings[mix.primary]
-        self.epoch = 0
+        self.epoch = 0  # the pass (set by the loader before each)
+        self.carry: dict[int, dict] = {}  # global worker -> its state at its last pass's end
         self.legacy_name: str | None = None  # resuming a one-source state: its source's name
+        self.shard_sizes: list | None = None  # per source, once counted
 
     def prepare(self, epoch: int) -> None:
-        """Nothing to count up front: each pipeline counts its shards when it first rotates."""
+        """Before pass ``epoch`` > 0, in the main process: count each shuffled text source's
+        shard sizes once (rotating shards needs them), so that the workers, new each pass, do
+        not each count them again every pass."""
+        if epoch == 0 or self.shard_sizes is not None:
+            return
+        self.shard_sizes = [
+            TextSource(s.plan.spec, s.plan.split, max_samples=s.plan.max_samples).shard_sizes()
+            if s.plan.kind == "text" and s.window_size > 1 else None
+            for s in self.mix.settings
+        ]  # fmt: skip
 
     def __iter__(self) -> MixedIterator:
         info = get_worker_info()
@@ -199,19 +229,28 @@ class MixedIterator:
         self.mix, self.tokenizer = dataset.mix, dataset.tokenizer
         self.legacy_name = dataset.legacy_name
         self.worker, self.workers = worker, workers
+        self.epoch = dataset.epoch  # the pass: the primary's part of it is this worker's part
         n = len(self.mix.names)
         s = self.mix.settings[0]
         self._row, self._batch = s.sequence_length + 1, s.batch_size
         self._packer = Packer(self._row, s.eot_id)
+        sizes = dataset.shard_sizes or [None] * n
         self._pipes = [
-            _Pipe(st, self.tokenizer, name, worker, workers)
-            for st, name in zip(self.mix.settings, self.mix.names, strict=True)
-        ]
+            _Pipe(st, self.tokenizer, name, worker, workers,
+                  primary=k == self.mix.primary, sizes=sizes[k])
+            for k, (st, name) in enumerate(zip(self.mix.settings, self.mix.names, strict=True))
+        ]  # fmt: skip
         self._drawn = [0] * n
-        self._epochs = [0] * n  # per source: the epoch of its last document begun in a batch
         self._force: tuple[int, int] | None = None  # (source, offset): resume's first document
         self._segments: deque = deque()  # (start, end, source, epoch) in packed-stream tokens
         self._added = self._taken = 0
+        self._done = False  # this worker's part of the pass is used up
+        carry = dataset.carry.get(worker)
+        if carry is not None:  # the other sources go on where the last pass left them
+            self._restore({**carry, "source": None, "offset": 0})
+        else:
+            self._align()
+            self._epochs = [p.next.epoch for p in self._pipes]  # per source: its last document's
 
     # ---- position
 
@@ -232,6 +271,7 @@ class MixedIterator:
             "offset": offset,
             "drawn": list(drawn),
             "heads": [h.to_dict() for h in heads],
+            "done": self._done,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -242,11 +282,16 @@ class MixedIterator:
             )
         if "position" in state:  # a one-source run's state: that source continues
             state = self._from_single(state)
+        self._restore(state)
+        self._done = bool(state.get("done", False))
+
+    def _restore(self, state: dict) -> None:
         names, current = list(state["names"]), list(self.mix.names)
         heads = dict(zip(names, state["heads"], strict=True))
         for k, name in enumerate(current):
             pos = heads.get(name)
             self._pipes[k].next = Position.from_dict(pos) if pos else Position()
+        self._align()
         self._epochs = [p.next.epoch for p in self._pipes]
         source = state["source"]
         kept = source is not None and names[source] in current
@@ -259,6 +304,13 @@ class MixedIterator:
             if self._force is not None:  # the resumed document's trained part is not counted
                 self._drawn[self._force[0]] = -self._force[1]
 
+    def _align(self) -> None:
+        """The primary reads its part of this pass: from its position if that is in the pass,
+        else from the pass's start (its previous part ended, or a resume made it primary)."""
+        pipe = self._pipes[self.mix.primary]
+        if pipe.next.epoch != self.epoch:
+            pipe.next = Position(epoch=self.epoch)
+
     def _from_single(self, state: dict) -> dict:
         name = self.legacy_name
         if name is None:
@@ -268,8 +320,10 @@ class MixedIterator:
             )
         if state.get("done"):  # its part of the pass was used up: it starts the next one
             head = Position(epoch=Position.from_dict(state["position"]).epoch + 1).to_dict()
+            # As the primary, this worker's part of the pass is over too.
+            done = name == self.mix.names[self.mix.primary]
             return {"names": [name], "weights": [1.0], "source": None, "offset": 0,
-                    "drawn": [0], "heads": [head]}  # fmt: skip
+                    "drawn": [0], "heads": [head], "done": done}  # fmt: skip
         return {
             "names": [name], "weights": [1.0], "source": 0, "offset": int(state["offset"]),
             "drawn": [0], "heads": [state["position"]],
@@ -281,35 +335,58 @@ class MixedIterator:
         return self
 
     def __next__(self):
+        if self._done:
+            raise StopIteration
         need = self._batch * self._row
-        while len(self._packer) < need:
-            self._draw()
-        start = self._taken
-        rows = self._packer.take(self._batch)
+        while len(self._packer) < need and self._draw():
+            pass
+        if len(self._packer) <= 1:  # only at a pass's start: the primary's part is empty
+            self._done = True
+            raise StopIteration
+        start, valid = self._taken, min(len(self._packer), need)
+        if valid == need:
+            rows = self._packer.take(self._batch)
+            # So the position names a document; a lone <|endoftext|> left at the end of the
+            # part has no target: the part ends with this batch.
+            while len(self._packer) <= 1 and not self._done:
+                self._done = not self._draw()
+        else:  # the part's last tokens: one final batch, padded (targets of padding ignored)
+            rows = np.full((self._batch, self._row), self._packer.eot_id, dtype=np.int64)
+            full = self._packer.rows_ready
+            rows[:full] = self._packer.take(full) if full else rows[:0]
+            rest = self._packer.carry()
+            rows[full, : len(rest)] = rest
+            self._done = True
+        if self._done:  # what the next pass continues from (the loader keeps it)
+            self._packer = Packer(self._row, self._packer.eot_id)
         self._taken += need
-        while not len(self._packer):  # so the position names a document
-            self._draw()
-        tokens = self._count(start, start + need)
+        tokens = self._count(start, start + valid)
         skipped = Counter()
         for pipe in self._pipes:
             skipped.update(pipe.skipped)
         extra = {"tokens": tokens, "epochs": list(self._epochs)}
-        epoch = self._epochs[self.mix.primary]
-        return torch.from_numpy(rows), need, epoch, self.worker, dict(skipped), extra
+        if self._done:
+            extra["end"] = self.state_dict()
+        return torch.from_numpy(rows), valid, self.epoch, self.worker, dict(skipped), extra
 
-    def _draw(self) -> None:
+    def _draw(self) -> bool:
+        """Pack the next document; False once the primary's part of the pass is used up."""
         if self._force is not None:
             k, offset = self._force
         else:
             k, offset = choose(self._drawn, self.mix.weights), 0
         tag = _Drawn(k, tuple(self._drawn), tuple(p.next for p in self._pipes))
-        pos, tokens = self._pipes[k].draw()
+        drawn = self._pipes[k].draw()
+        if drawn is None:
+            return False
+        pos, tokens = drawn
         self._force = None
         self._packer.add(tokens, tag, offset)
         n = len(tokens) + 1 - offset
         self._drawn[k] += len(tokens) + 1
         self._segments.append((self._added, self._added + n, k, pos.epoch))
         self._added += n
+        return True
 
     def _count(self, lo: int, hi: int) -> list[int]:
         """Target tokens per source among packed-stream tokens lo..hi-1 (a batch's rows: the

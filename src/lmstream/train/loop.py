@@ -33,7 +33,7 @@ from lmstream.train.mixture_metrics import (
     source_metrics,
 )
 from lmstream.train.precision import matmul_kind, memory_gb, peak_flops
-from lmstream.train.setup import Run
+from lmstream.train.setup import Run, ends_by_epochs
 from lmstream.train.signals import StopRequest
 from lmstream.train.spike_guard import SpikeGuard
 from lmstream.train.step import forward_backward, optimizer_step
@@ -79,6 +79,7 @@ class Trainer:
         self.peak = peak_flops(self.device, rt.peak_tflops, kind)  # of the precision in use
         self.fetcher = StepFetcher(run)
         self.mixture = mixture_of(run.loader)  # (names, weights) of a mixture's sources
+        self.by_epochs = ends_by_epochs(self.cfg, run.loader)  # not at total_steps
         # runtime.micro_batch: how each step's rows are cut (train/micro_batch.py).
         self.micro_batch = micro_batch.resolve(run, logger.message, forward_backward)
         self._evaluated_step: int | None = None
@@ -91,7 +92,14 @@ class Trainer:
 
     # ---------------------------------------------------------------------------- the loop
     def fit(self) -> int:
-        if self.run.resumed_from is not None and self._start >= self.run.total_steps:
+        if self.by_epochs and self.run.state.epoch >= self.cfg.scheduler.total_epochs:
+            self.logger.message(
+                f"nothing to do: the run is finished (epoch {self.run.state.epoch} of "
+                f"{self.cfg.scheduler.total_epochs}); raise scheduler.total_epochs to train further"
+            )
+            return 0
+        by_steps = not self.by_epochs and self.run.resumed_from is not None
+        if by_steps and self._start >= self.run.total_steps:
             self.logger.message(
                 f"nothing to do: the run is finished (step {self._start} of {self.run.total_steps}"
                 "); raise scheduler.total_steps to train further"
@@ -126,7 +134,7 @@ class Trainer:
         run.model.train()
         clock = _Clock(time.perf_counter())
         with StopRequest() as stop:
-            while st.step < run.total_steps:
+            while st.step < run.total_steps or self.by_epochs:
                 # The loader's position before the fetch: what a stop that cuts it short saves.
                 position = self.fetcher.position()
                 fetched = time.perf_counter()
@@ -208,7 +216,7 @@ class Trainer:
                 st.step += 1
                 epoch_ended = epoch > st.epoch
                 st.epoch = epoch
-                last = st.step >= run.total_steps
+                last = st.step >= run.total_steps and not self.by_epochs
                 if st.step % rt.log_every_n_steps == 0 or last:
                     self._log(loss, grad_norm, lr, clock)
                     clock = _Clock(time.perf_counter())

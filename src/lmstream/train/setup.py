@@ -106,16 +106,8 @@ def _measure_steps_per_epoch(cfg: TrainingConfig, tokenizer, run_dir: Path, env)
     """Optimizer steps in one epoch of a finite stream, counted by one pass of a fresh loader
     (needed to shape the schedule when only scheduler.total_epochs is given)."""
     from lmstream.data.loader import build_train_loader
-    from lmstream.train.mixture_metrics import mixture_of
 
     loader = build_train_loader(cfg, tokenizer, run_dir, rank=env.rank, world_size=env.world_size)
-    if mixture_of(loader) is not None and max(cfg.data.num_workers, 1) * env.world_size > 1:
-        # Each global worker's mixer passes over its part of the primary source on its own and
-        # the first to finish would end the epoch for all, skipping the others' last documents.
-        raise ConfigError(
-            "scheduler.total_epochs: a mixture's epochs are exact with one data worker in all "
-            "(data.num_workers 0 or 1, one rank); with more, give scheduler.total_steps"
-        )
     micro = 0
     for batch in loader:
         if batch.epoch > 0:
@@ -329,7 +321,9 @@ def _resume(cfg, env, model, optimizer, precision, loader, path: Path, trainer: 
     loader.load_state_dict(trainer["data"][env.rank])
     start = Start(state, None, 0, path, notes, trainer.get("trackers") or {},
                   micro_batch=trainer.get("micro_batch"))  # fmt: skip
-    if not _finished(cfg, state):  # else nothing to train: no batch taken (the loader stays)
+    if not _finished(
+        cfg, state, ends_by_epochs(cfg, loader)
+    ):  # else nothing to train: no batch taken (the loader stays)
         # iter(loader) draws the DataLoader's base seed from the RNG: before the restore below.
         start.batches, start.prefetched = _primed(loader), 1
         pending = trainer.get("pending")  # micro-batches taken before a source failed: first
@@ -343,10 +337,20 @@ def _resume(cfg, env, model, optimizer, precision, loader, path: Path, trainer: 
     return start
 
 
-def _finished(cfg: TrainingConfig, state: TrainState) -> bool:
+def ends_by_epochs(cfg: TrainingConfig, loader) -> bool:
+    """Whether the run ends when its last epoch ends rather than at a step count: a mixture
+    given only total_epochs. Its passes differ in length by a few steps (each pass holds other
+    documents of the secondary sources), so the first pass's steps x total_epochs, which shapes
+    the schedule, only estimates the run's length (past it, the schedule stays at its end)."""
+    return cfg.scheduler.total_steps is None and getattr(loader, "mix", None) is not None
+
+
+def _finished(cfg: TrainingConfig, state: TrainState, by_epochs: bool) -> bool:
     """Whether the restored run is already at its last step (total_steps, or total_epochs
-    times the steps per epoch it measured)."""
+    times the steps per epoch it measured), or past its last epoch (``by_epochs``)."""
     s = cfg.scheduler
+    if by_epochs:
+        return state.epoch >= s.total_epochs
     total = s.total_steps
     if total is None and state.steps_per_epoch is not None:
         total = state.steps_per_epoch * s.total_epochs

@@ -91,14 +91,23 @@ def _assert_windows(counts: np.ndarray, weights, window: int) -> None:
     assert worst < 0.01, worst
 
 
+@pytest.fixture(scope="module")
+def large_sources(tmp_path_factory):
+    """Sources whose primary's pass holds ~10 of the batches below: each pass of the primary
+    ends with a partly padded batch per worker, so a small primary would make most of the
+    batches padded (the shares hold over real tokens either way)."""
+    root = tmp_path_factory.mktemp("mixlarge")
+    return root, write_sources(root, {"a": 6000, "b": 600, "c": 1200}, files=3)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("weights", [{"a": 0.7, "b": 0.3}, WEIGHTS3], ids=["2", "3"])
-def test_loader_shares_within_a_point_over_any_million_tokens(sources, tmp_path, weights):
+def test_loader_shares_within_a_point_over_any_million_tokens(large_sources, tmp_path, weights):
     big = {"data.batch_size": 64, "data.sequence_length": 128, "data.num_workers": 2,
            "model.max_position_embeddings": 128}  # fmt: skip
-    loader = _loader(sources, weights, tmp_path, **big)
+    loader = _loader(large_sources, weights, tmp_path, **big)
     try:
-        batches = _take(loader, 150)  # 1.2M target tokens
+        batches = _take(loader, 170)  # 1.2M target tokens, passes' padding left out
     finally:
         loader.close()
     counts = np.array([b.source_tokens for b in batches], dtype=float)
@@ -129,7 +138,7 @@ def test_resume_is_exact_twice_with_workers(sources, tmp_path, workers):
     for a, b in zip(got, want, strict=True):
         assert torch.equal(a.inputs, b.inputs) and torch.equal(a.targets, b.targets)
         assert a.source_tokens == b.source_tokens and a.epoch == b.epoch
-    assert state["version"] == 3 and set(state["source"]["sources"]) == {"a", "b", "c"}
+    assert state["version"] == 4 and set(state["source"]["sources"]) == {"a", "b", "c"}
 
 
 def test_small_source_restarts_as_its_own_epoch_and_the_primary_sets_the_epoch(sources, tmp_path):
@@ -254,3 +263,22 @@ def test_each_source_has_its_own_validation_set(sources, tmp_path):
     finally:
         loader.close()
     assert not trained & set(by_source["a"][1:])  # a's holdout is never trained on
+
+
+def test_version_3_mixture_state_is_refused_in_one_line(sources, tmp_path):
+    """A version-3 mixture state ran its epochs per worker (another data order): refused in
+    one line, not resumed inexactly. Version-3 one-source states still resume
+    (test_mixture_resume.py)."""
+    loader = _loader(sources, WEIGHTS3, tmp_path, **{"data.num_workers": 2})
+    try:
+        _take(loader, 3)
+        state = loader.state_dict()
+    finally:
+        loader.close()
+    old = {k: v for k, v in state.items() if k != "carry"} | {"version": 3}
+    fresh = _loader(sources, WEIGHTS3, tmp_path, **{"data.num_workers": 2})
+    with pytest.raises(CheckpointError) as err:
+        fresh.load_state_dict(old)
+    message = str(err.value)
+    assert len(message.splitlines()) == 1 and "(version 3) is a mixture's" in message
+    assert "without --resume" in message
