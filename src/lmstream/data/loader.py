@@ -151,6 +151,11 @@ class TrainLoader:
         live, self._live = self._live, None
         if live is not None:
             _stop_workers(live)
+        # state_dict() on a loader not yet iterated makes torchdata build (and keep) an iterator
+        # with running workers that no pass of ours holds: stop those as well.
+        built = getattr(self._loader, "_iterator", None)
+        if built is not None and built is not live:
+            _stop_workers(built)
 
     @property
     def skipped(self) -> Counter:

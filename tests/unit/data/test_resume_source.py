@@ -80,3 +80,22 @@ def test_a_data_state_of_an_older_lmstream_is_refused_for_what_it_is(tmp_path, t
     message = str(err.value)
     assert "version 1" in message and "older lmstream" in message, message
     assert "data.num_workers" not in message and len(message.splitlines()) == 1
+
+
+def test_close_stops_the_workers_a_state_dict_started(tmp_path, tokenizer):
+    """Asking a loader that has not been iterated for its state starts its worker processes
+    (torchdata's loader builds its iterator to answer); close() must stop those too, or they
+    outlive the run (a checkpoint saved before the first batch left 2 workers behind)."""
+    import multiprocessing
+
+    run = tmp_path / "run"
+    run.mkdir()
+    tokenizer.save(str(run / "tokenizer.json"))
+    data = write_jsonl(tmp_path / "t.jsonl", docs(60))
+    before = set(multiprocessing.active_children())
+    loader = _loader(run, tokenizer, dataset=data, data_files=[data])
+    loader.state_dict()
+    assert set(multiprocessing.active_children()) - before, "expected the state to start workers"
+    loader.close()
+    left = [p for p in set(multiprocessing.active_children()) - before if p.is_alive()]
+    assert not left, f"workers left running after close(): {left}"
