@@ -36,6 +36,7 @@ from the global RNG, which dropout uses.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import signal
@@ -90,16 +91,29 @@ SOURCE_KEYS = (
 )  # fmt: skip
 
 
-def _worker_init(_worker_id: int) -> None:
+# How much lower a data worker's scheduling priority is than training's when training runs on the
+# CPU: the step's OpenMP threads fill every core, and a worker's tokenizing burst that takes one
+# of them from a thread holds up the whole parallel region (issue #16: the 2-core CPU pair). Niced
+# workers run in the gaps between regions; they need a few percent of a core.
+CPU_WORKER_NICE = 10
+
+
+def _worker_init(nice: int, _worker_id: int) -> None:
     # One tokenizer thread per worker process (docs/ARCHITECTURE.md, decision 7): the workers are the
     # parallelism; a Rayon pool in each would oversubscribe the cores.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    if nice:
+        os.nice(nice)
     # A stop signal is the rank's to handle: torchrun (and a terminal's Ctrl-C) signal the rank's
     # whole process group, and a worker dying of it first made the rank fail with "a data loader
     # worker died" instead of saving its checkpoint (issue #19). The rank shuts its workers
     # down (TrainLoader.close), by SIGKILL if they do not exit at once.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_IGN)
+
+
+def _as_sent(item: Any) -> Any:
+    return item
 
 
 class TrainLoader:
@@ -115,6 +129,7 @@ class TrainLoader:
         num_workers: int,
         pin_memory: bool = False,
         sync_passes: bool = False,
+        worker_nice: int = 0,
     ):
         from torchdata.stateful_dataloader import StatefulDataLoader
 
@@ -131,6 +146,7 @@ class TrainLoader:
         self._advance = False
         if num_workers:
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        init = functools.partial(_worker_init, worker_nice) if num_workers else None
         with warnings.catch_warnings():
             # torchdata 0.11's constructor calls the deprecated torch.set_vital; not ours to fix.
             warnings.filterwarnings("ignore", message=".*set_vital.*")
@@ -138,7 +154,12 @@ class TrainLoader:
                 dataset,
                 batch_size=None,
                 num_workers=num_workers,
-                worker_init_fn=_worker_init if num_workers else None,
+                worker_init_fn=init,
+                # Items cross from the workers as they are: the rows as a numpy array, pickled
+                # through the queue (~6 KB at nanoGPT's shape). The default conversion to a tensor
+                # sent each batch through a shared-memory file and a socket handshake for its
+                # descriptor, 0.6 CPU-ms per batch on both sides together.
+                collate_fn=_as_sent,
                 pin_memory=pin_memory,
                 generator=torch.Generator().manual_seed(dataset.settings.seed),
             )
@@ -387,7 +408,13 @@ def build_train_loader(
         num_workers=cfg.data.num_workers,
         pin_memory=torch.cuda.is_available(),
         sync_passes=sync_passes,
+        worker_nice=CPU_WORKER_NICE if _trains_on_cpu(cfg) else 0,
     )
+
+
+def _trains_on_cpu(cfg: TrainingConfig) -> bool:
+    device = cfg.runtime.device
+    return device == "cpu" or (device == "auto" and not torch.cuda.is_available())
 
 
 def _settings(

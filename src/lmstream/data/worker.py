@@ -119,7 +119,7 @@ class PackedIterator:
     def __iter__(self) -> PackedIterator:
         return self
 
-    def __next__(self) -> tuple[torch.Tensor, int, int, int, dict]:
+    def __next__(self) -> tuple[np.ndarray, int, int, int, dict]:
         s = self.settings
         if self._done:
             raise StopIteration
@@ -162,7 +162,7 @@ class PackedIterator:
             self._done = True
         if len(self._packer):
             self._start, self._offset = self._packer.position()
-        return torch.from_numpy(rows), valid, epoch, self.worker, dict(self._windows.skipped)
+        return rows, valid, epoch, self.worker, dict(self._windows.skipped)  # as numpy: see loader
 
     def _fill(self) -> bool:
         """Read, tokenize and pack the next chunk of documents; False at the end of the pass."""
@@ -187,7 +187,7 @@ class PackedIterator:
         return True
 
 
-def to_batch(rows: torch.Tensor, valid: int, epoch: int) -> Batch:
+def to_batch(rows: torch.Tensor | np.ndarray, valid: int, epoch: int) -> Batch:
     """The batch of ``rows``, whose first ``valid`` tokens (row-major) are real: the targets of
     the padding after them are -100 (ignored by the loss)."""
     batch = Batch.from_rows(rows, epoch)

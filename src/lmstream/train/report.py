@@ -22,6 +22,7 @@ from lmstream.config import TrainingConfig
 
 STEP_EFFICIENCY = 0.6  # a training step's FLOP rate / a large fp32 matmul's (see above)
 SLOW_STEP_S = 180.0  # on a CPU, a step slower than this gets the "use tiny" warning
+SLOWEST_CPU_FLOPS = 1e9  # fp32 matmul FLOP/s below any CPU torch runs on (this 2-core one: ~130e9)
 _SURVEY_DOCUMENTS = 20_000  # a local source is counted up to this many documents
 _SAMPLE_DOCUMENTS = 200  # documents tokenized to measure tokens per character
 HOLDOUT_SHARE_WARNING = 0.25
@@ -108,6 +109,8 @@ def slow_cpu_warning(cfg: TrainingConfig, vocab_size: int, world_size: int = 1) 
     if device.type != "cpu":
         return None
     step_flops = flops_per_step(cfg, vocab_size, world_size)
+    if estimate_step_seconds(step_flops, SLOWEST_CPU_FLOPS) <= SLOW_STEP_S:
+        return None  # fast enough on any CPU: no matmul to time (0.2 s of every small run)
     # A quick matmul first: a model this large is obvious long before a careful measurement.
     rate = measure_matmul_flops(device, seconds=0.2)
     per_step = estimate_step_seconds(step_flops, rate)

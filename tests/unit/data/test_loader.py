@@ -321,6 +321,31 @@ def test_dying_worker_is_an_error_not_a_hang(tmp_path: Path, tokenizer) -> None:
     del it
 
 
+def test_cpu_run_workers_are_niced_and_send_the_same_batches(tmp_path: Path, tokenizer) -> None:
+    """Issue #16, the 2-core CPU pair: a CPU run's loader worker runs at a lower priority than
+    training's OpenMP threads, and its rows cross as numpy arrays; the batches are those of the
+    in-process loader, token for token."""
+    from lmstream.data.loader import CPU_WORKER_NICE
+
+    shards = [str(_write_jsonl(tmp_path / "t.jsonl", _corpus(60)))]
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    batches = {}
+    for workers in (0, 1):
+        cfg = _config(tmp_path / f"run{workers}", tokenizer, num_workers=workers,
+                      train_shards=shards, shuffle_buffer_size=8)  # fmt: skip
+        cfg.runtime.device = "cpu"
+        loader = build_train_loader(cfg, tokenizer, tmp_path / f"run{workers}")
+        it = iter(loader)
+        batches[workers] = [next(it) for _ in range(12)]
+        if workers:
+            pid = loader._live._workers[0].pid
+            assert os.getpriority(os.PRIO_PROCESS, pid) == min(base + CPU_WORKER_NICE, 19)
+        loader.close()
+    for a, b in zip(batches[0], batches[1], strict=True):
+        assert torch.equal(a.inputs, b.inputs) and torch.equal(a.targets, b.targets)
+        assert a.inputs.dtype == b.inputs.dtype == torch.long
+
+
 def test_vocab_mismatch_is_refused_before_training(tmp_path: Path, tokenizer) -> None:
     cfg = _config(tmp_path / "run", tokenizer,
                   train_shards=[str(_write_jsonl(tmp_path / "t.jsonl", _corpus(10)))])  # fmt: skip
