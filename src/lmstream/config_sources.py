@@ -9,9 +9,11 @@ mixture of that one source with weight 1, so the loader only ever sees a list of
 
 from __future__ import annotations
 
+import glob
 import math
+import os
 import re
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from pydantic import Field, field_validator, model_validator
 
@@ -200,3 +202,63 @@ def check_mixture(sources: list[_SourceCommon]) -> None:
     normalised_weights(sources)
     for source, name in zip(sources, names, strict=True):
         source.name = name
+    check_no_overlap(sources)
+
+
+def check_no_overlap(sources: list[_SourceCommon]) -> None:
+    """ValueError naming both sources when two of them read the same file (``sub/c.jsonl`` and
+    ``sub/*.jsonl``, a folder and a file in it, one file listed twice): each source is mixed
+    in at its own weight, so that file's documents would silently train twice as often.
+
+    One file read for two different text fields (or subsets, splits, revisions) is two sources
+    of documents, not an overlap. Remote data is compared by its written location only."""
+    seen: dict[tuple, dict[str, str]] = {}
+    for source in sources:
+        owners = seen.setdefault(_reading(source), {})
+        for data in _data_files(source):
+            if data in owners and owners[data] != source.name:
+                raise ValueError(
+                    f"sources {owners[data]!r} and {source.name!r} both read {data}: its "
+                    "documents would train twice as often as the weights say; list each file "
+                    "in one source only, with the weight it should have"
+                )
+            owners.setdefault(data, str(source.name))
+
+
+def _reading(source: _SourceCommon) -> tuple:
+    """What, besides the files, picks a source's documents."""
+    if isinstance(source, StreamSourceConfig):
+        return (source.subset, source.split, source.text_field, source.revision)
+    return ()
+
+
+def _data_files(source: _SourceCommon) -> list[str]:
+    """The files a source reads: local paths, globs and folders expanded to real paths;
+    remote locations (hub ids and their repository paths, URLs) as written."""
+    if isinstance(source, FilesSourceConfig):
+        entries = [str(p) for p in source.train_shards]
+    elif source.data_files:
+        entries = []
+        for entry in source.data_files:
+            split, sep, pattern = entry.partition("=")  # "train=part-*.jsonl" picks a split
+            if sep and split.isidentifier() and not os.path.exists(entry):
+                if split != source.split:
+                    continue
+                entry = pattern
+            local = "://" not in entry and Path(entry).expanduser().is_absolute()
+            entries.append(entry if local else f"{source.dataset}:{entry}")
+    else:
+        entries = [source.dataset]
+    out: list[str] = []
+    for entry in entries:
+        path = os.path.expanduser(entry)
+        if "://" in entry or not (os.path.isabs(path) or os.path.exists(path)):
+            out.append(entry)  # remote, or a hub id
+        elif glob.has_magic(path):
+            out += [os.path.realpath(f) for f in sorted(glob.glob(path, recursive=True))
+                    if os.path.isfile(f)]  # fmt: skip
+        elif os.path.isdir(path):
+            out += sorted(os.path.realpath(f) for f in Path(path).rglob("*") if f.is_file())
+        else:
+            out.append(os.path.realpath(path))
+    return out

@@ -51,7 +51,6 @@ def plan_sources(
         except ValueError as err:
             where = opts.sources if opts.sources is not None else "--dataset"
             raise ConfigError(f"{where}: {err}") from None
-        _refuse_repeats(sources, opts.sources or "--dataset")
         cfg = StreamingConfig(version=2, sources=sources, **common)
     listed = cfg.source_list()
     return cfg, listed, [SourceSpec.from_source(s, cfg) for s in listed]
@@ -126,22 +125,6 @@ def _label(entry: object, index: int) -> str:
             if isinstance(entry.get(key), str):
                 return f"source {entry[key]!r}"
     return f"source {index + 1}"
-
-
-def _refuse_repeats(sources: list[StreamSourceConfig], where: str) -> None:
-    """The same data listed twice is a mistake (its weight would be split across two names)."""
-    seen: dict[tuple, str] = {}
-    for source in sources:
-        # the text field and the revision pick the documents too: one file read for its
-        # "question" and for its "answer" is two sources
-        key = (source.dataset, tuple(source.data_files or ()), source.subset, source.split,
-               source.text_field, source.revision)  # fmt: skip
-        if key in seen:
-            raise ConfigError(
-                f"{where}: source {source.name!r} reads the same data as {seen[key]!r} "
-                f"({source.location}); list each source once and give it the combined weight"
-            )
-        seen[key] = str(source.name)
 
 
 def _local_or_remote(dataset: str, base: Path | None = None) -> str:

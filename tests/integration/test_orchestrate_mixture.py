@@ -121,7 +121,7 @@ def test_sources_file_gives_per_source_fields(tmp_path, capsys):
          "--weights: 1 weights for 2 datasets"),
         (["--dataset", "A", "--weights", "1"], "--weights: weights mix several sources"),
         (["--weights", "0.5", "0.5"], "--weights: weights mix several sources"),
-        (["--dataset", "A", "--dataset", "A"], "source 'A-2' reads the same data as 'A'"),
+        (["--dataset", "A", "--dataset", "A"], "sources 'A' and 'A-2' both read"),
         (["--sources", "SOURCES", "--dataset", "A"], "--sources: the file lists every source"),
         (["--sources", "DUPLICATE"], "duplicate source name 'web'"),
         (["--sources", "UNKNOWN"], "source 'code': txt_field: unknown key; did you mean 'text_field'?"),

@@ -187,3 +187,14 @@ def test_a_hub_sources_data_files_are_paths_in_its_repository(tmp_path):
     kjv = load_streaming_config(tmp_path / "ws" / "runs" / "hub" / "streaming_config.json")
     assert kjv.source_list()[0].data_files == ["data/a.jsonl"]
     assert "  a: 30 documents" in done.stdout, done.stdout  # that file (names it), every line
+
+
+def test_a_file_and_a_glob_over_it_are_refused_naming_both(tmp_path, capsys):
+    """sub/c.jsonl + sub/*.jsonl: c's documents would train at both weights; one line, exit 2,
+    before anything is streamed or written."""
+    c = _jsonl(tmp_path / "sub" / "c.jsonl", _prose(30))
+    _jsonl(tmp_path / "sub" / "d.jsonl", _prose(30))
+    ws = tmp_path / "ws"
+    code, _, err = _orchestrate(capsys, ws, "--dataset", str(c), "--dataset", str(tmp_path / "sub" / "*.jsonl"))  # fmt: skip
+    assert code == 2 and f"sources 'c' and 'sub' both read {c}" in err
+    assert len(err.strip().splitlines()) == 1 and not (ws / "runs" / "e").exists()

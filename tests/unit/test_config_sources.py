@@ -132,3 +132,40 @@ def test_version_1_refuses_validating_on_the_training_split(tmp_path: Path) -> N
     data = {"dataset": "a", "split": "train", "validation_split": "train"}
     with pytest.raises(ConfigError, match="validation_split: 'train' is also the training split"):
         load_streaming_config(write(tmp_path / "sc.json", data))
+
+
+def _jsonl(path: Path) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text('{"text": "a line"}\n')
+    return str(path)
+
+
+@pytest.mark.parametrize("second", ["sub/*.jsonl", "sub", "sub/c.jsonl", "sub/../sub/c.jsonl"])
+def test_overlapping_sources_are_refused_naming_both(tmp_path: Path, second: str) -> None:
+    """sub/c.jsonl beside sub/*.jsonl (or the folder, or the file again) trains c's documents
+    twice as often as its weight says: one line naming both sources and the shared file."""
+    c = _jsonl(tmp_path / "sub" / "c.jsonl")
+    _jsonl(tmp_path / "sub" / "d.jsonl")
+    sources = [{"dataset": c, "name": "c"}, {"dataset": str(tmp_path / second), "name": "all"}]
+    with pytest.raises(ConfigError) as err:
+        load_streaming_config(write(tmp_path / "sc.json", {"version": 2, "sources": sources}))
+    text = str(err.value)
+    assert "'c'" in text and "'all'" in text and c in text and "\n" not in text
+    cfg = tiny_training_config(tmp_path / "unused.jsonl", 2)
+    cfg["data"].pop("train_shards", None)
+    cfg["data"]["mixture"] = [{"train_shards": ["sub/c.jsonl"]}, {"train_shards": [second]}]
+    with pytest.raises(ConfigError, match=r"data.mixture: sources 'c' and '[a-z2-]+' both read"):
+        parse_training_config(cfg, tmp_path)
+
+
+def test_one_file_under_two_text_fields_or_apart_is_no_overlap(tmp_path: Path) -> None:
+    c = _jsonl(tmp_path / "sub" / "c.jsonl")
+    d = _jsonl(tmp_path / "sub" / "d.jsonl")
+    sources = [
+        {"dataset": c, "name": "q", "text_field": "question"},
+        {"dataset": c, "name": "a", "text_field": "answer"},
+        {"dataset": d, "name": "d"},
+        {"dataset": "org/hub", "data_files": ["sub/c.jsonl"], "name": "hub"},
+    ]
+    cfg = load_streaming_config(write(tmp_path / "sc.json", {"version": 2, "sources": sources}))
+    assert [s.name for s in cfg.source_list()] == ["q", "a", "d", "hub"]
