@@ -139,12 +139,12 @@ def orchestrate(opts: OrchestrateOptions) -> OrchestrateResult:
         dump_streaming_config(stream_cfg, paths.streaming_config)
         files.append(paths.streaming_config)
     shards = _pretokenize(opts, specs[0], tok, paths) if opts.pretokenize else None
-    # The holdout is a share of what each source holds within its max_samples: the source
-    # whose end stopped the sample is known to hold no more than it gave (a --max-samples it
+    # The holdout is a share of what each source holds within its max_samples: a source that
+    # ended its pass in the sample is known to hold no more than it gave (a --max-samples it
     # never reached would hold out all of a small file, and training would refuse the recipe).
     sizes = [s.max_samples for s in sources]
-    if sample.ended is not None:
-        sizes[sample.ended] = sample.streams[sample.ended].documents
+    for index, _ in sample.ran_out:
+        sizes[index] = sample.streams[index].documents
     holdout = min(holdout_size(n) for n in sizes)
     write_training_yaml(paths, opts, tok.get_vocab_size(), stream_cfg.data_files, shards, holdout)
     files.append(paths.training_yaml)

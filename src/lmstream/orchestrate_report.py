@@ -15,7 +15,7 @@ def reasons(skipped: dict[str, int]) -> str:
 
 
 def mixture_lines(sample: MixtureSample, sources: list) -> list[str]:
-    """What each source gave the tokenizer, and which source's end stopped the sample."""
+    """What each source gave the tokenizer, and when a source ran out while others went on."""
     lines = ["tokenizer sample (characters, share vs weight):"]
     total_weight = sum(s.weight for s in sources)
     for source, stream, chars, share in zip(
@@ -25,9 +25,12 @@ def mixture_lines(sample: MixtureSample, sources: list) -> list[str]:
             f"  {source.name}: {stream.documents:,} documents, {chars:,} characters, "
             f"{share:.1%} vs {source.weight / total_weight:.1%}"
         )
-    if sample.ended is not None:
+    # the last source to end ended the sample; the ones before it ran out while others went on
+    for index, at in sample.ran_out[:-1]:
         lines.append(
-            f"  (the sample ended when source {sources[sample.ended].name!r} finished its pass)"
+            f"  (source {sources[index].name!r} ran out: it ended its pass, "
+            f"{sample.streams[index].documents:,} documents, at document {at:,} of the "
+            f"sample's {sample.documents:,}; the others went on without it)"
         )
     return lines
 

@@ -8,10 +8,13 @@ before it (bytes would count every non-ASCII character several times).
 
 The draw is deterministic: the next document always comes from the source furthest behind its
 share (smallest characters / weight, ties to the first listed), so after every document each
-source's share is within one document of its weight. The sample ends when the source it needs
-next has ended its pass (its stream ran out or reached its ``max_samples``): going on without it
-would bend the proportions. One source of weight 1 is read exactly as before mixtures: its first
-``max_samples`` clean documents, in order.
+source's share is within one document of its weight. When a source ends its pass (its stream
+ran out or reached its ``max_samples``) the sample goes on with the others, still drawing from
+the one furthest behind its share, until every source has ended its pass: each source gives all
+it has within its ``max_samples``, and the shares stay as close to the weights as that data
+allows (``ran_out`` records when each source ended, for orchestrate's report). A source without
+``max_samples`` is read to its end, as one source is without ``--max-samples``. One source of
+weight 1 is read exactly as before mixtures: its first ``max_samples`` clean documents, in order.
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ class MixtureSample:
         self.streams, self.weights, self.max_samples = streams, weights, max_samples
         self.batch_size = batch_size
         self.chars = [0] * len(streams)  # characters drawn from each source so far
-        self.ended: int | None = None  # the source whose end stopped the sample
+        # (source, documents in the sample when it ended its pass), in the order they ended
+        self.ran_out: list[tuple[int, int]] = []
 
     @property
     def documents(self) -> int:
@@ -71,25 +75,28 @@ class MixtureSample:
         total = sum(self.chars)
         return [c / total if total else 0.0 for c in self.chars]
 
-    def _behind(self) -> int:
-        """The source furthest behind its share: the smallest characters per unit of weight."""
+    def _behind(self, live: list[bool]) -> int:
+        """The live source furthest behind its share: the smallest characters per unit of weight."""
         ratio = [
-            c / w if w > 0 else math.inf for c, w in zip(self.chars, self.weights, strict=True)
+            c / w if ok else math.inf
+            for c, w, ok in zip(self.chars, self.weights, live, strict=True)
         ]
         return ratio.index(min(ratio))
 
     def __iter__(self) -> Iterator[str]:
         readers = [iter(s) for s in self.streams]
+        live = [w > 0 for w in self.weights]  # a source of weight 0 is never read
         try:
-            while True:
-                i = self._behind()
+            while any(live):
+                i = self._behind(live)
                 limit = self.max_samples[i]
                 text = None
                 if limit is None or self.streams[i].documents < limit:
                     text = next(readers[i], None)
                 if text is None:
-                    self.ended = i
-                    return
+                    live[i] = False
+                    self.ran_out.append((i, self.documents))
+                    continue
                 self.chars[i] += len(text)
                 yield text
         finally:

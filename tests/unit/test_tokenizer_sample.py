@@ -40,9 +40,15 @@ def test_character_shares_match_the_weights(tmp_path, weights):
     total = sum(sample.chars)
     assert total == sum(len(d) for d in docs) and total > 100_000
     longest = max(hi for _, hi in lengths) + 10
-    for share, weight in zip(sample.shares(), weights, strict=True):
-        assert abs(share - weight / sum(weights)) <= longest / total  # within one document
-    assert sample.ended is not None and weights[sample.ended] > 0  # a source's end stopped it
+    first_end = sample.ran_out[0][1]  # until the first source ran out: the weights' shares
+    chars = [0] * len(weights)
+    for doc in docs[:first_end]:
+        chars[int(doc[1 : doc.index("-")])] += len(doc)
+    for got, weight in zip(chars, weights, strict=True):
+        assert abs(got / sum(chars) - weight / sum(weights)) <= longest / sum(chars)
+    # every source read to its end, except a source of weight 0 (never read)
+    ended = {i for i, _ in sample.ran_out}
+    assert ended == {i for i, w in enumerate(weights) if w > 0}
     assert draw()[0] == docs  # deterministic
 
 
@@ -51,3 +57,25 @@ def test_one_source_is_its_first_max_samples_documents_in_order(tmp_path):
     sample = MixtureSample([_stream(tmp_path / "a.jsonl", texts)], [1.0], [120], batch_size=50)
     docs = [d for batch in sample.batches() for d in batch]
     assert docs == texts[:120] and sample.documents == 120 and sample.shares() == [1.0]
+
+
+def test_the_sample_goes_on_with_the_others_when_a_source_runs_out(tmp_path):
+    """A short source (100 documents) at half the weight of a long one (1,000): the sample takes
+    every document of both instead of stopping when the short one ends, and says when it did."""
+    long_texts, short_texts = _texts("a-", 1000, 20, 40, 1), _texts("b-", 100, 20, 40, 2)
+    streams = [
+        _stream(tmp_path / "a.jsonl", long_texts),
+        _stream(tmp_path / "b.jsonl", short_texts),
+    ]
+    sample = MixtureSample(streams, [0.5, 0.5], [None, None], batch_size=64)
+    docs = [d for batch in sample.batches() for d in batch]
+    assert sorted(docs) == sorted(long_texts + short_texts)
+    (short, at), (long, end) = sample.ran_out
+    assert (short, long, end) == (1, 0, 1100) and 190 <= at <= 210  # at ~half-way of 2 x 100
+    # with a max_samples each source stops at its own limit, and the sample at the last one
+    streams = [
+        _stream(tmp_path / "a.jsonl", long_texts),
+        _stream(tmp_path / "b.jsonl", short_texts),
+    ]
+    sample = MixtureSample(streams, [0.5, 0.5], [300, 50], batch_size=64)
+    assert sum(len(b) for b in sample.batches()) == 350
