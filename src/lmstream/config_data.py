@@ -53,7 +53,7 @@ class DataConfig(_Section):
     validation_documents: int = Field(
         default=1000,
         ge=0,
-        description="Documents held out for validation when the source has no validation split: the first N clean documents (within streaming_config.json's max_samples); orchestrate sizes it from the documents it read within --max-samples (5%, at most 1,000).",
+        description="Documents held out for validation when the source has no validation split: the first N clean documents (within streaming_config.json's max_samples); orchestrate sizes it from the documents it read within --max-samples (5%, at most 1,000), raised until every source's held-out documents hold evaluation's rows in tokens (up to a quarter of a source).",
     )
 
     @model_validator(mode="after")

@@ -40,6 +40,7 @@ from lmstream.model.presets import (
     cpu_loader_workers,
     learning_rate_by_size,
 )
+from lmstream.orchestrate_holdout import size_holdout
 from lmstream.orchestrate_options import OrchestrateOptions
 from lmstream.orchestrate_report import mixture_lines, reasons
 from lmstream.orchestrate_sources import plan_sources
@@ -68,6 +69,7 @@ class OrchestrateResult:
     vocab_requested: int | None = None  # --vocab-size, to say when the corpus gave fewer
     max_samples: int | None = None  # --max-samples, to say when the source ran out before it
     mixture: list[str] = field(default_factory=list)  # per-source lines of a mixture's sample
+    holdout: list[str] = field(default_factory=list)  # the holdout raised, or too small: why
 
 
 def _prepare_folders(paths: ExperimentPaths, overwrite: bool, check_only: bool = False) -> None:
@@ -146,6 +148,10 @@ def orchestrate(opts: OrchestrateOptions) -> OrchestrateResult:
     for index, _ in sample.ran_out:
         sizes[index] = sample.streams[index].documents
     holdout = min(holdout_size(n) for n in sizes)
+    if shards is None:  # token shards hold their documents' tokens; text is measured here
+        row, rows = _validation_rows(paths, opts, stream_cfg.data_files, tok.get_vocab_size())
+        sized = size_holdout(holdout, sources, specs, sizes, tok, row, rows)
+        holdout, holdout_lines = sized.documents, sized.lines
     write_training_yaml(paths, opts, tok.get_vocab_size(), stream_cfg.data_files, shards, holdout)
     files.append(paths.training_yaml)
     return OrchestrateResult(
@@ -161,7 +167,17 @@ def orchestrate(opts: OrchestrateOptions) -> OrchestrateResult:
         vocab_requested=opts.vocab_size,
         max_samples=limit,
         mixture=mixture_lines(sample, sources) if len(sources) > 1 else [],
+        holdout=holdout_lines if shards is None else [],
     )
+
+
+def _validation_rows(
+    paths: ExperimentPaths, opts: OrchestrateOptions, data_files: list[str] | None, vocab: int
+) -> tuple[int, int]:
+    """(tokens per validation row, rows per source) of the training.yaml about to be written."""
+    written = training_yaml_dict(paths, opts, data_files, vocab_size=vocab)
+    evaluation = EvaluationConfig.model_validate(written["runtime"]["evaluation"])
+    return written["data"]["sequence_length"] + 1, evaluation.num_sequences
 
 
 def _check_documents(sample: MixtureSample, sources: list, specs: list[SourceSpec]) -> None:

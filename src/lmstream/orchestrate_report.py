@@ -65,7 +65,7 @@ def summary(result: OrchestrateResult, seconds: float | None = None) -> str:
 
 def notes(result: OrchestrateResult) -> list[str]:
     """What did not go as asked: a smaller vocabulary, a source shorter than --max-samples."""
-    out = []
+    out = list(result.holdout)
     asked, got = result.vocab_requested, result.vocab_size
     if asked is not None and got < asked:
         out.append(

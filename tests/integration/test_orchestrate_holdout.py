@@ -1,0 +1,68 @@
+"""The validation holdout orchestrate writes (data.validation_documents) holds the rows
+evaluation needs in every source: a mixture with a source of short code lines (~10 tokens each)
+got 8 documents, 88 tokens, and `lmstream train` stopped at start-up with "the validation set has
+88 tokens, fewer than one row of 129; raise data.validation_documents"."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+from lmstream.cli import main
+from lmstream.config import load_training_config
+from lmstream.corpus import kjv_documents
+from lmstream.data.validation import build_validation_batches, holdout_size
+from lmstream.tokenizer import load_tokenizer
+
+
+def _jsonl(path: Path, texts: list[str]) -> Path:
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+    return path
+
+
+def _orchestrate(capsys, ws: Path, *datasets: Path, extra: tuple[str, ...] = ()) -> str:
+    args = ["orchestrate", "--stream", "--no-progress", "--vocab-size", "400", "--model-size",
+            "tiny", "--experiment", "mix", "--workspace", str(ws), *extra]  # fmt: skip
+    for data in datasets:
+        args += ["--dataset", str(data)]
+    code = main(args)
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return out
+
+
+def _validation_rows(ws: Path) -> dict[str, int]:
+    """Rows per source of the validation set train builds from what orchestrate wrote."""
+    run = ws / "runs" / "mix"
+    cfg = load_training_config(run / "training.yaml")
+    tokenizer = load_tokenizer(cfg.tokenizer.tokenizer_json)
+    rows: dict[str, int] = {}
+    for batch in build_validation_batches(cfg, tokenizer, run):
+        rows[batch.source] = rows.get(batch.source, 0) + len(batch.inputs)
+    return rows
+
+
+def test_short_code_lines_get_a_holdout_with_the_rows_evaluation_needs(tmp_path, capsys):
+    prose = _jsonl(tmp_path / "prose.jsonl", list(itertools.islice(kjv_documents(), 2400)))
+    lines = [f"total_{i} = compute(alpha, beta{i % 7}) + offset" for i in range(2400)]
+    code = _jsonl(tmp_path / "code.jsonl", lines)  # ~15 tokens a line
+    ws = tmp_path / "ws"
+    out = _orchestrate(capsys, ws, prose, code, extra=("--weights", "0.75", "0.25"))
+    cfg = load_training_config(ws / "runs" / "mix" / "training.yaml")
+    asked = cfg.runtime.evaluation.num_sequences  # 64 rows of 129 tokens
+    # 5% (120 lines) held ~13 rows: raised for the code lines, most of them left to train on
+    assert holdout_size(2400) < cfg.data.validation_documents <= 2400 // 4
+    assert _validation_rows(ws) == {"prose": asked, "code": asked}
+    assert "validation holdout:" in out and "'code'" in out
+
+
+def test_a_source_too_small_for_one_row_is_one_note_saying_what_to_change(tmp_path, capsys):
+    prose = _jsonl(tmp_path / "prose.jsonl", list(itertools.islice(kjv_documents(), 300)))
+    code = _jsonl(tmp_path / "code.jsonl", [f"y{i % 10} = x" for i in range(40)])
+    ws = tmp_path / "ws"
+    out = _orchestrate(capsys, ws, prose, code)
+    notes = [line for line in out.splitlines() if line.startswith("note:") and "'code'" in line]
+    assert len(notes) == 1, out
+    assert "fewer than one validation row of 129" in notes[0]
+    assert "data.sequence_length" in notes[0] and "validation_split" in notes[0]
