@@ -23,6 +23,7 @@ from lmstream.train import checkpoint as ckpt
 from lmstream.train import run_folder
 from lmstream.train.background import CheckpointWriter, snapshot
 from lmstream.train.folders import remove_folder
+from lmstream.train.mixture_metrics import mixture_of
 from lmstream.train.state import capture_rng, load_optimizer_state, optimizer_state
 
 # save(directory, extra manifest keys) -> the folder written: one step's checkpoint, in the
@@ -37,30 +38,78 @@ def due(count: int, every: int | None) -> bool:
 
 class BestCheckpoints:
     """The ``max_keep`` checkpoints with the lowest validation loss, in one folder (each
-    manifest holds its ``val_loss``)."""
+    manifest holds its ``val_loss``; a mixture's also its per-source ``val_losses`` and the
+    ``weights`` that averaged them).
 
-    def __init__(self, directory: str | os.PathLike, max_keep: int):
+    A resume may change a mixture's weights (``mixture_resume``); a best checkpoint's val_loss
+    averaged with the old weights would then be compared with evaluations averaged with the new
+    ones. So with ``weights`` (the run's, by source name) a best of other weights counts with its
+    per-source losses re-weighted with the current ones: the val_loss the current run would
+    log for it (the validation sets are the same, a changed source's being refused on resume).
+    A best that lacks the loss of a source evaluated now (a source added since) cannot be
+    compared: it no longer competes, and stays in the folder (the comparison restarts).
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        max_keep: int,
+        weights: dict[str, float] | None = None,
+    ):
         self.directory, self.max_keep = Path(directory), max_keep
+        self.weights = weights
+        self.sources: tuple[str, ...] | None = None  # the sources the last evaluation had
 
     def entries(self) -> list[tuple[float, Path]]:
-        """(val_loss, path) of the complete best checkpoints, lowest first (ties: newer first)."""
+        """(val_loss, path) of the complete best checkpoints that compare with this run's
+        evaluations, lowest first (ties: newer first)."""
         found = []
         for path in ckpt.complete_checkpoints(self.directory):
             manifest = ckpt.read_manifest(path)
-            loss = manifest.get("val_loss")
-            if isinstance(loss, int | float):
-                found.append((float(loss), -int(manifest["step"]), path))
+            loss = self._comparable(manifest)
+            if loss is not None:
+                found.append((loss, -int(manifest["step"]), path))
         return [(loss, path) for loss, _, path in sorted(found)]
 
-    def qualifies(self, val_loss: float) -> bool:
-        """Whether a checkpoint with ``val_loss`` would be among the ``max_keep`` lowest."""
+    def _comparable(self, manifest: dict) -> float | None:
+        loss = manifest.get("val_loss")
+        if not isinstance(loss, int | float):
+            return None
+        saved_weights, saved = manifest.get("weights"), manifest.get("val_losses")
+        if self.weights is None or not isinstance(saved_weights, dict):
+            return float(loss)  # one source, or written before weights were recorded
+        if saved_weights == self.weights:
+            return float(loss)
+        names = self.sources if self.sources is not None else tuple(self.weights)
+        if not isinstance(saved, dict) or any(n not in saved for n in names):
+            return None
+        total = math.fsum(self.weights.get(n, 0.0) for n in names)
+        if total <= 0:
+            return None
+        return math.fsum(self.weights.get(n, 0.0) * saved[n] for n in names) / total
+
+    def manifest_keys(self, val_loss: float, losses: dict[str, float] | None) -> dict:
+        """What a best checkpoint's manifest records of its evaluation."""
+        extra: dict = {"val_loss": val_loss}
+        if self.weights is not None and losses:
+            extra |= {"val_losses": dict(losses), "weights": dict(self.weights)}
+        return extra
+
+    def qualifies(self, val_loss: float, losses: dict[str, float] | None = None) -> bool:
+        """Whether a checkpoint with ``val_loss`` (``losses``: per source) would be among the
+        ``max_keep`` lowest."""
+        if losses:
+            self.sources = tuple(losses)
         kept = self.entries()
         return len(kept) < self.max_keep or val_loss < kept[self.max_keep - 1][0]
 
-    def keep(self, val_loss: float, save: Save, saved: Path | None = None) -> Path:
+    def keep(
+        self, val_loss: float, save: Save, saved: Path | None = None, extra: dict | None = None
+    ) -> Path:
         """Add a checkpoint: hard links to ``saved`` (this step's regular checkpoint, just
-        written) or else a fresh one through ``save``; then prune beyond ``max_keep``."""
-        extra = {"val_loss": val_loss}
+        written) or else a fresh one through ``save``; then prune beyond ``max_keep``.
+        ``extra``: its manifest keys (default: just ``val_loss``)."""
+        extra = extra or {"val_loss": val_loss}
         path = (
             link_checkpoint(saved, self.directory, extra) if saved else save(self.directory, extra)
         )
@@ -113,7 +162,10 @@ class Checkpointer:
         self.run, self.logger, self.extra_state = run, logger, dict(extra_state or {})
         self.settings = run.cfg.runtime.checkpoint
         best = run.cfg.runtime.evaluation.best
-        self.best = BestCheckpoints(best.directory, best.max_keep)
+        mixture = mixture_of(run.loader)
+        weights = dict(zip(*mixture, strict=True)) if mixture else None
+        self.best = BestCheckpoints(best.directory, best.max_keep, weights)
+        self._best_losses: dict[str, float] | None = None  # the evaluation's, per source
         # FSDP: every rank writes its shards (collective, so synchronous); otherwise rank 0
         # writes one file set, in the background when runtime.checkpoint.async_save.
         self.sharded = run.strategy == "fsdp"
@@ -128,11 +180,18 @@ class Checkpointer:
         return self.saved_step if self.saved_step is not None else self._start
 
     def after_step(
-        self, *, final: bool, epoch_ended: bool, stopping: bool, val_loss: float | None
+        self,
+        *,
+        final: bool,
+        epoch_ended: bool,
+        stopping: bool,
+        val_loss: float | None,
+        source_losses: dict[str, float] | None = None,
     ) -> None:
         """Save when due and keep the best. ``final`` and ``stopping`` (a signal) force a save;
         an epoch's end (``epoch_ended``, after its last step) applies only the per-epoch
-        setting; ``val_loss`` is this step's evaluation, if one ran."""
+        setting; ``val_loss`` is this step's evaluation, if one ran (``source_losses``: a
+        mixture's val_loss per source)."""
         st, ck = self.run.state, self.settings
         want = final or stopping or (not epoch_ended and due(st.step, ck.every_n_steps))
         want |= epoch_ended and due(st.epoch, ck.every_n_epochs)
@@ -143,7 +202,8 @@ class Checkpointer:
         if val_loss is not None and math.isfinite(val_loss):
             self._report(self.writer.wait())  # earlier writes settled before best is judged
             main = self.run.env.is_main
-            keep = main and self.best.qualifies(val_loss)
+            keep = main and self.best.qualifies(val_loss, source_losses)
+            self._best_losses = source_losses
             keep_best = bool(dist.broadcast_object(keep if main else None))
         if want or keep_best:
             self._write(want, val_loss if keep_best else None)
@@ -219,10 +279,11 @@ class Checkpointer:
                 run_folder.rotate_lineage(path, self.settings.max_keep)
             messages.append(f"saved checkpoint {path}")
         if best_val is not None:
+            extra = self.best.manifest_keys(best_val, self._best_losses)
             if main:
-                best_path = self.best.keep(best_val, write, saved=path)
+                best_path = self.best.keep(best_val, write, saved=path, extra=extra)
             else:  # a sharded save is collective: every rank joins it, rank 0 links and prunes
-                best_path = path or write(self.best.directory, {"val_loss": best_val})
+                best_path = path or write(self.best.directory, extra)
             messages.append(f"best checkpoint {best_path} (val_loss {best_val:.4f})")
         return messages
 

@@ -83,6 +83,7 @@ class Trainer:
         # runtime.micro_batch: how each step's rows are cut (train/micro_batch.py).
         self.micro_batch = micro_batch.resolve(run, logger.message, forward_backward)
         self._evaluated_step: int | None = None
+        self._source_losses: dict[str, float] = {}  # the last evaluation's, per source
         self._start = run.state.step  # 0, or the step resumed from (already on disk)
         guard = self.cfg.runtime.spike_guard
         self.guard = SpikeGuard(guard, run.state) if guard is not None else None
@@ -357,8 +358,9 @@ class Trainer:
         if want_eval and not stopping:
             val, self._evaluated_step = self._evaluate(), st.step
         self.checkpoints.after_step(
-            final=final, epoch_ended=epoch_ended, stopping=stopping, val_loss=val
-        )
+            final=final, epoch_ended=epoch_ended, stopping=stopping, val_loss=val,
+            source_losses=self._source_losses if val is not None else None,
+        )  # fmt: skip
         if val is not None and math.isfinite(val):  # after the snapshot, as the state was saved
             st.best_val_loss = val if st.best_val_loss is None else min(val, st.best_val_loss)
         dist.barrier()
@@ -380,4 +382,8 @@ class Trainer:
             metrics.update(evaluate_in_loop(self.run, tokenizer))
         if metrics:
             self.logger.log(self.run.state.step, metrics)
+        # a mixture's per-source losses: best/ re-weights them if a resume changes the weights
+        self._source_losses = {
+            k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("val_loss/")
+        }
         return metrics.get("val_loss", float("nan"))

@@ -89,7 +89,15 @@ def compare_sources(saved: list[dict], current: list[dict], keys) -> tuple[list[
     changes += [f"removed {name}" for name in old if name not in new]
     if not changes:
         return [], breaking
+    added = [name for name in new if name not in old]
+    # what best/ compares new evaluations with (checkpointer.BestCheckpoints)
+    best = (
+        f"best/ restarts its comparison (its checkpoints have no val_loss for {added[0]}; "
+        "they stay in best/)"
+        if added
+        else "best/ compares with its checkpoints' per-source val_loss re-weighted likewise"
+    )
     return [
         f"data mixture changed on resume ({'; '.join(changes)}): kept sources continue from "
-        "their saved positions, the new weights apply from the next step"
+        f"their saved positions, the new weights apply from the next step; {best}"
     ], breaking
