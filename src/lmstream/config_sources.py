@@ -212,6 +212,8 @@ def check_no_overlap(sources: list[_SourceCommon]) -> None:
 
     One file read for two different text fields (or subsets, splits, revisions) is two sources
     of documents, not an overlap. Remote data is compared by its written location only."""
+    if len(sources) < 2:
+        return  # one source: nothing to list (its folder need not be walked at each load)
     seen: dict[tuple, dict[str, str]] = {}
     for source in sources:
         owners = seen.setdefault(_reading(source), {})
