@@ -148,6 +148,7 @@ def orchestrate(opts: OrchestrateOptions) -> OrchestrateResult:
     for index, _ in sample.ran_out:
         sizes[index] = sample.streams[index].documents
     holdout = min(holdout_size(n) for n in sizes)
+    holdout_lines: list[str] = []
     if shards is None:  # token shards hold their documents' tokens; text is measured here
         row, rows = _validation_rows(paths, opts, stream_cfg.data_files, tok.get_vocab_size())
         sized = size_holdout(holdout, sources, specs, sizes, tok, row, rows)
@@ -167,7 +168,7 @@ def orchestrate(opts: OrchestrateOptions) -> OrchestrateResult:
         vocab_requested=opts.vocab_size,
         max_samples=limit,
         mixture=mixture_lines(sample, sources) if len(sources) > 1 else [],
-        holdout=holdout_lines if shards is None else [],
+        holdout=holdout_lines,
     )
 
 
