@@ -32,7 +32,8 @@ def test_orchestrate_800_samples_tiny_then_train(tmp_path, capsys) -> None:
     capsys.readouterr()
     assert main(["train", "--config", str(config)]) == 0, capsys.readouterr().err
     assert "step 2" in capsys.readouterr().out
-    assert cfg["data"]["validation_documents"] == 40  # 5% of 800
+    # 5% of 800 (40), raised so the holdout holds evaluation's rows in tokens; 3/4 still train
+    assert 40 <= cfg["data"]["validation_documents"] <= 800 // 4
     # The old default holdout is refused up front, in one line naming the setting and the size
     # (in a fresh copy of the run folder: this one now holds checkpoints, so a second fresh
     # start in it is refused for another reason).

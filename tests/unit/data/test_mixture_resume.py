@@ -33,7 +33,12 @@ CODE = {"name": "code", "dataset": "/data/code.jsonl", "weight": 0.3}
 
 def test_streaming_weight_change_and_added_source_are_one_note():
     notes = check_resume_data_source(
-        _v2(WEB, CODE), _v2({**WEB, "weight": 0.5}, CODE, {**CODE, "name": "math", "weight": 0.2})
+        _v2(WEB, CODE),
+        _v2(
+            {**WEB, "weight": 0.5},
+            CODE,
+            {**CODE, "name": "math", "dataset": "/data/math.jsonl", "weight": 0.2},
+        ),
     )
     assert len(notes) == 1
     assert "web 0.7 -> 0.5" in notes[0] and "added math (0.2)" in notes[0]
