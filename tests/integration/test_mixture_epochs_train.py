@@ -118,3 +118,29 @@ def test_sigkill_around_the_epoch_boundary_resumes_bit_exact(sources, reference,
     assert train_in_process(config, "--resume") == 0
     assert _losses(run_dir) == _losses(reference)
     assert_same_weights(run_dir, reference, last)
+
+
+def test_a_run_whose_last_pass_is_shorter_than_planned_ends_done(sources, tmp_path, capsys):
+    """The schedule's steps are the first pass's x total_epochs; here the second pass is a
+    step shorter (b at 0.6: 31 then 30 steps). The run still ends when its last epoch ends,
+    and its summary says it is done (and what to raise), not that it stopped short of its
+    planned steps; so does the resume that finds nothing to do."""
+    cfg = _config(sources, **{
+        "data.gradient_accumulation_steps": 1,
+        "data.mixture": [{**m, "weight": {"a": 0.4, "b": 0.6}[m["name"]]}
+                         for m in _config(sources)["data"]["mixture"]],
+    })  # fmt: skip
+    run_dir = tmp_path / "run"
+    config = write_run(run_dir, cfg)
+    assert train_in_process(config) == 0
+    per_epoch = ckpt.load_trainer_state(ckpt.resolve_checkpoint(run_dir / "checkpoints"))[
+        "state"]["steps_per_epoch"]  # fmt: skip
+    steps = [r["step"] for r in _records(run_dir) if "loss" in r]
+    assert steps[-1] < 2 * per_epoch  # the case at hand: fewer steps than the schedule's
+    out = capsys.readouterr().out
+    assert "== stopped" not in out, out[-1500:]
+    assert "== done: epoch 2 of 2" in out
+    assert "after raising scheduler.total_epochs" in out
+    assert train_in_process(config, "--resume") == 0
+    out = capsys.readouterr().out
+    assert "nothing to do" in out and "== done: epoch 2 of 2" in out

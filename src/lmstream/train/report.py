@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from lmstream.config import TrainingConfig
+from lmstream.train.setup import ends_by_epochs
 
 STEP_EFFICIENCY = 0.6  # a training step's FLOP rate / a large fp32 matmul's (see above)
 SLOW_STEP_S = 180.0  # on a CPU, a step slower than this gets the "use tiny" warning
@@ -267,12 +268,17 @@ def final_summary(run: Any, config_path: Path, seconds: float) -> str:
     )
     best = f"; best validation loss {min(vals):.3f}" if vals else ""
     ckpts = rt.checkpoint.directory
-    finished = st.step >= run.total_steps
+    # A mixture planned in epochs ends with its last epoch, whose steps the first pass's only
+    # estimate (run.total_steps): it is done there, however many steps that took.
+    epochs = cfg.scheduler.total_epochs if ends_by_epochs(cfg, run.loader) else None
+    finished = st.epoch >= epochs if epochs else st.step >= run.total_steps
     # the field that planned the run is the one to raise (total_steps is derived from epochs)
     plan = "total_epochs" if cfg.scheduler.total_epochs is not None else "total_steps"
     state = "done" if finished else "stopped"
+    where = f"epoch {st.epoch} of {epochs}, step {st.step:,}" if epochs else (
+        f"step {st.step:,} of {run.total_steps:,}")  # fmt: skip
     lines = [
-        f"== {state}: step {st.step:,} of {run.total_steps:,} in {_duration(seconds)} ==",
+        f"== {state}: {where} in {_duration(seconds)} ==",
         f"loss: {loss}{best}" + (f"; last validation loss {vals[-1]:.3f}" if vals else ""),
         f"tokens seen: {st.tokens_seen:,}",
         f"checkpoints: {ckpts}",
