@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -139,17 +139,35 @@ class DataSurvey:
     tokens_per_document: float | None
     holdout: str  # how validation data is chosen
     holdout_documents: int  # documents held out of the training stream (0 with a split)
+    share: float = 1.0  # of the planned tokens: a mixture's primary (the source described) only
 
 
 def survey_data(
     cfg: TrainingConfig, run_dir: Path, tokenizer: Any, read: bool = True
 ) -> DataSurvey:
     """Describe and, for local sources (``read``), count the training data."""
-    from lmstream.data.documents import TextSource, resolve_plan
+    from lmstream.data.documents import resolve_plan
+
+    plan = resolve_plan(cfg, Path(run_dir))
+    survey = _survey(cfg, run_dir, tokenizer, read, plan)
+    return replace(survey, share=_primary_share(cfg, Path(run_dir)))
+
+
+def _primary_share(cfg: TrainingConfig, run_dir: Path) -> float:
+    """The token weight of the source ``resolve_plan`` describes (1 for one source)."""
+    from lmstream.data.documents import STREAMING_CONFIG
+    from lmstream.data.mixture_plan import resolve_sources
+
+    if cfg.data.mixture is None and not (run_dir / STREAMING_CONFIG).is_file():
+        return 1.0
+    return max(s.weight for s in resolve_sources(cfg, run_dir))
+
+
+def _survey(cfg: TrainingConfig, run_dir: Path, tokenizer: Any, read: bool, plan) -> DataSurvey:
+    from lmstream.data.documents import TextSource
     from lmstream.data.packing import encode_documents
     from lmstream.data.token_shards import TokenShards
 
-    plan = resolve_plan(cfg, Path(run_dir))
     n_val = cfg.data.validation_documents
     if plan.kind == "tokens":
         shards = TokenShards(plan.token_paths)
@@ -220,8 +238,11 @@ def describe_data(
         more = "" if s.complete else "at least "
         parts.append(f"tokens available: {more}~{_count(tokens)} in {more}{train_docs:,} documents")
         if planned and tokens and s.complete:
-            epochs = planned / tokens
-            note = f"planned {_count(planned)} = {epochs:,.2f} epochs"
+            epochs = planned * s.share / tokens
+            note = f"planned {_count(planned)}"
+            if s.share < 1:  # a mixture's primary: only its weight's share of them
+                note += f", {s.share:.0%} from this source"
+            note += f" = {epochs:,.2f} epochs"
             if epochs > 1:
                 note += f" (the data repeats ~{math.ceil(epochs):,} times)"
             parts.append(note)

@@ -168,3 +168,22 @@ def test_resume_anywhere_in_a_pass_and_its_idle_tail_is_exact(corpus, tmp_path):
     assert len(got) == len(full)
     for a, b in zip(got, full, strict=True):
         assert a[:3] == b[:3] and a[4] == b[4] and (a[3] == b[3]).all()
+
+
+def test_the_startup_line_counts_epochs_of_the_primary_at_its_share(corpus, tmp_path):
+    """The line `lmstream train` starts with names the primary's files and tokens, so the
+    epochs it derives from the planned tokens are the primary's: only its weight's share of
+    those tokens are its documents (before, all of them were, 1/0.6 times too many epochs)."""
+    from lmstream.train.report import describe_data, survey_data
+
+    root, paths = corpus
+    cfg = parse_training_config(mixture_config(root, paths, WEIGHTS, **{
+        "data.validation_documents": HOLDOUT}), root)  # fmt: skip
+    survey = survey_data(cfg, tmp_path, load_tokenizer(cfg.tokenizer.tokenizer_json))
+    available = (survey.documents - HOLDOUT) * survey.tokens_per_document
+    steps = 200
+    line = describe_data(cfg, survey, steps)
+    epochs = float(re.search(r"= ([\d.,]+) epochs", line).group(1))
+    assert epochs == pytest.approx(
+        steps * cfg.tokens_per_step(1) * WEIGHTS["b"] / available, abs=0.01
+    )
