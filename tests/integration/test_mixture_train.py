@@ -33,6 +33,7 @@ from tests.support.training import train_in_process, write_run
 
 from lmstream.cli import main as cli_main
 from lmstream.data import sources as data_sources
+from lmstream.train import checkpoint as ckpt
 
 pytestmark = pytest.mark.slow
 STEPS = 24
@@ -187,9 +188,9 @@ def fast_network(monkeypatch):
     monkeypatch.setenv(data_sources.MAX_RETRIES_ENV, "6")
 
 
-def _http_run(run_dir: Path, mix, server: FileServer) -> Path:
+def _http_run(run_dir: Path, mix, server: FileServer, **overrides) -> Path:
     root, paths = mix
-    cfg = _config(mix, **{"data.train_shards": []})
+    cfg = _config(mix, **{"data.train_shards": [], **overrides})
     del cfg["data"]["mixture"]
     config = write_run(run_dir, cfg)
     urls = [server.url(Path(p).name) for p in paths["b"]]
@@ -217,6 +218,56 @@ def test_http_source_failing_a_fifth_of_requests_resumes_exactly(mix, tmp_path, 
     assert len(faults.injected) >= 2
     assert _losses(run_dir) == _losses(clean)
     assert_same_weights(run_dir, clean, STEPS)
+
+
+def test_source_down_mid_step_keeps_each_sources_tokens(mix, tmp_path, fast_network, capsys):
+    """A small web source (re-read every few steps) goes down for good partway through an
+    optimizer step's micro-batches: the run saves them as the checkpoint's pending ones, and
+    once the source is back the resumed run feeds them first. Its ``tokens_seen/NAME`` still
+    add up to ``tokens_seen`` and equal the uninterrupted run's (the pending micro-batches lost
+    their per-source counts, so each source's fell short)."""
+    root, paths = mix
+    lines = Path(paths["b"][0]).read_text().splitlines(keepends=True)
+    served = {"web.jsonl": "".join(lines[:7]).encode()}
+    over = {"data.num_workers": 0, "data.gradient_accumulation_steps": 3,  # requests in order
+            "data.validation_documents": 4, "runtime.evaluation.every_n_steps": None}  # fmt: skip
+
+    def run(run_dir: Path, server: FileServer) -> Path:
+        cfg = _config(mix, **{"data.train_shards": [], **over})
+        del cfg["data"]["mixture"]
+        config = write_run(run_dir, cfg)
+        url = server.url("web.jsonl")
+        sources = [{"name": "a", "weight": 0.6, "dataset": paths["a"][0], "data_files": paths["a"]},
+                   {"name": "web", "weight": 0.4, "dataset": url, "data_files": [url]}]  # fmt: skip
+        sc = {"version": 2, "sources": sources, "stream_batch_size": 4}
+        (run_dir / "streaming_config.json").write_text(json.dumps(sc))
+        return config
+
+    with FileServer(served) as server:
+        clean = tmp_path / "clean"
+        assert train_in_process(run(clean, server)) == 0
+        gets = sum(method == "GET" for method, _, _ in server.requests)
+    for down in range(gets // 2, gets):  # the first request whose failure cuts a step short
+        run_dir = tmp_path / f"run-{down}"
+        with FileServer(
+            served, Faults(kinds=("503",), on_requests=set(range(down, 10**6)))
+        ) as server:
+            config = run(run_dir, server)
+            failed = train_in_process(config) == 3
+            saved = ckpt.complete_checkpoints(run_dir / "checkpoints")
+            if failed and saved and ckpt.load_trainer_state(saved[-1]).get("pending", [[]])[0]:
+                server.faults = Faults()  # the source is back
+                assert train_in_process(config, "--resume") == 0
+                break
+    else:
+        pytest.fail("no failure fell inside a step")
+    capsys.readouterr()
+    assert _losses(run_dir) == _losses(clean)
+    last = [r for r in _records(run_dir) if "loss" in r][-1]
+    want = [r for r in _records(clean) if "loss" in r][-1]
+    assert last["tokens_seen/a"] + last["tokens_seen/web"] == last["tokens_seen"]
+    assert (last["tokens_seen/a"], last["tokens_seen/web"]) == (
+        want["tokens_seen/a"], want["tokens_seen/web"])  # fmt: skip
 
 
 def test_eval_reproduces_the_logged_weighted_val_loss(reference, capsys):

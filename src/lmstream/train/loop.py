@@ -265,7 +265,9 @@ class Trainer:
         exactly as an uninterrupted run (the loader's saved position is after them)."""
         st = self.run.state
         if st.step > self.checkpoints.last_step:
-            pending = [(b.inputs, b.targets, b.epoch) for b in fetched if b.weight > 0]
+            # A mixture's also keep their tokens per source (tokens_seen/NAME when replayed).
+            pending = [(b.inputs, b.targets, b.epoch, *_per_source(b)) for b in fetched
+                       if b.weight > 0]  # fmt: skip
             try:
                 self.checkpoints.save_now(pending)
                 saved = f"; checkpoint saved at step {st.step}"
@@ -387,3 +389,9 @@ class Trainer:
             k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("val_loss/")
         }
         return metrics.get("val_loss", float("nan"))
+
+
+def _per_source(batch) -> tuple:
+    """A mixture batch's target tokens per source, as a pending entry's 4th item (else none)."""
+    counts = getattr(batch, "source_tokens", ())
+    return (list(counts),) if counts else ()

@@ -328,9 +328,14 @@ def _resume(cfg, env, model, optimizer, precision, loader, path: Path, trainer: 
         start.batches, start.prefetched = _primed(loader), 1
         pending = trainer.get("pending")  # micro-batches taken before a source failed: first
         if pending and pending[env.rank]:
+            from lmstream.data.mixture import MixBatch
             from lmstream.data.packing import Batch
 
-            first = [Batch(x, y, int(epoch)) for x, y, epoch in pending[env.rank]]
+            # (inputs, targets, epoch[, a mixture's tokens per source]); the 4th is newer.
+            first = [
+                MixBatch(x, y, int(epoch), 1.0, tuple(src[0])) if src else Batch(x, y, int(epoch))
+                for x, y, epoch, *src in pending[env.rank]
+            ]
             start.batches = itertools.chain(first, start.batches)
             start.prefetched += len(first)
     restore_rng(trainer["rng"][env.rank])  # last: nothing may draw from the RNG after this
