@@ -33,7 +33,8 @@ position, the mixer takes the saved counts, and the saved document is drawn firs
 changed weights or sources (a resume that changes the mix), kept sources continue from their
 positions, new ones start at their beginning, and the mixer's counts restart from zero so the
 new weights apply to the tokens from here on. A resume that makes another source the primary
-continues it where it was if that is in the current pass, else from the pass's start.
+continues it where it was if that is in the current pass, else from the pass's start; every
+pass begun afterwards reads the new primary's whole part of it.
 """
 
 from __future__ import annotations
@@ -248,6 +249,11 @@ class MixedIterator:
         carry = dataset.carry.get(worker)
         if carry is not None:  # the other sources go on where the last pass left them
             self._restore({**carry, "source": None, "offset": 0})
+            # A pass begins here: the primary's whole part of it, also when the carry's primary
+            # was another source (weights changed on resume) and this one's own epoch count,
+            # as a secondary, merely equals the pass's number.
+            self._pipes[self.mix.primary].next = Position(epoch=self.epoch)
+            self._epochs[self.mix.primary] = self.epoch
         else:
             self._align()
             self._epochs = [p.next.epoch for p in self._pipes]  # per source: its last document's

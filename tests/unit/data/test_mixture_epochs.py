@@ -187,3 +187,31 @@ def test_the_startup_line_counts_epochs_of_the_primary_at_its_share(corpus, tmp_
     assert epochs == pytest.approx(
         steps * cfg.tokens_per_step(1) * WEIGHTS["b"] / available, abs=0.01
     )
+
+
+def test_a_resume_at_an_epochs_start_that_makes_another_source_primary_passes_over_it(
+    corpus, tmp_path
+):
+    """Resumed exactly at epoch 1's start with weights that make a the primary (an annealing
+    step): epoch 1 is one pass over a, each of its documents once. Before, a continued where
+    it was whenever its own epoch count, as a secondary, happened to equal the pass's number:
+    that epoch trained 36 of a's 196 documents."""
+    loaders = _loaders(corpus, tmp_path, 1, 2)
+    try:
+        _, epoch = drive(loaders, epochs=1)
+        states = [roundtrip(loader.state_dict()) for loader in loaders]
+    finally:
+        _close(loaders)
+    paths = corpus[1]
+    weights = {"b": 0.2, "a": 0.6, "c": 0.2}
+    mixture = [{"name": k, "weight": w, "train_shards": paths[k]} for k, w in weights.items()]
+    loaders = _loaders(corpus, tmp_path, 1, 2, **{"data.mixture": mixture})
+    try:
+        for loader, state in zip(loaders, states, strict=True):
+            loader.load_state_dict(state)
+        records, _ = drive(loaders, epochs=2, start_epoch=epoch)
+    finally:
+        _close(loaders)
+    docs = _documents(records, load_tokenizer(str(corpus[0] / "tok" / "tokenizer.json")))
+    got = Counter(d for d, _ in docs[1] if d[0] == "a")
+    assert got == Counter(f"a{i:04d}" for i in range(HOLDOUT, sum(FILES["a"])))
