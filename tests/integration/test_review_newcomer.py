@@ -4,7 +4,6 @@ reports and `orchestrate --overwrite` claim, checked where the first tests did n
 from __future__ import annotations
 
 import json
-import statistics
 from pathlib import Path
 
 import pytest
@@ -39,13 +38,15 @@ def test_epoch_end_evaluation_is_not_training_time(corpus, tmp_path, capsys):  #
     summary = capsys.readouterr().out.split("== done: ")[1]
     assert "--resume    # after raising scheduler.total_epochs" in summary
     rows = [r for r in _records(run_dir) if "tokens_per_s" in r]
-    first_of_epoch_2 = next(r for r in rows if r["epoch"] == 1)
-    others = [r["tokens_per_s"] for r in rows[1:] if r is not first_of_epoch_2]
+    at = next(i for i, r in enumerate(rows) if r["epoch"] == 1)
+    first_of_epoch_2, before = rows[at], rows[at - 1]
     assert first_of_epoch_2["eval_checkpoint_s"] > 0.05, first_of_epoch_2
-    assert first_of_epoch_2["tokens_per_s"] > 0.1 * statistics.median(others), (
-        first_of_epoch_2,
-        statistics.median(others),
-    )
+    # The seconds this step's tokens/s stands for must leave the evaluation out. (Comparing with
+    # the median step was flaky under load: this step also waits for the next pass's loader
+    # workers to start, which a loaded machine can make 15x a plain step.)
+    step_tokens = first_of_epoch_2["tokens_seen"] - before["tokens_seen"]
+    step_s = step_tokens / first_of_epoch_2["tokens_per_s"]
+    assert step_s < first_of_epoch_2["eval_checkpoint_s"], (first_of_epoch_2, step_s)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
