@@ -95,11 +95,6 @@ class TrainingConfig(_Section):
                 f"data.sequence_length: {self.data.sequence_length} exceeds model.max_position_embeddings "
                 f"({self.model.max_position_embeddings})"
             )
-        if self.runtime.chunked_loss is True and self.optimizer.z_loss:
-            raise ValueError(  # "auto" turns chunking off with a z-loss; an explicit true cannot
-                "runtime.chunked_loss: true cannot be combined with optimizer.z_loss (the z-loss "
-                "reads the full logits); set chunked_loss to auto or false"
-            )
         if self.scheduler.min_lr is not None and self.scheduler.min_lr > self.peak_lr:
             raise ValueError(
                 f"scheduler.min_lr: {self.scheduler.min_lr} is above the peak learning rate ({self.peak_lr})"

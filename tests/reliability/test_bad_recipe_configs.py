@@ -36,7 +36,6 @@ CASES = [
     ("spike sigma 0", change(runtime__spike_guard={"threshold_sigma": 0}), "threshold_sigma"),
     ("spike watch", change(runtime__spike_guard={"watch": "lr"}), "runtime.spike_guard.watch"),
     ("spike unknown key", change(runtime__spike_guard={"sigma": 3}), "runtime.spike_guard.sigma"),
-    ("chunked loss forced with a z-loss", change(runtime__chunked_loss=True, optimizer__z_loss=1e-4), "runtime.chunked_loss: true cannot be combined"),
 ]  # fmt: skip
 
 

@@ -70,7 +70,8 @@ class Transformer(nn.Module):
         input_ids: torch.Tensor,
         targets: torch.Tensor | None = None,
         kv_cache: KVCache | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return_lse: bool = False,
+    ) -> tuple[torch.Tensor | None, ...]:
         """Logits (B, T, V) for token ids (B, T); with targets also the mean cross-entropy (and
         no logits when ``loss_chunk_tokens`` > 0: the loss is computed in chunks).
 
@@ -79,6 +80,8 @@ class Transformer(nn.Module):
             targets: (B, T) next-token ids, -100 to ignore a position; None = no loss.
             kv_cache: for incremental decoding; positions continue from ``kv_cache.pos`` and the
                 cache is advanced by T.
+            return_lse: with targets, also return the fp32 logsumexp of every position's logits
+                (B, T), differentiable, for the z-loss: (logits or None, loss, lse).
         """
         start = kv_cache.pos if kv_cache is not None else 0
         T = input_ids.shape[1]
@@ -96,14 +99,18 @@ class Transformer(nn.Module):
         weight = self.embed.weight if self.head is None else self.head.weight
         if targets is not None and self.loss_chunk_tokens > 0:
             # Training: the loss in chunks, never the full (B, T, V) logits (train/loss.py).
-            return None, lm_loss(x, weight, targets, self.loss_chunk_tokens)[0]
+            loss, lse = lm_loss(x, weight, targets, self.loss_chunk_tokens)
+            return (None, loss, lse.view(targets.shape)) if return_lse else (None, loss)
         logits = F.linear(x, weight)  # (B, T, V)
-        loss = None
-        if targets is not None:
-            # fp32 loss: bf16 log-softmax over a 50k vocabulary loses ~2 digits of the loss.
-            loss = F.cross_entropy(
-                logits.float().view(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100
-            )
+        if targets is None:
+            return logits, None
+        # fp32 loss: bf16 log-softmax over a 50k vocabulary loses ~2 digits of the loss.
+        full = logits.float()
+        loss = F.cross_entropy(
+            full.view(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100
+        )
+        if return_lse:
+            return logits, loss, torch.logsumexp(full, dim=-1)
         return logits, loss
 
     def _documents(

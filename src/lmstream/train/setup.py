@@ -97,8 +97,6 @@ def build_model(cfg: TrainingConfig, vocab_size: int, device: torch.device) -> n
     with torch.device(device):
         model = Transformer(cfg.model, vocab_size)
     model.loss_chunk_tokens = loss_chunk_tokens(cfg.runtime.chunked_loss, device)
-    if getattr(cfg.optimizer, "z_loss", 0.0):  # a z-loss computed from the full logits needs them
-        model.loss_chunk_tokens = 0
     return model
 
 

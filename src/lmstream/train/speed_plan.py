@@ -43,8 +43,6 @@ def describe_speed(cfg: TrainingConfig, vocab: int, world_size: int = 1) -> list
     sized = cfg.model_copy(deep=True)
     sized.model.vocab_size = vocab
     chunk = loss_chunk_tokens(rt.chunked_loss, device)
-    if cfg.optimizer.z_loss:  # as train/setup.build_model: the z-loss needs the full logits
-        chunk = 0
     fsdp = world_size > 1 and (
         rt.parallelism == "fsdp" or (rt.parallelism == "auto" and n >= 1_000_000_000)
     )

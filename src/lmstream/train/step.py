@@ -56,10 +56,13 @@ def forward_backward(
         share = counts[i] * n * world / total_count if total_count else batch.weight
         with dist.gradient_sync(model, enabled=i == n - 1):
             with precision.autocast():
-                logits, loss = model(inputs, targets)
+                if z_loss:  # log Z per token: from the logits, or the chunked loss's rows
+                    _, loss, lse = model(inputs, targets, return_lse=True)
+                else:
+                    _, loss = model(inputs, targets)
             objective = loss
             if z_loss:
-                z = z_loss * z_loss_term(logits, targets)
+                z = z_loss * z_loss_term(lse, targets)
                 objective = loss + z
                 z_total += z.detach() * share
             scaled = objective * share / n

@@ -8,8 +8,11 @@ import torch
 import torch.nn.functional as F
 from tests.support.models import tiny_model
 
+from lmstream.data.packing import Batch
 from lmstream.train.device_defaults import loss_chunk_tokens, resolve_compile
 from lmstream.train.loss import lm_loss
+from lmstream.train.precision import build_precision
+from lmstream.train.step import forward_backward
 
 
 def _inputs(n=37, d=16, v=50, seed=0, ignore=(3, 4, 20)):
@@ -79,6 +82,32 @@ def test_the_model_trains_the_same_with_the_chunked_loss():
         grads.append((loss.detach(), [p.grad for p in model.parameters()]))
     torch.testing.assert_close(grads[1][0], grads[0][0], rtol=1e-5, atol=0)
     for got, want in zip(grads[1][1], grads[0][1], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_z_loss_step_with_the_chunked_loss_equals_the_plain_one():
+    """optimizer.z_loss with the chunked loss: the step's z-loss is computed from the logsumexp
+    the chunks keep, so loss, logged z-loss and every gradient equal the plain path's, with
+    ignored targets (left out of both means) and micro-batches of unequal counts."""
+    torch.manual_seed(5)
+    rows = torch.randint(0, 64, (4, 13))
+    targets = rows[:, 1:].clone()
+    targets[0, :5] = -100
+    targets[3, -2:] = -100
+    batches = [Batch(rows[:2, :-1], targets[:2]), Batch(rows[2:, :-1], targets[2:])]
+    cpu = torch.device("cpu")
+    runs = []
+    for chunk in (0, 7):
+        model = tiny_model(64, 0)
+        model.loss_chunk_tokens = chunk
+        aux: dict = {}
+        loss = forward_backward(model, batches, build_precision("fp32", cpu), cpu, 1e-2, aux)
+        runs.append((loss, aux["z_loss"], [p.grad for p in model.parameters()]))
+    (loss, z, grads), (want_loss, want_z, want_grads) = runs[1], runs[0]
+    assert want_z > 0
+    torch.testing.assert_close(loss, want_loss, rtol=1e-5, atol=0)
+    torch.testing.assert_close(z, want_z, rtol=1e-5, atol=0)
+    for got, want in zip(grads, want_grads, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 

@@ -1,8 +1,10 @@
 """Review of #16's speed features: edge cases that broke (MFU peaks of laptop cards, the
-dry-run's plan under z-loss, evaluating an fp8 checkpoint on a CPU) and ones that held
+dry-run's plan with a z-loss, evaluating an fp8 checkpoint on a CPU) and ones that held
 (chunked loss under fp16 autocast with tied weights and uneven chunks)."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
@@ -43,9 +45,9 @@ def _plan_line(lines: list[str]) -> str:
     return next(line for line in lines if line.startswith("memory plan per device: "))
 
 
-def test_the_dry_run_plans_the_plain_loss_when_z_loss_turns_chunking_off(tmp_path):
-    """setup.build_model computes the full logits when optimizer.z_loss is on, so the plan
-    must count them too, or it says a micro-batch fits that does not."""
+def test_the_dry_run_plans_the_chunked_loss_with_a_z_loss_too(tmp_path):
+    """The z-loss is computed from the chunks' logsumexp (train/loss.py), so a z-loss no longer
+    turns the chunked loss off and the plan keeps counting no full logits."""
     corpus = write_kjv_corpus(tmp_path, 4, 300)
     raw = tiny_training_config(corpus, 2, **{"runtime.chunked_loss": True})
     raw["model"]["vocab_size"] = 50_000
@@ -56,7 +58,26 @@ def test_the_dry_run_plans_the_plain_loss_when_z_loss_turns_chunking_off(tmp_pat
     with_z = chunked.model_copy(deep=True)
     with_z.optimizer.z_loss = 1e-4
     assert _plan_line(describe_speed(chunked, 50_000)) != _plan_line(describe_speed(plain, 50_000))
-    assert _plan_line(describe_speed(with_z, 50_000)) == _plan_line(describe_speed(plain, 50_000))
+    assert _plan_line(describe_speed(with_z, 50_000)) == _plan_line(describe_speed(chunked, 50_000))
+
+
+def test_chunked_loss_true_with_a_z_loss_trains_as_the_plain_loss(tmp_path):
+    """`runtime.chunked_loss: true` with `optimizer.z_loss` was refused at load; now both work
+    together: the real CLI logs the same loss and z-loss at every step as the plain loss."""
+    corpus = write_kjv_corpus(tmp_path, 40, 300)
+    logged = {}
+    for chunked in (False, True):
+        run = tmp_path / f"chunked-{chunked}"
+        cfg = tiny_training_config(
+            corpus, 4, **{"runtime.chunked_loss": chunked, "optimizer.z_loss": 1e-3}
+        )
+        assert train_in_process(write_run(run, cfg)) == 0
+        records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        logged[chunked] = [(r["step"], r["loss"], r["z_loss"]) for r in records if "z_loss" in r]
+    assert [s for s, _, _ in logged[True]] == [1, 2, 3, 4]
+    for (_, loss, z), (_, want_loss, want_z) in zip(logged[True], logged[False], strict=True):
+        assert loss == pytest.approx(want_loss, rel=1e-5) and z == pytest.approx(want_z, rel=1e-5)
+        assert z > 0
 
 
 @pytest.mark.parametrize("tied", [True, False])
