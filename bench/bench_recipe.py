@@ -1,13 +1,16 @@
 """What each training-recipe option buys on a small CPU run: validation loss of the seed recipe
-(AdamW, cosine) vs WSD vs Muon vs QK-norm vs QK-norm + z-loss, same model, steps and tokens.
+(AdamW, cosine) vs WSD vs Muon vs document masking vs QK-norm vs QK-norm + z-loss, same model,
+steps and tokens.
 
 Every variant is the real `lmstream train` (in this process, one torch thread) on the demo corpus
 (the KJV) with the same seed, so all see the same batches in the same order and start from the
 same weights; only the option under test differs. The model is 4 layers of width 128, context 64,
 12 sequences per step. The comparison is within one run of this script; absolute losses move
-with the step count (`--steps`).
+with the step count (`--steps`). With ``--record`` the table in BENCHMARKS.md is rewritten after
+every variant, so a run stopped early (a shared machine) leaves the rows it finished, said so.
 
-    python bench/bench_recipe.py                 # 2,000 steps per variant
+    OMP_NUM_THREADS=1 python bench/bench_recipe.py --record     # 2,000 steps per variant
+
     python bench/bench_recipe.py --steps 600 --record
     python bench/bench_recipe.py --quick         # 30 steps: a smoke test, never recorded
 """
@@ -36,8 +39,9 @@ NOTE = (
     "One run per row (one seed): differences of a few hundredths, like QK-norm's here, are "
     "within what another seed could move; at this size QK-norm and z-loss are stabilisers "
     "(they matter at high learning rates and large scale), not speed-ups. The wall column "
-    "follows the shared machine's load, not the recipe's cost. Document-aware attention is "
-    "not in this table (it lands from another branch)."
+    "follows the shared machine's load, not the recipe's cost (the losses do not depend on it). "
+    "Document masking is evaluated masked too: a validation row that spans two documents is "
+    "scored with each token seeing only its own document, as in training."
 )
 VOCAB = 4096
 
@@ -51,6 +55,7 @@ VARIANTS: dict[str, dict] = {
         }
     },
     "Muon (+ AdamW for the rest)": {"optimizer": {"algorithm": "muon"}},
+    "document masking": {"model": {"document_masking": True}},
     "QK-norm": {"model": {"qk_norm": True}},
     "QK-norm + z-loss 1e-4": {"model": {"qk_norm": True}, "optimizer": {"z_loss": 1e-4}},
 }
@@ -113,27 +118,8 @@ def run_variant(run_dir: Path, name: str, cfg: dict) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--quick", action="store_true", help="30 steps; never recorded")
-    parser.add_argument("--record", action="store_true", help="update BENCHMARKS.md")
-    args = parser.parse_args()
-    steps = 30 if args.quick else args.steps
-    torch.set_num_threads(
-        1
-    )  # the same arithmetic for every variant, and a fair share of a shared CPU
-    results = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        _, n_docs = write_demo_corpus(root / "kjv.jsonl")
-        docs = list(kjv_documents())
-        save_tokenizer(train_bpe(docs, VOCAB, ["<|endoftext|>", "<|pad|>"]), root / "tok")
-        base = base_config(root, steps)
-        for i, (name, change) in enumerate(VARIANTS.items()):
-            results[name] = run_variant(root / f"run-{i}", name, merged(base, change))
-            r = results[name]
-            print(f"{name}: val_loss {r['final_val_loss']:.4f} ({r['seconds']:.0f} s)", flush=True)
+def render(results: dict, steps: int, n_docs: int) -> str:
+    """The BENCHMARKS.md section for the variants finished so far."""
     seed = results["seed (AdamW, cosine)"]["final_val_loss"]
     rows = [
         [
@@ -157,21 +143,45 @@ def main() -> None:
         ],
         rows,
     )
-    print(table)
-    harness.write_result(NAME, {"steps": steps, "documents": n_docs, "results": results})
-    if args.record and not args.quick:
-        tokens = steps * 12 * 64
-        body = (
-            f"## Training recipes: validation loss for the same steps and tokens (CPU, fp32)\n\n"
-            f"On {harness.today()}, {harness.machine_description()}; `python bench/bench_recipe.py "
-            f"--steps {steps} --record`: 4 layers x 128 wide, context 64, {steps:,} steps of 12 "
-            f"sequences ({tokens:,} tokens) on the demo corpus (KJV, {n_docs:,} documents, "
-            f"vocabulary {VOCAB}), AdamW lr 2e-3 (Muon: 0.02 for the block matrices), same seed, "
-            f"batches and initial weights for every row; validation on 200 held-out documents "
-            f"(40 batches). ln({VOCAB}) = {math.log(VOCAB):.2f} is a model that knows nothing.\n\n"
-            f"{table}\n{NOTE}\n"
-        )
-        harness.update_benchmarks_md(NAME, body)
+    missing = [name for name in VARIANTS if name not in results]
+    left = f"\n\nNot run yet (the run was stopped): {', '.join(missing)}." if missing else ""
+    tokens = steps * 12 * 64
+    return (
+        f"## Training recipes: validation loss for the same steps and tokens (CPU, fp32)\n\n"
+        f"On {harness.today()}, {harness.machine_description()}; `OMP_NUM_THREADS=1 python "
+        f"bench/bench_recipe.py --steps {steps} --record`: 4 layers x 128 wide, context 64, "
+        f"{steps:,} steps of 12 sequences ({tokens:,} tokens) on the demo corpus (KJV, "
+        f"{n_docs:,} documents, vocabulary {VOCAB}), AdamW lr 2e-3 (Muon: 0.02 for the block "
+        f"matrices), same seed, batches and initial weights for every row, one after another in "
+        f"one process; validation on 200 held-out documents (40 batches). ln({VOCAB}) = "
+        f"{math.log(VOCAB):.2f} is a model that knows nothing.\n\n{table}\n\n{NOTE}{left}\n"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--quick", action="store_true", help="30 steps; never recorded")
+    parser.add_argument("--record", action="store_true", help="update BENCHMARKS.md")
+    args = parser.parse_args()
+    steps = 30 if args.quick else args.steps
+    # The same arithmetic for every variant, and a fair share of a shared CPU.
+    torch.set_num_threads(1)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        _, n_docs = write_demo_corpus(root / "kjv.jsonl")
+        docs = list(kjv_documents())
+        save_tokenizer(train_bpe(docs, VOCAB, ["<|endoftext|>", "<|pad|>"]), root / "tok")
+        base = base_config(root, steps)
+        for i, (name, change) in enumerate(VARIANTS.items()):
+            results[name] = run_variant(root / f"run-{i}", name, merged(base, change))
+            r = results[name]
+            print(f"{name}: val_loss {r['final_val_loss']:.4f} ({r['seconds']:.0f} s)", flush=True)
+            harness.write_result(NAME, {"steps": steps, "documents": n_docs, "results": results})
+            if args.record and not args.quick:
+                harness.update_benchmarks_md(NAME, render(results, steps, n_docs))
+    print(render(results, steps, n_docs))
 
 
 if __name__ == "__main__":
