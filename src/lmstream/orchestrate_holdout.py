@@ -51,7 +51,18 @@ def size_holdout(
         for source, spec, size in zip(sources, specs, sizes, strict=True)
         if not source.validation_split
     ]
-    if not held or base == 0:
+    if base == 0:  # a source of under 4 documents: none may be held out, so none is validated
+        tiny = [(s.name, n) for s, n in zip(sources, sizes, strict=True) if n is not None and n < 4]
+        if not tiny:
+            return Holdout(base, [])
+        name, n = tiny[0]
+        return Holdout(base, [
+            f"note: source {name!r} has {n:,} documents, too few to hold any out: "
+            "data.validation_documents is 0 (one number for every source), so no source is "
+            "validated (no val_loss, nothing in best/); give it a validation_split or more "
+            "documents"
+        ])  # fmt: skip
+    if not held:
         return Holdout(base, [])
     cap = min(size // 4 if size is not None else _UNBOUNDED_CAP for _, _, size in held)
     counts = {str(s.name): _token_counts(tokenizer, spec, s, base, None) for s, spec, _ in held}

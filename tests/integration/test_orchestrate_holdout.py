@@ -66,3 +66,20 @@ def test_a_source_too_small_for_one_row_is_one_note_saying_what_to_change(tmp_pa
     assert len(notes) == 1, out
     assert "fewer than one validation row of 129" in notes[0]
     assert "data.sequence_length" in notes[0] and "validation_split" in notes[0]
+
+
+def test_a_source_too_small_to_hold_any_out_is_one_note(tmp_path, capsys):
+    """data.validation_documents is one number for every source: a source of 3 documents (none
+    may be held out) sets it to 0, and the whole mixture then trains with no validation at all,
+    no val_loss and nothing in best/. That was silent; it is one note naming the source."""
+    prose = _jsonl(tmp_path / "prose.jsonl", list(itertools.islice(kjv_documents(), 300)))
+    three = _jsonl(tmp_path / "three.jsonl", list(itertools.islice(kjv_documents(), 300, 303)))
+    ws = tmp_path / "ws"
+    out = _orchestrate(capsys, ws, prose, three, extra=("--weights", "0.99", "0.01"))
+    assert (
+        load_training_config(ws / "runs" / "mix" / "training.yaml").data.validation_documents == 0
+    )
+    notes = [line for line in out.splitlines() if line.startswith("note:") and "'three'" in line]
+    assert len(notes) == 1, out
+    assert "3 documents" in notes[0] and "no source is validated" in notes[0]
+    assert "validation_split" in notes[0]
