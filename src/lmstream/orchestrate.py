@@ -147,7 +147,9 @@ def orchestrate(opts: OrchestrateOptions) -> OrchestrateResult:
     sizes = [s.max_samples for s in sources]
     for index, _ in sample.ran_out:
         sizes[index] = sample.streams[index].documents
-    holdout = min(holdout_size(n) for n in sizes)
+    # A source with a validation_split is not held out: its size must not bound the others'.
+    held = [n for n, s in zip(sizes, sources, strict=True) if not s.validation_split] or sizes
+    holdout = min(holdout_size(n) for n in held)
     holdout_lines: list[str] = []
     if shards is None:  # token shards hold their documents' tokens; text is measured here
         row, rows = _validation_rows(paths, opts, stream_cfg.data_files, tok.get_vocab_size())

@@ -52,15 +52,17 @@ def size_holdout(
         if not source.validation_split
     ]
     if base == 0:  # a source of under 4 documents: none may be held out, so none is validated
-        tiny = [(s.name, n) for s, n in zip(sources, sizes, strict=True) if n is not None and n < 4]
+        tiny = [(s, n) for s, n in zip(sources, sizes, strict=True) if n is not None and n < 4]
         if not tiny:
             return Holdout(base, [])
-        name, n = tiny[0]
+        source, n = tiny[0]
+        fix = (
+            "more documents" if source.validation_split else "a validation_split or more documents"
+        )
         return Holdout(base, [
-            f"note: source {name!r} has {n:,} documents, too few to hold any out: "
+            f"note: source {source.name!r} has {n:,} documents, too few to hold any out: "
             "data.validation_documents is 0 (one number for every source), so no source is "
-            "validated (no val_loss, nothing in best/); give it a validation_split or more "
-            "documents"
+            f"validated (no val_loss, nothing in best/); give it {fix}"
         ])  # fmt: skip
     if not held:
         return Holdout(base, [])

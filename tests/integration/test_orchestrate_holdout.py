@@ -83,3 +83,24 @@ def test_a_source_too_small_to_hold_any_out_is_one_note(tmp_path, capsys):
     assert len(notes) == 1, out
     assert "3 documents" in notes[0] and "no source is validated" in notes[0]
     assert "validation_split" in notes[0]
+
+
+def test_a_small_source_with_its_own_validation_split_leaves_the_holdout_alone(tmp_path, capsys):
+    """A source with a validation_split is not held out, so its size must not size the others'
+    holdout: 3 training documents of such a source set data.validation_documents to 0, and no
+    source was validated (its own validation split neither)."""
+    prose = _jsonl(tmp_path / "prose.jsonl", list(itertools.islice(kjv_documents(), 300)))
+    docs = list(itertools.islice(kjv_documents(), 300, 340))
+    train, valid = _jsonl(tmp_path / "t.jsonl", docs[:3]), _jsonl(tmp_path / "v.jsonl", docs[3:])
+    sources = tmp_path / "sources.json"
+    sources.write_text(json.dumps([
+        {"dataset": str(prose), "name": "prose", "weight": 0.9},
+        {"dataset": str(tmp_path), "data_files": [f"train={train}", f"validation={valid}"],
+         "validation_split": "validation", "name": "split", "weight": 0.1},
+    ]))  # fmt: skip
+    ws = tmp_path / "ws"
+    out = _orchestrate(capsys, ws, extra=("--sources", str(sources)))
+    cfg = load_training_config(ws / "runs" / "mix" / "training.yaml")
+    assert cfg.data.validation_documents >= holdout_size(300), out
+    assert set(_validation_rows(ws)) == {"prose", "split"}
+    assert "note:" not in out
