@@ -61,11 +61,11 @@ class DataConfig(_Section):
         if self.mixture is not None:
             if self.train_shards or self.validation_shards:
                 raise ValueError(
-                    "data.mixture: give the files under each source's train_shards and "
+                    "mixture: give the files under each source's train_shards and "
                     "validation_shards, not also data.train_shards/validation_shards"
                 )
             try:
                 check_mixture(self.mixture)
             except ValueError as exc:
-                raise ValueError(f"data.mixture: {exc}") from None
+                raise ValueError(f"mixture: {exc}") from None  # the path adds "data."
         return self

@@ -158,6 +158,24 @@ def test_overlapping_sources_are_refused_naming_both(tmp_path: Path, second: str
         parse_training_config(cfg, tmp_path)
 
 
+@pytest.mark.parametrize(
+    "mixture",
+    [
+        [{"train_shards": ["a.jsonl"]}, {"train_shards": ["*.jsonl"]}],
+        [{"train_shards": ["a.jsonl"], "weight": 0}],
+    ],
+)
+def test_a_files_mixture_error_names_data_mixture_once(tmp_path: Path, mixture: list) -> None:
+    """The error's path is data.mixture (it read "data.data.mixture: ...")."""
+    _jsonl(tmp_path / "a.jsonl")
+    cfg = tiny_training_config(tmp_path / "unused.jsonl", 2)
+    cfg["data"].pop("train_shards", None)
+    cfg["data"]["mixture"] = mixture
+    with pytest.raises(ConfigError) as err:
+        parse_training_config(cfg, tmp_path)
+    assert "<config>: data.mixture: " in str(err.value) and "data.data" not in str(err.value)
+
+
 def test_one_file_under_two_text_fields_or_apart_is_no_overlap(tmp_path: Path) -> None:
     c = _jsonl(tmp_path / "sub" / "c.jsonl")
     d = _jsonl(tmp_path / "sub" / "d.jsonl")
