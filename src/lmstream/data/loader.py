@@ -430,9 +430,10 @@ def _settings(
         held_out = load_validation_set(cfg, tokenizer, run_dir, plan)
         if plan.kind == "tokens":
             TokenShards(plan.token_paths).check_tokenizer(tokenizer)
-        check_training_documents(
-            plan, held_out, world_size * max(d.num_workers, 1), d.validation_documents
-        )
+        if source.weight > 0:  # a source of weight 0 is never drawn: it only validates
+            check_training_documents(
+                plan, held_out, world_size * max(d.num_workers, 1), d.validation_documents
+            )
     except (ConfigError, DataSourceError) as err:
         if not named:
             raise
