@@ -12,6 +12,7 @@ from __future__ import annotations
 import glob
 import math
 import os
+import posixpath
 import re
 from pathlib import Path, PurePosixPath
 
@@ -248,6 +249,8 @@ def _data_files(source: _SourceCommon) -> list[str]:
                     continue
                 entry = pattern
             local = "://" not in entry and Path(entry).expanduser().is_absolute()
+            if not local and "://" not in entry:  # a path in the repository: ./a == a
+                entry = posixpath.normpath(entry)
             entries.append(entry if local else f"{source.dataset}:{entry}")
     else:
         entries = [source.dataset]

@@ -187,3 +187,15 @@ def test_one_file_under_two_text_fields_or_apart_is_no_overlap(tmp_path: Path) -
     ]
     cfg = load_streaming_config(write(tmp_path / "sc.json", {"version": 2, "sources": sources}))
     assert [s.name for s in cfg.source_list()] == ["q", "a", "d", "hub"]
+
+
+@pytest.mark.parametrize("second", ["./data/a.jsonl", "data//a.jsonl", "data/x/../a.jsonl"])
+def test_one_hub_file_written_two_ways_is_an_overlap(tmp_path: Path, second: str) -> None:
+    """A hub repository's file is compared by its path in the repository, normalised: written
+    as data/a.jsonl in one source and ./data/a.jsonl in another it trained twice as often."""
+    sources = [
+        {"dataset": "org/ds", "data_files": ["data/a.jsonl"], "name": "a"},
+        {"dataset": "org/ds", "data_files": [second], "name": "b"},
+    ]
+    with pytest.raises(ConfigError, match="sources 'a' and 'b' both read org/ds:data/a.jsonl"):
+        load_streaming_config(write(tmp_path / "sc.json", {"version": 2, "sources": sources}))
