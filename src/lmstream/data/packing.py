@@ -48,7 +48,12 @@ class Batch:
     def from_rows(cls, rows: torch.Tensor | np.ndarray, epoch: int = 0) -> Batch:
         """Split rows of T + 1 tokens into inputs ``row[:-1]`` and targets ``row[1:]``."""
         rows = torch.as_tensor(rows, dtype=torch.long)
-        return cls(rows[:, :-1].contiguous(), rows[:, 1:].contiguous(), int(epoch))
+        # Copies, never views: a one-row slice is already contiguous, and targets written to
+        # (padding set to -100) must not reach the inputs through the rows' shared memory.
+        fmt = torch.contiguous_format
+        return cls(
+            rows[:, :-1].clone(memory_format=fmt), rows[:, 1:].clone(memory_format=fmt), int(epoch)
+        )
 
     @property
     def tokens(self) -> int:
