@@ -29,6 +29,7 @@ def test_a_padded_one_row_batch_keeps_its_inputs():
     assert to_batch(rows, 5, 0).inputs.min() >= 0 and rows.min() >= 0
 
 
+@pytest.mark.slow
 def test_batch_size_one_trains_past_the_end_of_a_pass(tmp_path):
     """`data.batch_size: 1` with 2 loader workers over a small corpus: every worker's last row
     of the pass is padded, and the run trained on (no index error) into the next pass."""
@@ -48,6 +49,7 @@ def test_batch_size_one_trains_past_the_end_of_a_pass(tmp_path):
     assert max(logged(run, "epoch").values()) >= 1
 
 
+@pytest.mark.slow
 def test_z_loss_with_the_chunked_loss_resumes_exactly_and_exports(tmp_path, capsys):
     """`optimizer.z_loss` with `runtime.chunked_loss: true`, document masking, bf16 autocast and
     2 accumulated micro-batches over 2 loader workers: a run resumed from its step-4 checkpoint
@@ -90,3 +92,49 @@ def test_z_loss_with_the_chunked_loss_resumes_exactly_and_exports(tmp_path, caps
     )
     args = ["generate", "--checkpoint", str(ref / "checkpoints"), "--prompt", "And God"]
     assert main([*args, "--max-new-tokens", "8", "--temperature", "0", "--device", "cpu"]) == 0
+
+
+@pytest.mark.parametrize("chunk", [0, 5])
+def test_a_micro_batch_of_padding_only_adds_nothing_to_the_step(chunk):
+    """runtime.micro_batch: auto re-cuts a step's rows (micro_batch.regroup); a worker's padded
+    last batch then gives micro-batches whose targets are all -100. Their loss is 0/0 = NaN, and
+    NaN x weight 0 made the step's loss NaN: the step was skipped as non-finite (and with the
+    chunked loss every gradient was NaN too). The step must equal the one on the loader's own
+    micro-batches."""
+    from tests.support.models import tiny_model
+
+    from lmstream.train.micro_batch import regroup
+    from lmstream.train.precision import build_precision
+    from lmstream.train.step import forward_backward
+
+    cpu = torch.device("cpu")
+    rng = np.random.default_rng(0)
+    full = to_batch(rng.integers(1, 64, (4, 13)), 4 * 13, 0)
+    padded = to_batch(rng.integers(1, 64, (4, 13)), 10, 0)  # a worker's last: row 0 real
+    runs = []
+    for micro in ([full, padded], regroup([full, padded], 2)):
+        model = tiny_model(64, 0)
+        model.loss_chunk_tokens = chunk
+        aux: dict = {}
+        loss = forward_backward(model, micro, build_precision("fp32", cpu), cpu, 1e-3, aux)
+        runs.append((loss, aux["z_loss"], [p.grad for p in model.parameters()]))
+    (loss, z, grads), (want_loss, want_z, want_grads) = runs[1], runs[0]
+    assert torch.isfinite(loss)
+    torch.testing.assert_close(loss, want_loss, rtol=1e-5, atol=0)
+    torch.testing.assert_close(z, want_z, rtol=1e-5, atol=0)
+    for got, want in zip(grads, want_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_micro_batch_auto_through_a_pass_end_skips_no_step(tmp_path):
+    """The CLI run: 2 x 2 rows per step re-cut to micro-batch 1 (the memory limit admits 1, not
+    2), 2 loader workers, past the end of a pass: no step is skipped as non-finite."""
+    from tests.integration.test_micro_batch import config
+
+    corpus = write_kjv_corpus(tmp_path, 10, 300)
+    cfg = config(corpus, 40, **{"data.validation_documents": 2, "data.sequence_length": 64})
+    run = tmp_path / "run"
+    assert train_in_process(write_run(run, cfg)) == 0
+    assert max(logged(run, "epoch").values()) >= 1
+    assert set(logged(run, "skipped_steps").values()) == {0}  # was: step 9 non-finite, skipped

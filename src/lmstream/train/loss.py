@@ -93,5 +93,7 @@ def lm_loss(
         lse = torch.logsumexp(logits, dim=-1)
         return F.cross_entropy(logits, t, ignore_index=IGNORE), lse
     total, lse = ChunkedCrossEntropy.apply(h, weight, t, chunk_tokens, _compute_dtype(h))
-    # As F.cross_entropy: nothing counted gives NaN (0/0), which the loop's check then skips.
-    return total / count, lse
+    # As F.cross_entropy: nothing counted gives NaN (0/0), which the loop's check then skips,
+    # and a zero gradient (a plain 0/0 would send NaN into every gradient of the step).
+    loss = torch.where(count > 0, total / count.clamp(min=1), torch.nan)
+    return loss, lse

@@ -54,6 +54,10 @@ def forward_backward(
         # same tokens (the packer's full rows), so the usual step stays bit-identical to
         # ``loss / n``. Nothing counted anywhere (all idle): weight 0.
         share = counts[i] * n * world / total_count if total_count else batch.weight
+        # A micro-batch of padding only (regroup cut a worker's padded last batch) has loss 0/0
+        # = NaN and share 0: it adds nothing (NaN x 0 made the step's loss NaN, and the step was
+        # skipped). Nothing counted anywhere keeps its NaN: that step is skipped.
+        adds = counts[i] > 0 or not total_count
         with dist.gradient_sync(model, enabled=i == n - 1):
             with precision.autocast():
                 if z_loss:  # log Z per token: from the logits, or the chunked loss's rows
@@ -64,12 +68,14 @@ def forward_backward(
             if z_loss:
                 z = z_loss * z_loss_term(lse, targets)
                 objective = loss + z
-                z_total += z.detach() * share
+                if adds:
+                    z_total += z.detach() * share
             scaled = objective * share / n
             if precision.scaler is not None:
                 scaled = precision.scaler.scale(scaled)
             scaled.backward()
-        total += loss.detach() * share
+        if adds:
+            total += loss.detach() * share
     if aux is not None and z_loss:
         aux["z_loss"] = z_total / n
     return total / n
