@@ -138,3 +138,30 @@ def test_micro_batch_auto_through_a_pass_end_skips_no_step(tmp_path):
     assert train_in_process(write_run(run, cfg)) == 0
     assert max(logged(run, "epoch").values()) >= 1
     assert set(logged(run, "skipped_steps").values()) == {0}  # was: step 9 non-finite, skipped
+
+
+@pytest.mark.slow
+def test_one_row_batches_from_8_workers_resume_exactly_across_a_pass_end(tmp_path):
+    """`data.batch_size: 1`, 8 loader workers handing their rows over as numpy, passes ending
+    on the way: resumed from the step-16 checkpoint, steps 17-48 and the final weights equal the
+    run that never stopped, bit for bit."""
+    from tests.support.training import checkpoint_dir
+
+    from lmstream.train import checkpoint as ckpt
+
+    corpus = write_kjv_corpus(tmp_path, 10, 300)
+    cfg = tiny_training_config(corpus, 48, **{
+        "data.batch_size": 1, "data.num_workers": 8, "data.sequence_length": 64,
+        "data.validation_documents": 2, "model.residual_dropout": 0.1,
+        "runtime.checkpoint": {"every_n_steps": 16, "max_keep": 5, "async_save": False},
+    })  # fmt: skip
+    ref, resumed = tmp_path / "ref", tmp_path / "resumed"
+    assert train_in_process(write_run(ref, cfg)) == 0
+    assert max(logged(ref, "epoch").values()) >= 1
+    mid = str(checkpoint_dir(ref, 16))
+    assert train_in_process(write_run(resumed, cfg), "--resume", mid) == 0
+    got, want = logged(resumed, "loss"), logged(ref, "loss")
+    assert sorted(got) == list(range(17, 49)) and all(got[s] == want[s] for s in got)
+    a = ckpt.load_model_state(checkpoint_dir(ref, 48))[0]
+    b = ckpt.load_model_state(checkpoint_dir(resumed, 48))[0]
+    assert all(torch.equal(a[k], b[k]) for k in a)
