@@ -165,3 +165,40 @@ def test_one_row_batches_from_8_workers_resume_exactly_across_a_pass_end(tmp_pat
     a = ckpt.load_model_state(checkpoint_dir(ref, 48))[0]
     b = ckpt.load_model_state(checkpoint_dir(resumed, 48))[0]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_with_8_workers_and_z_loss_chunked_resumes_bit_exact(tmp_path):
+    """A real `lmstream train` child with 8 loader workers (numpy hand-over, niced), the z-loss
+    on the chunked loss and one-row micro-batches accumulated 2 at a time, SIGKILLed between
+    steps after step 9 and resumed: its final weights equal those of the run never stopped."""
+    import signal
+
+    from tests.reliability.support import (
+        assert_same_weights,
+        logged_steps,
+        start_train,
+        tiny_config,
+        wait_until,
+    )
+
+    corpus = write_kjv_corpus(tmp_path, 10, 300)
+    cfg = tiny_config(corpus, **{
+        "data.batch_size": 1, "data.num_workers": 8, "data.validation_documents": 2,
+        "optimizer.z_loss": 1e-3, "runtime.chunked_loss": True,
+    })  # fmt: skip
+    reference, run = tmp_path / "reference", tmp_path / "run"
+    assert train_in_process(write_run(reference, cfg)) == 0
+    config = write_run(run, cfg)
+    proc = start_train(config)
+    try:
+        assert wait_until(proc, lambda: max(logged_steps(run), default=0) >= 9)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    assert train_in_process(config, "--resume") == 0
+    assert max(logged(reference, "epoch").values()) >= 1
+    assert_same_weights(run, reference)
