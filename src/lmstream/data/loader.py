@@ -36,6 +36,7 @@ from the global RNG, which dropout uses.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import os
@@ -105,7 +106,10 @@ def _worker_init(nice: int, _worker_id: int) -> None:
     # parallelism; a Rayon pool in each would oversubscribe the cores.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     if nice:
-        os.nice(nice)
+        # A platform or sandbox that refuses it leaves the worker at its rank's priority, which
+        # only costs speed on a CPU shared with the compute threads.
+        with contextlib.suppress(OSError):
+            os.nice(nice)
     # A stop signal is the rank's to handle: torchrun (and a terminal's Ctrl-C) signal the rank's
     # whole process group, and a worker dying of it first made the rank fail with "a data loader
     # worker died" instead of saving its checkpoint (issue #19). The rank shuts its workers
