@@ -125,8 +125,18 @@ def orchestrate(opts: OrchestrateOptions) -> OrchestrateResult:
             DocumentStream(dataset, source.text_field, max_chars=opts.max_chars,
                            batch_size=opts.batch_size)
         )  # fmt: skip
+
+    def reopen(i: int) -> DocumentStream:  # a finite source read again, as training repeats it
+        dataset = open_dataset(specs[i], sources[i].split)
+        return DocumentStream(dataset, sources[i].text_field, max_chars=opts.max_chars,
+                              batch_size=opts.batch_size)  # fmt: skip
+
     sample = MixtureSample(
-        streams, [s.weight for s in sources], [s.max_samples for s in sources], opts.batch_size
+        streams,
+        [s.weight for s in sources],
+        [s.max_samples for s in sources],
+        opts.batch_size,
+        reopen=reopen,
     )
     limit = opts.max_samples if len(sources) == 1 else None
     progress = _Progress(sample, limit, enabled=opts.progress, specials=specials)
@@ -142,7 +152,7 @@ def orchestrate(opts: OrchestrateOptions) -> OrchestrateResult:
         files.append(paths.streaming_config)
     shards = _pretokenize(opts, specs[0], tok, paths) if opts.pretokenize else None
     # The holdout is a share of what each source holds within its max_samples: a source that
-    # ended its pass in the sample is known to hold no more than it gave (a --max-samples it
+    # ended its first pass in the sample is known to hold no more than that pass gave (a --max-samples it
     # never reached would hold out all of a small file, and training would refuse the recipe).
     sizes = [s.max_samples for s in sources]
     for index, _ in sample.ran_out:

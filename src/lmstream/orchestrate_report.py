@@ -15,7 +15,7 @@ def reasons(skipped: dict[str, int]) -> str:
 
 
 def mixture_lines(sample: MixtureSample, sources: list) -> list[str]:
-    """What each source gave the tokenizer, and when a source ran out while others went on."""
+    """What each source gave the tokenizer (its first pass), and which sources were read again."""
     lines = ["tokenizer sample (characters, share vs weight):"]
     total_weight = sum(s.weight for s in sources)
     for source, stream, chars, share in zip(
@@ -25,13 +25,14 @@ def mixture_lines(sample: MixtureSample, sources: list) -> list[str]:
             f"  {source.name}: {stream.documents:,} documents, {chars:,} characters, "
             f"{share:.1%} vs {source.weight / total_weight:.1%}"
         )
-    # the last source to end ended the sample; the ones before it ran out while others went on
-    for index, at in sample.ran_out[:-1]:
-        lines.append(
-            f"  (source {sources[index].name!r} ran out: it ended its pass, "
-            f"{sample.streams[index].documents:,} documents, at document {at:,} of the "
-            f"sample's {sample.documents:,}; the others went on without it)"
-        )
+    for index, passes in enumerate(sample.replays):
+        if passes:  # ended its pass before the others: read again to keep its share
+            lines.append(
+                f"  (source {sources[index].name!r} ended its pass of "
+                f"{sample.streams[index].documents:,} documents before the others and was read "
+                f"again from its start {len(passes):,} time(s) to keep its share, as training "
+                "repeats it)"
+            )
     return lines
 
 

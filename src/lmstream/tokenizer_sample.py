@@ -8,20 +8,22 @@ before it (bytes would count every non-ASCII character several times).
 
 The draw is deterministic: the next document always comes from the source furthest behind its
 share (smallest characters / weight, ties to the first listed), so after every document each
-source's share is within one document of its weight. When a source ends its pass (its stream
-ran out or reached its ``max_samples``) the sample goes on with the others, still drawing from
-the one furthest behind its share, until every source has ended its pass: each source gives all
-it has within its ``max_samples``, and the shares stay as close to the weights as that data
-allows (``ran_out`` records when each source ended, for orchestrate's report). A source without
-``max_samples`` is read to its end, as one source is without ``--max-samples``. One source of
-weight 1 is read exactly as before mixtures: its first ``max_samples`` clean documents, in order.
+source's share is within one document of its weight. A source that ends its pass (its stream ran
+out or reached its ``max_samples``) before the others is read again from its start, as training
+repeats a finite source, so the shares keep the weights; the sample ends once every source has
+ended its first pass, so each source's size is known (orchestrate sizes the holdout from it).
+Going on with the other sources alone bent the shares (a small file beside a web corpus: 99.5%
+instead of 90%); stopping at the first end left the other sources' sizes unknown. A source
+without ``max_samples`` is read to its end, as one source is without ``--max-samples``. One
+source of weight 1 is read exactly as before mixtures: its first ``max_samples`` clean
+documents, in order.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from lmstream.data.stream import DocumentStream
 
@@ -30,10 +32,12 @@ class MixtureSample:
     """Documents from several :class:`DocumentStream` objects, in the weights' character shares.
 
     Args:
-        streams: one stream per source, in the mixture's order.
+        streams: one stream per source, in the mixture's order (each source's first pass).
         weights: each source's weight (need not sum to 1; a source of weight 0 is not read).
         max_samples: each source's documents per pass (None: the whole stream).
         batch_size: documents per batch from :meth:`batches`.
+        reopen: a fresh stream of source ``i`` from its start, to read it again once it ended;
+            None: an ended source leaves the others to go on alone (its share falls behind).
     """
 
     def __init__(
@@ -42,29 +46,37 @@ class MixtureSample:
         weights: list[float],
         max_samples: list[int | None],
         batch_size: int,
+        reopen: Callable[[int], DocumentStream] | None = None,
     ):
         if not (len(streams) == len(weights) == len(max_samples)) or not streams:
             raise ValueError("one weight and one max_samples per stream, at least one stream")
         self.streams, self.weights, self.max_samples = streams, weights, max_samples
         self.batch_size = batch_size
+        self.reopen = reopen
+        self.replays: list[list[DocumentStream]] = [[] for _ in streams]  # passes after the first
         self.chars = [0] * len(streams)  # characters drawn from each source so far
-        # (source, documents in the sample when it ended its pass), in the order they ended
+        # (source, documents in the sample when it ended its first pass), in the order they ended
         self.ran_out: list[tuple[int, int]] = []
+
+    def _every_pass(self) -> list[DocumentStream]:
+        return [*self.streams, *(s for passes in self.replays for s in passes)]
 
     @property
     def documents(self) -> int:
-        return sum(s.documents for s in self.streams)
+        """Documents in the sample, repeated passes included."""
+        return sum(s.documents for s in self._every_pass())
 
     @property
     def bytes(self) -> int:
-        return sum(s.bytes for s in self.streams)
+        return sum(s.bytes for s in self._every_pass())
 
     @property
     def retries(self) -> int:
-        return sum(s.retries for s in self.streams)
+        return sum(s.retries for s in self._every_pass())
 
     @property
     def skipped(self) -> Counter[str]:
+        """Bad records of each source's first pass (a repeated pass meets the same ones)."""
         out: Counter[str] = Counter()
         for stream in self.streams:
             out.update(stream.skipped)
@@ -86,19 +98,30 @@ class MixtureSample:
     def __iter__(self) -> Iterator[str]:
         readers = [iter(s) for s in self.streams]
         live = [w > 0 for w in self.weights]  # a source of weight 0 is never read
+        ended = [not ok for ok in live]  # each source's first pass is over
         try:
             while any(live):
                 i = self._behind(live)
+                stream = self.replays[i][-1] if self.replays[i] else self.streams[i]
                 limit = self.max_samples[i]
                 text = None
-                if limit is None or self.streams[i].documents < limit:
+                if limit is None or stream.documents < limit:
                     text = next(readers[i], None)
-                if text is None:
-                    live[i] = False
-                    self.ran_out.append((i, self.documents))
+                if text is not None:
+                    self.chars[i] += len(text)
+                    yield text
                     continue
-                self.chars[i] += len(text)
-                yield text
+                if not ended[i]:
+                    ended[i] = True
+                    self.ran_out.append((i, self.documents))
+                if all(ended):
+                    return
+                if self.reopen is None or stream.documents == 0:
+                    live[i] = False  # nothing to read again: the others go on alone
+                    continue
+                readers[i].close()
+                self.replays[i].append(self.reopen(i))
+                readers[i] = iter(self.replays[i][-1])
         finally:
             for reader in readers:
                 reader.close()
