@@ -25,12 +25,12 @@ def mixture_lines(sample: MixtureSample, sources: list) -> list[str]:
             f"  {source.name}: {stream.documents:,} documents, {chars:,} characters, "
             f"{share:.1%} vs {source.weight / total_weight:.1%}"
         )
-    for index, passes in enumerate(sample.replays):
-        if passes:  # ended its pass before the others: read again to keep its share
+    for index, again in enumerate(sample.again):
+        if again:  # ended its pass before the others: read again to keep its share
             lines.append(
                 f"  (source {sources[index].name!r} ended its pass of "
                 f"{sample.streams[index].documents:,} documents before the others and was read "
-                f"again from its start {len(passes):,} time(s) to keep its share, as training "
+                f"again from its start {again:,} time(s) to keep its share, as training "
                 "repeats it)"
             )
     return lines

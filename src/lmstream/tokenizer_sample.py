@@ -10,7 +10,8 @@ The draw is deterministic: the next document always comes from the source furthe
 share (smallest characters / weight, ties to the first listed), so after every document each
 source's share is within one document of its weight. A source that ends its pass (its stream ran
 out or reached its ``max_samples``) before the others is read again from its start, as training
-repeats a finite source, so the shares keep the weights; the sample ends once every source has
+repeats a finite source (from memory when its pass was small, else re-opened), so the shares keep
+the weights; the sample ends once every source has
 ended its first pass, so each source's size is known (orchestrate sizes the holdout from it).
 Going on with the other sources alone bent the shares (a small file beside a web corpus: 99.5%
 instead of 90%); stopping at the first end left the other sources' sizes unknown. A source
@@ -26,6 +27,11 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 
 from lmstream.data.stream import DocumentStream
+
+# A first pass under this many characters is kept in memory and replayed from there: a small
+# source beside a large one may be read again thousands of times, and re-opening a dataset costs
+# far more than the documents.
+_KEEP_CHARS = 64_000_000
 
 
 class MixtureSample:
@@ -53,26 +59,31 @@ class MixtureSample:
         self.streams, self.weights, self.max_samples = streams, weights, max_samples
         self.batch_size = batch_size
         self.reopen = reopen
-        self.replays: list[list[DocumentStream]] = [[] for _ in streams]  # passes after the first
+        self.replays: list[list[DocumentStream]] = [[] for _ in streams]  # re-opened passes
+        self.again = [0] * len(streams)  # times each source was read again from its start
         self.chars = [0] * len(streams)  # characters drawn from each source so far
         # (source, documents in the sample when it ended its first pass), in the order they ended
         self.ran_out: list[tuple[int, int]] = []
+        # a source's first pass, kept while small, so reading it again costs no re-open
+        self._kept: list[list[str] | None] = [[] for _ in streams]
+        self._yielded = 0
 
-    def _every_pass(self) -> list[DocumentStream]:
+    def _opened(self) -> list[DocumentStream]:
         return [*self.streams, *(s for passes in self.replays for s in passes)]
 
     @property
     def documents(self) -> int:
-        """Documents in the sample, repeated passes included."""
-        return sum(s.documents for s in self._every_pass())
+        """Documents in the sample, repeated ones included."""
+        return self._yielded
 
     @property
     def bytes(self) -> int:
-        return sum(s.bytes for s in self._every_pass())
+        """Bytes read from the sources (a pass replayed from memory reads none)."""
+        return sum(s.bytes for s in self._opened())
 
     @property
     def retries(self) -> int:
-        return sum(s.retries for s in self._every_pass())
+        return sum(s.retries for s in self._opened())
 
     @property
     def skipped(self) -> Counter[str]:
@@ -96,35 +107,68 @@ class MixtureSample:
         return ratio.index(min(ratio))
 
     def __iter__(self) -> Iterator[str]:
-        readers = [iter(s) for s in self.streams]
+        readers = [self._pass(i, self.streams[i], keep=True) for i in range(len(self.streams))]
         live = [w > 0 for w in self.weights]  # a source of weight 0 is never read
         ended = [not ok for ok in live]  # each source's first pass is over
         try:
             while any(live):
                 i = self._behind(live)
-                stream = self.replays[i][-1] if self.replays[i] else self.streams[i]
-                limit = self.max_samples[i]
-                text = None
-                if limit is None or stream.documents < limit:
-                    text = next(readers[i], None)
+                text = next(readers[i], None)
                 if text is not None:
                     self.chars[i] += len(text)
+                    self._yielded += 1
                     yield text
                     continue
                 if not ended[i]:
                     ended[i] = True
-                    self.ran_out.append((i, self.documents))
+                    self.ran_out.append((i, self._yielded))
                 if all(ended):
                     return
-                if self.reopen is None or stream.documents == 0:
+                again = self._read_again(i)
+                if again is None:
                     live[i] = False  # nothing to read again: the others go on alone
                     continue
                 readers[i].close()
-                self.replays[i].append(self.reopen(i))
-                readers[i] = iter(self.replays[i][-1])
+                readers[i] = again
         finally:
             for reader in readers:
                 reader.close()
+
+    def _pass(self, i: int, stream: DocumentStream, keep: bool) -> Iterator[str]:
+        """One pass over source ``i`` (its first ``max_samples`` documents); ``keep``: remember
+        them while they stay under _KEEP_CHARS, for the next pass."""
+        limit, size = self.max_samples[i], 0
+        reader = iter(stream)
+        try:
+            while limit is None or stream.documents < limit:
+                text = next(reader, None)
+                if text is None:
+                    return
+                kept = self._kept[i] if keep else None
+                if kept is not None:
+                    size += len(text)
+                    if size > _KEEP_CHARS:
+                        self._kept[i] = None
+                    else:
+                        kept.append(text)
+                yield text
+        finally:
+            reader.close()
+
+    def _read_again(self, i: int) -> Iterator[str] | None:
+        """Source ``i`` from its start again: from memory when its pass was small, else
+        re-opened; None when it gave nothing or cannot be re-opened."""
+        kept = self._kept[i]
+        if kept is not None:
+            if not kept:
+                return None
+            self.again[i] += 1
+            return (text for text in kept)  # a generator: closed like the others
+        if self.reopen is None:
+            return None
+        self.again[i] += 1
+        self.replays[i].append(self.reopen(i))
+        return self._pass(i, self.replays[i][-1], keep=False)
 
     def batches(self) -> Iterator[list[str]]:
         """Lists of up to ``batch_size`` documents (the trainer is faster with batches)."""

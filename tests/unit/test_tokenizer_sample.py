@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from lmstream import tokenizer_sample
 from lmstream.data.sources import DocumentStream, SourceSpec, open_dataset
 from lmstream.tokenizer_sample import MixtureSample
 
@@ -40,16 +41,11 @@ def test_character_shares_match_the_weights(tmp_path, weights):
     total = sum(sample.chars)
     assert total == sum(len(d) for d in docs) and total > 100_000
     longest = max(hi for _, hi in lengths) + 10
-    # without a way to read a source again, the others go on alone once it ended: up to the first
-    # end the weights' shares, and every source read to its end (weight 0: never read)
-    first_end = sample.ran_out[0][1]
-    chars = [0] * len(weights)
-    for doc in docs[:first_end]:
-        chars[int(doc[1 : doc.index("-")])] += len(doc)
-    for got, weight in zip(chars, weights, strict=True):
-        assert abs(got / sum(chars) - weight / sum(weights)) <= longest / sum(chars)
-    ended = {i for i, _ in sample.ran_out}
-    assert ended == {i for i, w in enumerate(weights) if w > 0}
+    for share, weight in zip(sample.shares(), weights, strict=True):
+        assert abs(share - weight / sum(weights)) <= longest / total  # within one document
+    # the sample ended when the last source ended its first pass (weight 0: never read)
+    assert {i for i, _ in sample.ran_out} == {i for i, w in enumerate(weights) if w > 0}
+    assert sample.ran_out[-1][1] == len(docs)
     assert draw()[0] == docs  # deterministic
 
 
@@ -60,29 +56,8 @@ def test_one_source_is_its_first_max_samples_documents_in_order(tmp_path):
     assert docs == texts[:120] and sample.documents == 120 and sample.shares() == [1.0]
 
 
-def test_the_sample_goes_on_with_the_others_when_a_source_runs_out(tmp_path):
-    """A short source (100 documents) at half the weight of a long one (1,000): the sample takes
-    every document of both instead of stopping when the short one ends, and says when it did."""
-    long_texts, short_texts = _texts("a-", 1000, 20, 40, 1), _texts("b-", 100, 20, 40, 2)
-    streams = [
-        _stream(tmp_path / "a.jsonl", long_texts),
-        _stream(tmp_path / "b.jsonl", short_texts),
-    ]
-    sample = MixtureSample(streams, [0.5, 0.5], [None, None], batch_size=64)
-    docs = [d for batch in sample.batches() for d in batch]
-    assert sorted(docs) == sorted(long_texts + short_texts)
-    (short, at), (long, end) = sample.ran_out
-    assert (short, long, end) == (1, 0, 1100) and 190 <= at <= 210  # at ~half-way of 2 x 100
-    # with a max_samples each source stops at its own limit, and the sample at the last one
-    streams = [
-        _stream(tmp_path / "a.jsonl", long_texts),
-        _stream(tmp_path / "b.jsonl", short_texts),
-    ]
-    sample = MixtureSample(streams, [0.5, 0.5], [300, 50], batch_size=64)
-    assert sum(len(b) for b in sample.batches()) == 350
-
-
-def test_a_source_that_ends_first_is_read_again_so_the_shares_hold(tmp_path):
+@pytest.mark.parametrize("kept", [True, False], ids=["from-memory", "re-opened"])
+def test_a_source_that_ends_first_is_read_again_so_the_shares_hold(tmp_path, monkeypatch, kept):
     """A short source (100 documents) at half the weight of a long one (1,000): the short one is
     read again from its start each time it ends, as training repeats it, until the long one has
     ended its pass. Going on with the long one alone gave it ~91% of the characters (99.5% for
@@ -95,13 +70,16 @@ def test_a_source_that_ends_first_is_read_again_so_the_shares_hold(tmp_path):
     def reopen(i: int) -> DocumentStream:
         return _stream(paths[i], texts[i])
 
+    if not kept:  # a pass too large to keep in memory is re-opened instead
+        monkeypatch.setattr(tokenizer_sample, "_KEEP_CHARS", 100)
     sample = MixtureSample([reopen(0), reopen(1)], [0.5, 0.5], [None, None], 64, reopen=reopen)
     docs = [d for batch in sample.batches() for d in batch]
     assert all(abs(share - 0.5) < 0.01 for share in sample.shares()), sample.shares()
     assert set(docs) == set(long_texts + short_texts)  # every document, the short ones repeated
     assert [i for i, _ in sample.ran_out] == [1, 0] and sample.ran_out[-1][1] == len(docs)
-    assert sample.streams[1].documents == 100 and len(sample.replays[1]) >= 8
+    assert sample.streams[1].documents == 100 and sample.again[1] >= 8
     assert sample.documents == len(docs)
+    assert len(sample.replays[1]) == (0 if kept else sample.again[1])
     # with a max_samples, a pass of the short source is its first max_samples documents
     sample = MixtureSample([reopen(0), reopen(1)], [0.5, 0.5], [300, 20], 64, reopen=reopen)
     docs = [d for batch in sample.batches() for d in batch]
