@@ -59,7 +59,11 @@ class MixtureSample:
         self.streams, self.weights, self.max_samples = streams, weights, max_samples
         self.batch_size = batch_size
         self.reopen = reopen
-        self.replays: list[list[DocumentStream]] = [[] for _ in streams]  # re-opened passes
+        # The re-opened pass being read, one per source: an ended one is dropped (it held its
+        # file open until the sample ended: one descriptor per pass), its bytes and retries kept.
+        self.replays: list[DocumentStream | None] = [None for _ in streams]
+        self.reopened = [0] * len(streams)  # times each source was re-opened
+        self._replayed = [0, 0]  # bytes and retries of the dropped re-opened passes
         self.again = [0] * len(streams)  # times each source was read again from its start
         self.chars = [0] * len(streams)  # characters drawn from each source so far
         # (source, documents in the sample when it ended its first pass), in the order they ended
@@ -69,7 +73,7 @@ class MixtureSample:
         self._yielded = 0
 
     def _opened(self) -> list[DocumentStream]:
-        return [*self.streams, *(s for passes in self.replays for s in passes)]
+        return [*self.streams, *(s for s in self.replays if s is not None)]
 
     @property
     def documents(self) -> int:
@@ -79,11 +83,11 @@ class MixtureSample:
     @property
     def bytes(self) -> int:
         """Bytes read from the sources (a pass replayed from memory reads none)."""
-        return sum(s.bytes for s in self._opened())
+        return self._replayed[0] + sum(s.bytes for s in self._opened())
 
     @property
     def retries(self) -> int:
-        return sum(s.retries for s in self._opened())
+        return self._replayed[1] + sum(s.retries for s in self._opened())
 
     @property
     def skipped(self) -> Counter[str]:
@@ -110,6 +114,7 @@ class MixtureSample:
         readers = [self._pass(i, self.streams[i], keep=True) for i in range(len(self.streams))]
         live = [w > 0 for w in self.weights]  # a source of weight 0 is never read
         ended = [not ok for ok in live]  # each source's first pass is over
+        gave = [False] * len(readers)  # the pass being read gave a document
         try:
             while any(live):
                 i = self._behind(live)
@@ -117,6 +122,7 @@ class MixtureSample:
                 if text is not None:
                     self.chars[i] += len(text)
                     self._yielded += 1
+                    gave[i] = True
                     yield text
                     continue
                 if not ended[i]:
@@ -124,7 +130,10 @@ class MixtureSample:
                     self.ran_out.append((i, self._yielded))
                 if all(ended):
                     return
-                again = self._read_again(i)
+                # a pass that gave nothing (a re-opened source now empty) would be re-opened
+                # without end
+                again = self._read_again(i) if gave[i] else None
+                gave[i] = False
                 if again is None:
                     live[i] = False  # nothing to read again: the others go on alone
                     continue
@@ -167,8 +176,13 @@ class MixtureSample:
         if self.reopen is None:
             return None
         self.again[i] += 1
-        self.replays[i].append(self.reopen(i))
-        return self._pass(i, self.replays[i][-1], keep=False)
+        self.reopened[i] += 1
+        done = self.replays[i]
+        if done is not None:
+            self._replayed[0] += done.bytes
+            self._replayed[1] += done.retries
+        self.replays[i] = self.reopen(i)
+        return self._pass(i, self.replays[i], keep=False)
 
     def batches(self) -> Iterator[list[str]]:
         """Lists of up to ``batch_size`` documents (the trainer is faster with batches)."""

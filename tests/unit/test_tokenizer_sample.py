@@ -79,9 +79,53 @@ def test_a_source_that_ends_first_is_read_again_so_the_shares_hold(tmp_path, mon
     assert [i for i, _ in sample.ran_out] == [1, 0] and sample.ran_out[-1][1] == len(docs)
     assert sample.streams[1].documents == 100 and sample.again[1] >= 8
     assert sample.documents == len(docs)
-    assert len(sample.replays[1]) == (0 if kept else sample.again[1])
+    assert sample.reopened[1] == (0 if kept else sample.again[1])
     # with a max_samples, a pass of the short source is its first max_samples documents
     sample = MixtureSample([reopen(0), reopen(1)], [0.5, 0.5], [300, 20], 64, reopen=reopen)
     docs = [d for batch in sample.batches() for d in batch]
     assert set(d for d in docs if d.startswith("b-")) == set(short_texts[:20])
     assert sum(d.startswith("a-") for d in docs) == 300
+
+
+def _open_files() -> int:
+    return len(list(Path("/proc/self/fd").iterdir()))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts open files in /proc")
+def test_re_opened_passes_do_not_keep_their_files_open(tmp_path, monkeypatch):
+    """A source too large to keep, re-opened 800 times beside a longer one: each re-opened pass
+    kept its file open until the sample ended (one descriptor per pass: a large file beside a
+    corpus 1,000 times larger ran out of descriptors, "Too many open files")."""
+    monkeypatch.setattr(tokenizer_sample, "_KEEP_CHARS", 10)
+    paths = [tmp_path / "long.jsonl", tmp_path / "short.jsonl"]
+    texts = [_texts("a-", 800, 20, 40, 1), _texts("b-", 1, 20, 40, 2)]
+    streams = [_stream(p, t) for p, t in zip(paths, texts, strict=True)]
+    before = _open_files()
+
+    def reopen(i: int) -> DocumentStream:
+        return DocumentStream(open_dataset(SourceSpec(path=str(paths[i])), "train"), "text")
+
+    sample = MixtureSample(streams, [0.5, 0.5], [None, None], 64, reopen=reopen)
+    assert sum(len(b) for b in sample.batches()) > 1500 and sample.again[1] > 700
+    assert _open_files() <= before + 5
+    assert sample.bytes == sum(len(t.encode()) for t in texts[0]) + (sample.again[1] + 1) * len(
+        texts[1][0].encode()
+    )
+
+
+def test_a_re_opened_pass_that_gives_nothing_ends_the_source(tmp_path, monkeypatch):
+    """A source whose re-opened pass gives no document (its file emptied, a server that now
+    answers nothing) was re-opened without end: the others go on alone instead."""
+    monkeypatch.setattr(tokenizer_sample, "_KEEP_CHARS", 10)
+    long_texts = _texts("a-", 300, 20, 40, 1)
+    streams = [_stream(tmp_path / "a.jsonl", long_texts), _stream(tmp_path / "b.jsonl", ["b" * 50])]
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("", encoding="utf-8")
+
+    def reopen(i: int) -> DocumentStream:
+        return DocumentStream(open_dataset(SourceSpec(path=str(empty)), "train"), "text")
+
+    sample = MixtureSample(streams, [0.5, 0.5], [None, None], 64, reopen=reopen)
+    docs = [d for batch in sample.batches() for d in batch]
+    assert docs.count("b" * 50) == 1 and len(docs) == 301
+    assert sample.again[1] == 1 and [i for i, _ in sample.ran_out] == [1, 0]
