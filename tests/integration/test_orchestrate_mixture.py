@@ -206,3 +206,33 @@ def test_the_seed_command_plans_what_it_wrote_before(tmp_path):
     assert (tmp_path / "streaming_config.json").read_text(encoding="utf-8") == expected
     assert [s.name for s in sources] == ["fineweb"] and specs[0].path == "HuggingFaceFW/fineweb"
     assert (specs[0].subset, specs[0].data_files, specs[0].batch_size) == (None, None, 1000)
+
+
+def test_an_http_source_re_opened_counts_its_bad_records_once(tmp_path, capsys, monkeypatch):
+    """A short http source (40 documents and 5 bad records) beside a long local one, too large
+    (as far as _KEEP_CHARS says) to keep: re-opened from the loopback server until the long one
+    ends; its bad records are counted once, its size for the holdout is its first pass."""
+    from tests.support.http_server import FileServer
+
+    from lmstream import tokenizer_sample
+
+    monkeypatch.setattr(tokenizer_sample, "_KEEP_CHARS", 100)
+    lines = [json.dumps({"text": t}) for t in _code(40)] + ["{not json"] * 5
+    body = "\n".join(lines).encode() + b"\n"
+    prose = _jsonl(tmp_path / "prose.jsonl", _prose(2000))
+    ws = tmp_path / "ws"
+    with FileServer({"code.jsonl": body}) as server:
+        code, out, err = _orchestrate(
+            capsys, "--dataset", str(prose), "--dataset", server.url("code.jsonl"),
+            "--weights", "0.5", "0.5", "--experiment", "mix", "--workspace", str(ws),
+            "--model-size", "tiny",
+        )  # fmt: skip
+    assert code == 0, err
+    assert "skipped: 5 (" in out, out
+    assert "code: 40 documents" in out and "prose: 2,000 documents" in out, out
+    assert "read again from its start" in out, out
+    cfg = load_training_config(ws / "runs" / "mix" / "training.yaml")
+    # sized from code's first pass (40 documents), not the 1,000s it gave with its repeats;
+    # then raised to fill evaluation's rows, to a quarter of it at most
+    assert f"{holdout_size(40)} by document count alone" in out, out
+    assert cfg.data.validation_documents == 40 // 4, out
