@@ -139,3 +139,22 @@ def trained_ids(records: list[tuple], tokenizer) -> dict[int, Counter]:
     for (epoch, _rank, _worker), parts in streams.items():
         out[epoch].update(ids_of(np.concatenate(parts), tokenizer))
     return dict(out)
+
+
+def record_tokenizer_input(monkeypatch) -> list[str]:
+    """The documents orchestrate feeds its (real) BPE trainer, recorded in the returned list."""
+    import lmstream.orchestrate as orch
+    from lmstream.tokenizer import train_bpe
+
+    seen: list[str] = []
+
+    def recording_train_bpe(batches, *args, **kwargs):
+        def record():
+            for batch in batches:
+                seen.extend(batch)
+                yield batch
+
+        return train_bpe(record(), *args, **kwargs)
+
+    monkeypatch.setattr(orch, "train_bpe", recording_train_bpe)
+    return seen

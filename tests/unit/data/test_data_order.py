@@ -14,7 +14,15 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from tests.support.doc_trace import docs, drive, ids_of, trained_ids, write_jsonl, write_uneven
+from tests.support.doc_trace import (
+    docs,
+    drive,
+    ids_of,
+    record_tokenizer_input,
+    trained_ids,
+    write_jsonl,
+    write_uneven,
+)
 from tokenizers import Tokenizer
 
 from lmstream.config import (
@@ -142,17 +150,7 @@ def test_orchestrate_and_training_see_the_same_documents(tmp_path, tokenizer, mo
     import lmstream.orchestrate as orch
 
     files, clean = _messy_source(tmp_path / "data")
-    seen: list[str] = []
-
-    def recording_train_bpe(batches, *args, **kwargs):  # the real trainer, its input recorded
-        def record():
-            for batch in batches:
-                seen.extend(batch)
-                yield batch
-
-        return train_bpe(record(), *args, **kwargs)
-
-    monkeypatch.setattr(orch, "train_bpe", recording_train_bpe)
+    seen = record_tokenizer_input(monkeypatch)
     result = orch.orchestrate(
         orch.OrchestrateOptions(
             experiment="order", workspace=str(tmp_path / "ws"), stream=True, data_files=files,

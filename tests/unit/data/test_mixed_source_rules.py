@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from tests.reliability.support import tree
-from tests.support.doc_trace import docs, ids_of, real_tokens
+from tests.support.doc_trace import docs, ids_of, real_tokens, record_tokenizer_input
 from tests.support.training import DELETE, tiny_training_config, train_in_process, write_run
 from tokenizers import Tokenizer
 
@@ -164,17 +164,7 @@ def test_orchestrate_and_training_see_the_same_documents_of_each_source(
         f"- {{name: a, dataset: '{tmp_path / 'data' / 'a' / '*.jsonl'}', max_samples: 70}}\n"
         f"- {{name: b, dataset: '{tmp_path / 'data' / 'b' / '*.jsonl'}', max_samples: 30}}\n"
     )
-    seen: list[str] = []
-
-    def recording_train_bpe(batches, *args, **kwargs):  # the real trainer, its input recorded
-        def record():
-            for batch in batches:
-                seen.extend(batch)
-                yield batch
-
-        return train_bpe(record(), *args, **kwargs)
-
-    monkeypatch.setattr(orch, "train_bpe", recording_train_bpe)
+    seen = record_tokenizer_input(monkeypatch)
     result = orch.orchestrate(
         orch.OrchestrateOptions(
             experiment="mix", workspace=str(tmp_path / "ws"), stream=True, sources=str(listing),
