@@ -110,33 +110,13 @@ def orchestrate(opts: OrchestrateOptions) -> OrchestrateResult:
     if any(p.exists() for p in (paths.run_dir, paths.tokenizer_dir, _token_root(paths))):
         _prepare_folders(paths, opts.overwrite, check_only=True)  # fail before streaming
     start = time.perf_counter()
-    streams = []
-    for source, spec in zip(sources, specs, strict=True):
-        try:
-            dataset = open_dataset(spec, source.split)
-            if source.validation_split:
-                open_dataset(spec, source.validation_split)  # fail now if it does not exist
-        except DataSourceError as err:
-            if len(sources) == 1:
-                raise
-            # some messages ("unknown split 'test'") do not say which of the sources failed
-            raise DataSourceError(f"source {source.name!r} ({spec.path}): {err}") from None
-        streams.append(
-            DocumentStream(dataset, source.text_field, max_chars=opts.max_chars,
-                           batch_size=opts.batch_size)
-        )  # fmt: skip
-
-    def reopen(i: int) -> DocumentStream:  # a finite source read again, as training repeats it
-        dataset = open_dataset(specs[i], sources[i].split)
-        return DocumentStream(dataset, sources[i].text_field, max_chars=opts.max_chars,
-                              batch_size=opts.batch_size)  # fmt: skip
-
+    streams = [_open_stream(opts, sources, specs, i, check=True) for i in range(len(sources))]
     sample = MixtureSample(
         streams,
         [s.weight for s in sources],
         [s.max_samples for s in sources],
         opts.batch_size,
-        reopen=reopen,
+        reopen=lambda i: _open_stream(opts, sources, specs, i),
     )
     limit = opts.max_samples if len(sources) == 1 else None
     progress = _Progress(sample, limit, enabled=opts.progress, specials=specials)
@@ -182,6 +162,26 @@ def orchestrate(opts: OrchestrateOptions) -> OrchestrateResult:
         mixture=mixture_lines(sample, sources) if len(sources) > 1 else [],
         holdout=holdout_lines,
     )
+
+
+def _open_stream(
+    opts: OrchestrateOptions, sources: list, specs: list[SourceSpec], i: int, check: bool = False
+) -> DocumentStream:
+    """Source ``i`` from its start: its first pass, and again each time a mixture's sample reads
+    it again (as training repeats it); either failing names the source in the same line.
+    ``check``: its validation_split must exist too (checked once, before streaming)."""
+    source, spec = sources[i], specs[i]
+    try:
+        dataset = open_dataset(spec, source.split)
+        if check and source.validation_split:
+            open_dataset(spec, source.validation_split)
+    except DataSourceError as err:
+        if len(sources) == 1:
+            raise
+        # some messages ("unknown split 'test'") do not say which of the sources failed
+        raise DataSourceError(f"source {source.name!r} ({spec.path}): {err}") from None
+    return DocumentStream(dataset, source.text_field, max_chars=opts.max_chars,
+                          batch_size=opts.batch_size)  # fmt: skip
 
 
 def _validation_rows(

@@ -198,3 +198,35 @@ def test_a_file_and_a_glob_over_it_are_refused_naming_both(tmp_path, capsys):
     code, _, err = _orchestrate(capsys, ws, "--dataset", str(c), "--dataset", str(tmp_path / "sub" / "*.jsonl"))  # fmt: skip
     assert code == 2 and f"sources 'c' and 'sub' both read {c}" in err
     assert len(err.strip().splitlines()) == 1 and not (ws / "runs" / "e").exists()
+
+
+def test_a_source_that_fails_to_re_open_names_itself(tmp_path, capsys, monkeypatch):
+    """A short source (too large, as far as _KEEP_CHARS says, to replay from memory) deleted
+    after its first pass: re-opening it for its second fails with the one line a failed first
+    open gives, naming the source, and a non-zero exit (before, the line lacked the source)."""
+    from lmstream import tokenizer_sample
+    from lmstream.tokenizer_sample import MixtureSample
+
+    monkeypatch.setattr(tokenizer_sample, "_KEEP_CHARS", 100)
+    _jsonl(tmp_path / "web.jsonl", _prose(400))
+    short = _jsonl(tmp_path / "code.jsonl", _prose(20))
+    read_again = MixtureSample._read_again
+
+    def delete_then_read_again(self, i):  # the file goes away between the passes
+        short.unlink(missing_ok=True)
+        return read_again(self, i)
+
+    monkeypatch.setattr(MixtureSample, "_read_again", delete_then_read_again)
+    ws = tmp_path / "ws"
+    code, _, err = _orchestrate(
+        capsys, ws, "--dataset", str(tmp_path / "web.jsonl"), "--dataset", str(short)
+    )
+    lines = err.strip().splitlines()
+    assert code == 3 and len(lines) == 1, err
+    assert f"source 'code' ({short}): {short}: file not found" in lines[0], err
+    assert not (ws / "runs" / "e" / "streaming_config.json").exists()
+    # the same line as when the file is missing from the start
+    code, _, first = _orchestrate(
+        capsys, ws, "--dataset", str(tmp_path / "web.jsonl"), "--dataset", str(short)
+    )
+    assert code == 3 and first == err
