@@ -10,6 +10,7 @@ Before, a mixture's ``total_epochs`` with several data workers was refused.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -144,3 +145,19 @@ def test_a_run_whose_last_pass_is_shorter_than_planned_ends_done(sources, tmp_pa
     assert train_in_process(config, "--resume") == 0
     out = capsys.readouterr().out
     assert "nothing to do" in out and "== done: epoch 2 of 2" in out
+
+
+def test_a_last_pass_longer_than_planned_says_its_total_is_an_estimate(sources, tmp_path, capsys):
+    """Here the second pass is a step longer than the first (a at 0.42): the run goes one step
+    past the first pass's steps x total_epochs. Its progress lines say that total is an
+    estimate (``step 63/~62``), rather than reading as a step beyond the planned total."""
+    cfg = _config(sources, **{
+        "data.gradient_accumulation_steps": 1,
+        "data.mixture": [{**m, "weight": {"a": 0.42, "b": 0.58}[m["name"]]}
+                         for m in _config(sources)["data"]["mixture"]],
+    })  # fmt: skip
+    assert train_in_process(write_run(tmp_path / "run", cfg)) == 0
+    out = capsys.readouterr().out
+    lines = re.findall(r"^step (\d+)/(~?)(\d+) ", out, re.M)
+    assert lines and max(int(s) - int(t) for s, _, t in lines) > 0, out[-1500:]  # past it
+    assert all(mark == "~" for _, mark, _ in lines), out[-1500:]

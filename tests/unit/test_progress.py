@@ -26,6 +26,19 @@ def test_the_bar_shows_steps_loss_and_speed(capsys) -> None:
     assert "<" in bar  # tqdm's elapsed<remaining: the ETA
 
 
+def test_a_bar_past_an_estimated_total_grows_with_it(capsys) -> None:
+    """A mixture planned in epochs may run a step past the first pass's estimate: the line
+    marks the total as an estimate, and the bar never reads 11/10 (its total follows)."""
+    logger = StdoutLogger(10, progress=True, estimate=True)
+    logger.log(11, {"loss": 3.21})
+    logger.advance(11)
+    logger.close()
+    out, err = capsys.readouterr()
+    assert "step 11/~10 | loss 3.2100" in out
+    bar = err.replace("\r", "\n").splitlines()[-1]
+    assert "11/11" in bar and "11/10" not in bar, bar
+
+
 def test_without_a_terminal_there_are_plain_lines_only(capsys) -> None:
     logger = StdoutLogger(10, progress=False)
     logger.log(1, {"loss": 3.21, "tokens_per_s": 12345.0})

@@ -247,7 +247,7 @@ def _train(
     from lmstream.train.loop import Trainer
     from lmstream.train.metrics import Logger, build_logger
     from lmstream.train.run_folder import start_fresh
-    from lmstream.train.setup import build_run, resolve_vocab_size
+    from lmstream.train.setup import build_run, ends_by_epochs, resolve_vocab_size
 
     started = time.perf_counter()
     config_path = config_path or run_dir / TRAINING_YAML
@@ -271,6 +271,7 @@ def _train(
             total_steps=run.total_steps,
             resume_step=run.state.step if resumed else None,
             tracker_state=run.tracker_state,
+            total_is_estimate=ends_by_epochs(run.cfg, run.loader),
         )
         logger.message(describe_parallelism(run))
         if env.is_main:

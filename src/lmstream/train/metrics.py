@@ -40,9 +40,14 @@ class Logger:
         return {}
 
 
-def format_metrics(step: int, total_steps: int | None, metrics: dict[str, float]) -> str:
-    """One human-readable line, e.g. ``step 50/300 | loss 3.2101 | lr 1.80e-04 | ...``."""
-    parts = [f"step {step}" + (f"/{total_steps}" if total_steps else "")]
+def format_metrics(
+    step: int, total_steps: int | None, metrics: dict[str, float], estimate: bool = False
+) -> str:
+    """One human-readable line, e.g. ``step 50/300 | loss 3.2101 | lr 1.80e-04 | ...``.
+    ``estimate``: the total only estimates the run's length (``step 63/~62``), as a mixture
+    planned in epochs has: its last epoch may take a few steps more or fewer."""
+    mark = "~" if estimate else ""
+    parts = [f"step {step}" + (f"/{mark}{total_steps}" if total_steps else "")]
     formats = {
         "loss": "loss {:.4f}",
         "val_loss": "val_loss {:.4f}",
@@ -84,7 +89,8 @@ def _per_source(metrics: dict[str, float]) -> list[str]:
 
 class StdoutLogger(Logger):
     """Metric lines on stdout; with ``progress`` (a terminal), a tqdm bar with ETA below them.
-    With ``metrics=False`` (enable_stdout: false) only notices (checkpoint saved, resumed) print."""
+    With ``metrics=False`` (enable_stdout: false) only notices (checkpoint saved, resumed) print.
+    ``estimate``: ``total_steps`` only estimates where the run ends (see format_metrics)."""
 
     def __init__(
         self,
@@ -92,8 +98,9 @@ class StdoutLogger(Logger):
         start_step: int = 0,
         progress: bool = False,
         metrics: bool = True,
+        estimate: bool = False,
     ):
-        self.total_steps = total_steps
+        self.total_steps, self.estimate = total_steps, estimate
         self._metrics = metrics
         self._bar = None
         if progress:
@@ -111,7 +118,7 @@ class StdoutLogger(Logger):
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if self._metrics:
-            self._write(format_metrics(step, self.total_steps, metrics))
+            self._write(format_metrics(step, self.total_steps, metrics, self.estimate))
         if self._bar is not None and "loss" in metrics:  # the bar's tail: latest loss, speed
             postfix = f"loss {metrics['loss']:.4f}"
             if metrics.get("tokens_per_s") is not None:
@@ -120,6 +127,8 @@ class StdoutLogger(Logger):
 
     def advance(self, step: int) -> None:
         if self._bar is not None:
+            if self._bar.total is not None and step > self._bar.total:  # past an estimate
+                self._bar.total = step
             self._bar.update(step - self._bar.n)
 
     def message(self, text: str) -> None:
@@ -240,9 +249,11 @@ def build_logger(
     resume_step: int | None = None,
     progress: bool | None = None,
     tracker_state: dict | None = None,
+    total_is_estimate: bool = False,
 ) -> Logger:
     """The writers that runtime.logging asks for; the no-op Logger on ranks other than 0.
-    ``tracker_state``: the checkpoint's Logger.state_dict() when resuming."""
+    ``tracker_state``: the checkpoint's Logger.state_dict() when resuming.
+    ``total_is_estimate``: the run ends with an epoch, not at ``total_steps``."""
     if rank != 0:
         return Logger()
     logging_cfg = cfg.runtime.logging
@@ -252,6 +263,7 @@ def build_logger(
         resume_step or 0,
         progress=show_bar and logging_cfg.enable_stdout,
         metrics=logging_cfg.enable_stdout,
+        estimate=total_is_estimate,
     )
     loggers: list[Logger] = [stdout]
     if logging_cfg.tensorboard is not None:
