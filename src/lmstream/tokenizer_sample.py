@@ -167,11 +167,10 @@ class MixtureSample:
 
     def _read_again(self, i: int) -> Iterator[str] | None:
         """Source ``i`` from its start again: from memory when its pass was small, else
-        re-opened; None when it gave nothing or cannot be re-opened."""
+        re-opened; None when it cannot be re-opened. Asked only after a pass that gave a
+        document (the caller's ``gave``), so a kept pass is never empty."""
         kept = self._kept[i]
         if kept is not None:
-            if not kept:
-                return None
             self.again[i] += 1
             return (text for text in kept)  # a generator: closed like the others
         if self.reopen is None:

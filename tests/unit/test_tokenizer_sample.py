@@ -129,3 +129,24 @@ def test_a_re_opened_pass_that_gives_nothing_ends_the_source(tmp_path, monkeypat
     docs = [d for batch in sample.batches() for d in batch]
     assert docs.count("b" * 50) == 1 and len(docs) == 301
     assert sample.again[1] == 1 and [i for i, _ in sample.ran_out] == [1, 0]
+
+
+def test_a_first_pass_that_gives_nothing_is_not_read_again(tmp_path):
+    """A source whose first pass gives no document (each one a bad record): it is neither
+    replayed from memory (an empty pass) nor re-opened; the other is read to its end alone."""
+    texts = _texts("a-", 50, 20, 40, 1)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{not json\n" * 5, encoding="utf-8")
+    streams = [
+        _stream(tmp_path / "a.jsonl", texts),
+        DocumentStream(open_dataset(SourceSpec(path=str(bad)), "train"), "text"),
+    ]
+    reopened: list[int] = []
+
+    def reopen(i: int) -> DocumentStream:
+        reopened.append(i)
+        return DocumentStream(open_dataset(SourceSpec(path=str(bad)), "train"), "text")
+
+    sample = MixtureSample(streams, [0.5, 0.5], [None, None], 64, reopen=reopen)
+    assert [d for batch in sample.batches() for d in batch] == texts
+    assert sample.again == [0, 0] and reopened == []
