@@ -36,12 +36,9 @@ from the global RNG, which dropout uses.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import itertools
 import os
-import signal
-import threading
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -66,6 +63,7 @@ from lmstream.data.validation import (
     load_validation_set,
 )
 from lmstream.data.worker import PackedDataset, StreamSettings, to_batch
+from lmstream.data.worker_processes import CPU_WORKER_NICE, init_worker, stop_workers
 from lmstream.errors import CheckpointError, ConfigError, DataSourceError, LmstreamError
 from lmstream.failures import loader_failure
 
@@ -90,32 +88,6 @@ SOURCE_KEYS = (
     "mode", "dataset", "subset", "revision", "data_files", "split", "text_field",
     "validation_split", "max_samples", "max_chars", "train",
 )  # fmt: skip
-
-
-# How much lower a data worker's scheduling priority is than training's when training runs on the
-# CPU: the step's OpenMP threads fill every core, and a worker's tokenizing burst that takes one
-# of them from a thread holds up the whole parallel region (issue #16: the 2-core CPU pair). Niced
-# workers run in the gaps between regions; they need a few percent of a core. +5 is enough for a
-# waking OpenMP thread to preempt a worker at once; more would starve workers on a machine that
-# other jobs load (weight 335 against 1024 at +5, 110 at +10).
-CPU_WORKER_NICE = 5
-
-
-def _worker_init(nice: int, _worker_id: int) -> None:
-    # One tokenizer thread per worker process (docs/ARCHITECTURE.md, decision 7): the workers are the
-    # parallelism; a Rayon pool in each would oversubscribe the cores.
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    if nice:
-        # A platform or sandbox that refuses it leaves the worker at its rank's priority, which
-        # only costs speed on a CPU shared with the compute threads.
-        with contextlib.suppress(OSError):
-            os.nice(nice)
-    # A stop signal is the rank's to handle: torchrun (and a terminal's Ctrl-C) signal the rank's
-    # whole process group, and a worker dying of it first made the rank fail with "a data loader
-    # worker died" instead of saving its checkpoint (issue #19). The rank shuts its workers
-    # down (TrainLoader.close), by SIGKILL if they do not exit at once.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, signal.SIG_IGN)
 
 
 def _as_sent(item: Any) -> Any:
@@ -152,7 +124,7 @@ class TrainLoader:
         self._advance = False
         if num_workers:
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        init = functools.partial(_worker_init, worker_nice) if num_workers else None
+        init = functools.partial(init_worker, worker_nice) if num_workers else None
         with warnings.catch_warnings():
             # torchdata 0.11's constructor calls the deprecated torch.set_vital; not ours to fix.
             warnings.filterwarnings("ignore", message=".*set_vital.*")
@@ -177,12 +149,12 @@ class TrainLoader:
         """Stop the worker processes now (they ignore SIGTERM/SIGINT: the rank ends them)."""
         live, self._live = self._live, None
         if live is not None:
-            _stop_workers(live)
+            stop_workers(live)
         # state_dict() on a loader not yet iterated makes torchdata build (and keep) an iterator
         # with running workers that no pass of ours holds: stop those as well.
         built = getattr(self._loader, "_iterator", None)
         if built is not None and built is not live:
-            _stop_workers(built)
+            stop_workers(built)
 
     @property
     def skipped(self) -> Counter:
@@ -232,7 +204,7 @@ class TrainLoader:
                     batch = self._mixed(batch, mixed[0])
                 yield batch
         finally:
-            _stop_workers(it)
+            stop_workers(it)
 
     def _mixed(self, batch: Batch, extra: dict) -> MixBatch:
         if "end" in extra:  # the worker's part of the pass ended with this batch
@@ -346,42 +318,6 @@ class TrainLoader:
             "would point at other documents: restore streaming_config.json / data.train_shards, "
             "or start a new run without --resume"
         )
-
-
-def _stop_workers(it: Any) -> None:
-    """Stop the workers now (an error's traceback would otherwise keep them alive)."""
-    shutdown = getattr(it, "_shutdown_workers", None)
-    if shutdown is None:
-        return
-    if getattr(it, "_worker_pids_set", False):
-        # Forget the workers' pids *before* joining them: torch's SIGCHLD handler re-checks
-        # every registered pid at each child exit and would raise again, mid-shutdown, for a
-        # worker that died earlier (torch removes them only after the joins).
-        from torch.utils.data._utils import signal_handling
-
-        signal_handling._remove_worker_pids(id(it))
-        it._worker_pids_set = False
-    # A worker busy in a fetch (a source retrying) would hold torch's shutdown 5 s per worker
-    # and then ignore its SIGTERM: past a short grace, kill it (its half-read batch is not ours).
-    workers = list(getattr(it, "_workers", ()))
-    killer = threading.Timer(_WORKER_EXIT_S, _kill_workers, (workers,))
-    killer.start()
-    try:
-        shutdown()
-    finally:
-        killer.cancel()
-        _kill_workers(workers)
-
-
-_WORKER_EXIT_S = 1.0  # how long a closing loader waits for its workers to exit by themselves
-
-
-def _kill_workers(workers: list) -> None:
-    for w in workers:
-        if w.is_alive():
-            w.kill()
-    for w in workers:
-        w.join(timeout=_WORKER_EXIT_S)
 
 
 def build_train_loader(
