@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import threading
@@ -35,6 +36,35 @@ def _child_processes() -> list[str]:
                 continue
             out.append(f"{pid} {cmd.strip()[:200]}")
     return out
+
+
+def _forked_children() -> set[str]:
+    """This process's live children that run its own command line: forked, not started as a
+    program (DataLoader workers, multiprocessing's fork children); zombies left out."""
+    own = Path("/proc/self/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()[:200]
+    live = set()
+    for child in _child_processes():
+        pid, _, cmd = child.partition(" ")
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        except OSError:
+            continue
+        if cmd == own and state != "Z":
+            live.add(child)
+    return live
+
+
+@pytest.fixture(autouse=True)
+def _no_forked_child_left():
+    """A test that leaves a forked child running (a DataLoader iterator nobody closed) fails
+    here: its workers ignore SIGTERM and outlive the session (the leftover warning below)."""
+    before = _forked_children()
+    yield
+    left = _forked_children() - before
+    if left:  # an iterator only unreachable yet: collected, its workers stop
+        gc.collect()
+        left = _forked_children() - before
+    assert not left, f"the test left forked child processes running: {sorted(left)}"
 
 
 def pytest_sessionfinish(session, exitstatus) -> None:

@@ -75,6 +75,7 @@ def test_a_data_state_of_an_older_lmstream_is_refused_for_what_it_is(tmp_path, t
     data = write_jsonl(tmp_path / "t.jsonl", docs(60))
     loader = _loader(run, tokenizer, dataset=data, data_files=[data])
     state = {**loader.state_dict(), "version": 1}
+    loader.close()  # the state started its workers (see the test below)
     with pytest.raises(CheckpointError) as err:
         _loader(run, tokenizer, dataset=data, data_files=[data]).load_state_dict(state)
     message = str(err.value)
