@@ -7,9 +7,9 @@ find the newest one; at the end the weights must be bit-identical to the uninter
 The default variant kills 10 times; ``-m heavy`` kills 40 times with other random moments.
 
 Each kill fires at its random moment or, at the latest, when the run logs its "ceiling" step:
-the steps still ahead are shared among the kills still to land. Without it a late start-up
-kill (up to 4 s) on a machine that starts in 2 s let the run train ~30 of its 40 steps at once,
-and the run could finish before its 10th kill (seen on a 2-core CI runner: 9 kills).
+the steps still ahead are shared among the kills still to land. A start-up kill drawn late (up
+to 4 s) would otherwise let a run that started sooner train on at ~25 steps/s, and the run
+could end before its 10th kill (a 2-core CI runner once saw 9).
 """
 
 from __future__ import annotations
