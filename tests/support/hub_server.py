@@ -73,6 +73,7 @@ class HubStandIn:
 class _Handler(BaseHTTPRequestHandler):
     hub: HubStandIn
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # as the Hub's servers: no ~40 ms delayed-ACK wait per reply
 
     def log_message(self, format: str, *args: object) -> None:
         pass
