@@ -27,3 +27,27 @@ def tiny_model(vocab_size: int, seed: int = 0, **overrides) -> Transformer:
     same arguments give the same weights."""
     torch.manual_seed(seed)
     return Transformer(tiny_model_config(**overrides), vocab_size)
+
+
+def z_loss_step(micro_batches: list, chunk: int, z_loss: float) -> tuple:
+    """One step's ``forward_backward`` with ``z_loss`` on a fresh ``tiny_model(64)`` whose loss
+    is chunked by ``chunk`` rows (0 = full logits): (loss, logged z-loss, gradients)."""
+    from lmstream.train.precision import build_precision
+    from lmstream.train.step import forward_backward
+
+    cpu = torch.device("cpu")
+    model = tiny_model(64, 0)
+    model.loss_chunk_tokens = chunk
+    aux: dict = {}
+    loss = forward_backward(model, micro_batches, build_precision("fp32", cpu), cpu, z_loss, aux)
+    return loss, aux["z_loss"], [p.grad for p in model.parameters()]
+
+
+def assert_same_step(got: tuple, want: tuple, grad_rtol: float) -> None:
+    """Two :func:`z_loss_step` results agree: loss and z-loss to 1e-5, gradients to
+    ``grad_rtol``."""
+    (loss, z, grads), (want_loss, want_z, want_grads) = got, want
+    torch.testing.assert_close(loss, want_loss, rtol=1e-5, atol=0)
+    torch.testing.assert_close(z, want_z, rtol=1e-5, atol=0)
+    for g, w in zip(grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=grad_rtol, atol=1e-6)
