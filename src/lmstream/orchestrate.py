@@ -132,8 +132,9 @@ def orchestrate(opts: OrchestrateOptions) -> OrchestrateResult:
         files.append(paths.streaming_config)
     shards = _pretokenize(opts, specs[0], tok, paths) if opts.pretokenize else None
     # The holdout is a share of what each source holds within its max_samples: a source that
-    # ended its first pass in the sample is known to hold no more than that pass gave (a --max-samples it
-    # never reached would hold out all of a small file, and training would refuse the recipe).
+    # ended its first pass in the sample is known to hold no more than that pass gave (a
+    # --max-samples it never reached would hold out all of a small file, and training would
+    # refuse the recipe).
     sizes = [s.max_samples for s in sources]
     for index, _ in sample.ran_out:
         sizes[index] = sample.streams[index].documents

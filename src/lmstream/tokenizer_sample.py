@@ -11,9 +11,9 @@ share (smallest characters / weight, ties to the first listed), so after every d
 source's share is within one document of its weight. A source that ends its pass (its stream ran
 out or reached its ``max_samples``) before the others is read again from its start, as training
 repeats a finite source (from memory when its pass was small, else re-opened), so the shares keep
-the weights; the sample ends once every source has
-ended its first pass, so each source's size is known (orchestrate sizes the holdout from it),
-and the sample holds about the last-ending source's characters divided by its weight.
+the weights; the sample ends once every source has ended its first pass, so each source's size
+is known (orchestrate sizes the holdout from it), and the sample holds about the last-ending
+source's characters divided by its weight.
 Going on with the other sources alone bent the shares (a small file beside a web corpus: 99.5%
 instead of 90%); stopping at the first end left the other sources' sizes unknown. A source
 without ``max_samples`` is read to its end, as one source is without ``--max-samples``. One
