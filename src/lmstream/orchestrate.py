@@ -110,7 +110,12 @@ def orchestrate(opts: OrchestrateOptions) -> OrchestrateResult:
     if any(p.exists() for p in (paths.run_dir, paths.tokenizer_dir, _token_root(paths))):
         _prepare_folders(paths, opts.overwrite, check_only=True)  # fail before streaming
     start = time.perf_counter()
-    streams = [_open_stream(opts, sources, specs, i, check=True) for i in range(len(sources))]
+    streams = []
+    for i in range(len(sources)):
+        try:
+            streams.append(_open_stream(opts, sources, specs, i, check=True))
+        except DataSourceError as err:
+            raise _naming(err, sources, specs, i) from None
     sample = MixtureSample(
         streams,
         [s.weight for s in sources],
@@ -120,8 +125,11 @@ def orchestrate(opts: OrchestrateOptions) -> OrchestrateResult:
     )
     limit = opts.max_samples if len(sources) == 1 else None
     progress = _Progress(sample, limit, enabled=opts.progress, specials=specials)
-    with progress:
-        tok = train_bpe(progress.batches(), opts.vocab_size, specials)
+    try:
+        with progress:
+            tok = train_bpe(progress.batches(), opts.vocab_size, specials)
+    except DataSourceError as err:  # a read, or a re-open, of the source being read failed
+        raise _naming(err, sources, specs, sample.reading) from None
     _check_documents(sample, sources, specs)
     _prepare_folders(paths, opts.overwrite)
     save_tokenizer(tok, paths.tokenizer_dir)
@@ -169,20 +177,24 @@ def _open_stream(
     opts: OrchestrateOptions, sources: list, specs: list[SourceSpec], i: int, check: bool = False
 ) -> DocumentStream:
     """Source ``i`` from its start: its first pass, and again each time a mixture's sample reads
-    it again (as training repeats it); either failing names the source in the same line.
-    ``check``: its validation_split must exist too (checked once, before streaming)."""
+    it again (as training repeats it). ``check``: its validation_split must exist too (checked
+    once, before streaming)."""
     source, spec = sources[i], specs[i]
-    try:
-        dataset = open_dataset(spec, source.split)
-        if check and source.validation_split:
-            open_dataset(spec, source.validation_split)
-    except DataSourceError as err:
-        if len(sources) == 1:
-            raise
-        # some messages ("unknown split 'test'") do not say which of the sources failed
-        raise DataSourceError(f"source {source.name!r} ({spec.path}): {err}") from None
+    dataset = open_dataset(spec, source.split)
+    if check and source.validation_split:
+        open_dataset(spec, source.validation_split)
     return DocumentStream(dataset, source.text_field, max_chars=opts.max_chars,
                           batch_size=opts.batch_size)  # fmt: skip
+
+
+def _naming(
+    err: DataSourceError, sources: list, specs: list[SourceSpec], i: int | None
+) -> DataSourceError:
+    """A mixture's failed open or read of source ``i``, in one line that names the source: some
+    messages ("unknown split 'test'", a file URL that failed) do not say which source it was."""
+    if len(sources) == 1 or i is None:
+        return err
+    return DataSourceError(f"source {sources[i].name!r} ({specs[i].path}): {err}")
 
 
 def _validation_rows(

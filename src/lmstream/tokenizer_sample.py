@@ -72,6 +72,7 @@ class MixtureSample:
         # a source's first pass, kept while small, so reading it again costs no re-open
         self._kept: list[list[str] | None] = [[] for _ in streams]
         self._yielded = 0
+        self.reading: int | None = None  # the source being read or re-opened (to name a failure)
 
     def _opened(self) -> list[DocumentStream]:
         return [*self.streams, *(s for s in self.replays if s is not None)]
@@ -118,7 +119,7 @@ class MixtureSample:
         gave = [False] * len(readers)  # the pass being read gave a document
         try:
             while any(live):
-                i = self._behind(live)
+                i = self.reading = self._behind(live)
                 text = next(readers[i], None)
                 if text is not None:
                     self.chars[i] += len(text)

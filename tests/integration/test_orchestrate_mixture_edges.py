@@ -230,3 +230,43 @@ def test_a_source_that_fails_to_re_open_names_itself(tmp_path, capsys, monkeypat
         capsys, ws, "--dataset", str(tmp_path / "web.jsonl"), "--dataset", str(short)
     )
     assert code == 3 and first == err
+
+
+def test_an_http_source_down_at_its_re_open_names_itself_and_a_rerun_starts_clean(
+    tmp_path, capsys, monkeypatch
+):
+    """A short loopback http source that stops answering between its passes (every request
+    fails from its re-open on, past a short retry budget): one line naming the source, a
+    non-zero exit, and nothing written that the rerun, once the server answers again, trips on
+    (it runs to the end without --overwrite)."""
+    from tests.support.http_server import Faults, FileServer
+
+    from lmstream import tokenizer_sample
+    from lmstream.data import sources
+    from lmstream.tokenizer_sample import MixtureSample
+
+    for name, value in {sources.READ_TIMEOUT_ENV: "1", sources.RETRY_DELAY_ENV: "0.1",
+                        sources.MAX_RETRY_DELAY_ENV: "0.1", sources.MAX_RETRIES_ENV: "2"}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(tokenizer_sample, "_KEEP_CHARS", 100)
+    web = _jsonl(tmp_path / "web.jsonl", _prose(400))
+    body = "".join(json.dumps({"text": t}) + "\n" for t in _prose(20)).encode()
+    ws = tmp_path / "ws"
+    with FileServer({"code.jsonl": body}) as server:
+        read_again = MixtureSample._read_again
+
+        def down_then_read_again(self, i):  # the server stops answering between the passes
+            server.faults = Faults(kinds=("503",), rate=1.0)
+            return read_again(self, i)
+
+        with monkeypatch.context() as m:
+            m.setattr(MixtureSample, "_read_again", down_then_read_again)
+            code, _, err = _orchestrate(capsys, ws, "--dataset", str(web), "--dataset", server.url("code.jsonl"))  # fmt: skip
+        lines = err.strip().splitlines()
+        assert code != 0 and len(lines) == 1, err
+        assert f"source 'code' ({server.url('code.jsonl')}): " in lines[0], err
+        assert server.faults.injected, "the re-open never reached the server"
+        server.faults = Faults()  # the server answers again
+        code, out, err = _orchestrate(capsys, ws, "--dataset", str(web), "--dataset", server.url("code.jsonl"))  # fmt: skip
+    assert code == 0, err
+    assert (ws / "runs" / "e" / "streaming_config.json").exists()
