@@ -265,6 +265,7 @@ def test_an_http_source_down_at_its_re_open_names_itself_and_a_rerun_starts_clea
         lines = err.strip().splitlines()
         assert code != 0 and len(lines) == 1, err
         assert f"source 'code' ({server.url('code.jsonl')}): " in lines[0], err
+        assert "resume" not in lines[0], err  # orchestrate has no --resume to suggest
         assert server.faults.injected, "the re-open never reached the server"
         server.faults = Faults()  # the server answers again
         code, out, err = _orchestrate(capsys, ws, "--dataset", str(web), "--dataset", server.url("code.jsonl"))  # fmt: skip

@@ -128,7 +128,9 @@ def test_source_down_beyond_retries_stops_cleanly_and_resumes(
         assert train_in_process(config, "--resume") == 3
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "read failed after 6 retries" in err[0], err
-        assert "503" in err[0] and "resume" in err[0]
+        assert "503" in err[0] and err[0].endswith(
+            f"continue with `lmstream train --config {config} --resume`"
+        ), err
         after = assert_checkpoints_complete(run_dir / "checkpoints")
         assert {p.name: ckpt.verify_checkpoint(p) for p in after} == before
         assert len(server.faults.injected) == 7  # the first try and 6 retries
@@ -176,6 +178,7 @@ def test_source_down_mid_run_saves_the_progress_and_resumes_exactly(
         assert len(saved) == 1, saved
         step = ckpt.read_manifest(saved[0])["step"]
         assert 0 < step < steps and f"checkpoint saved at step {step}" in err[0]
+        assert err[0].endswith(f"once it answers, continue with `lmstream train --config {config} --resume`")  # fmt: skip
         assert losses(run_dir) == {s: v for s, v in losses(clean_dir).items() if s <= step}
         pending = ckpt.load_trainer_state(saved[0])["pending"]
         assert 0 < len(pending[0]) < 3  # taken mid-step: the case a plain resume would skip

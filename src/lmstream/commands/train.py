@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from lmstream.config import TrainingConfig, dump_training_config, load_training_config
-from lmstream.errors import ConfigError, LmstreamError
+from lmstream.errors import ConfigError, DataSourceError, LmstreamError
 from lmstream.workspace import TRAINING_YAML
 
 EXAMPLES = """examples:
@@ -262,7 +262,14 @@ def _train(
         if resume == _RESUME_NEWEST:
             resume, notice = newest_saved(cfg)
         history = start_fresh(cfg, run_dir, env, restart) if resume is None else []
-        run = build_run(cfg, run_dir, env, resume, rollback=rollback)
+        resume_command = f"lmstream train --config {config_path} --resume"
+        try:
+            run = build_run(cfg, run_dir, env, resume, rollback=rollback)
+        except DataSourceError as err:
+            if resume is None:  # a fresh run: running the same command again is the next step
+                raise
+            # The source failed before the first step: the checkpoints are as they were.
+            raise DataSourceError(f"{err}; then continue with `{resume_command}`") from None
         history += run.history
         resumed = run.resumed_from is not None
         logger = build_logger(
@@ -285,7 +292,6 @@ def _train(
             logger.message(f"resumed from {run.resumed_from} at step {run.state.step}")
             for change in run.notes:
                 logger.message(f"config change since the checkpoint (allowed): {change}")
-        resume_command = f"lmstream train --config {config_path} --resume"
         code = Trainer(run, logger, resume_command=resume_command).fit()
         if env.is_main:
             logger.message(report.final_summary(run, config_path, time.perf_counter() - started))

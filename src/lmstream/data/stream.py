@@ -255,7 +255,7 @@ class DocumentStream:
                 if attempt > self.retry.max_retries:
                     raise DataSourceError(
                         f"{self._name(err)}: read failed after {self.retry.max_retries} retries: "
-                        f"{_describe(err)}; check the network or the source, then resume"
+                        f"{_describe(err)}; check the network or the source"
                     ) from err
                 wait = self.retry.delay(attempt)
                 self.retries += 1

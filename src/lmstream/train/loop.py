@@ -275,8 +275,10 @@ class Trainer:
                 saved = f"; the checkpoint at step {st.step} failed too: {err}"
         else:
             saved = f"; no step since the checkpoint at step {st.step}"
-        if failure is not None:
-            raise type(failure)(f"{failure}{saved}") from None
+        if failure is not None:  # the source's line says what failed; this one what to do next
+            raise type(failure)(
+                f"{failure}{saved}; once it answers, continue with `{self.resume_command}`"
+            ) from None
         raise DataSourceError(
             f"another rank's data source failed (its message says which){saved}; fix the "
             f"source and continue with `{self.resume_command}`"
