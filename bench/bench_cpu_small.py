@@ -1,6 +1,6 @@
 """A nanoGPT-sized model on CPU: the whole `lmstream train` run against a minimal loop.
 
-    python bench/bench_cpu_small.py [--steps 2000] [--reps 3] [--threads 2] [--num-workers 1] [--record]
+    python bench/bench_cpu_small.py [--steps 2000] [--reps 3] [--threads 2] [--num-workers N] [--record]
 
 Shape (issue #16): 4 layers, 128 wide, 4 heads, context 64, micro-batch 12, fp32, 2 threads,
 GELU/LayerNorm/tied embeddings (nanoGPT's), a 2,048-token BPE trained on the KJV corpus. Both
@@ -11,7 +11,8 @@ and of its loader worker):
 - minimal: bench/nanogpt_loop.py (random windows of an in-memory uint16 array of the corpus's
   tokens, the same Transformer, fused AdamW, clipping; tokenizing the array is not timed);
 - lmstream: ``python -m lmstream train`` on the same corpus as JSON lines, what
-  ``orchestrate`` writes for a CPU (``--num-workers`` loader workers, shuffle window 4096), its
+  ``orchestrate`` writes for this CPU (``--num-workers`` loader workers, by default what
+  orchestrate picks for these cores: 0 on two or fewer, else 1; shuffle window 4096), its
   start-up, validation holdout, final evaluation and final checkpoint included.
 
 Ratio = minimal / lmstream (goal >= 1.0: lmstream no slower), the median of the pairs' ratios,
@@ -45,6 +46,7 @@ from harness import (
     update_benchmarks_md,
     write_result,
 )
+from lmstream.model.presets import cpu_loader_workers
 
 HERE = Path(__file__).resolve().parent
 SHAPE = {"layers": 4, "hidden": 128, "heads": 4, "seq": 64, "batch": 12, "vocab": 2048}
@@ -179,7 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS of both sides")
-    ap.add_argument("--num-workers", type=int, default=1)
+    ap.add_argument(
+        "--num-workers", type=int, default=cpu_loader_workers(),
+        help="loader workers (default: what orchestrate writes for this machine's cores)",
+    )  # fmt: skip
     ap.add_argument("--record", action="store_true", help="write the section in BENCHMARKS.md")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="lmstream-bench-cpu-small-") as tmp:

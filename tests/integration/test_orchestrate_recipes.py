@@ -104,7 +104,7 @@ def test_the_1b_preset_keeps_the_seed_recipe(tmp_path, capsys):
 def test_cpu_loader_workers_by_cores():
     from lmstream.model.presets import cpu_loader_workers
 
-    assert [cpu_loader_workers(n) for n in (1, 2, 8)] == [0, 1, 1]
+    assert [cpu_loader_workers(n) for n in (1, 2, 3, 8)] == [0, 0, 1, 1]
 
 
 def test_orchestrate_notes_a_vocabulary_shortfall_and_a_short_source(tmp_path, capsys):

@@ -127,12 +127,16 @@ CPU_RECIPES: dict[str, dict[str, Any]] = {
 def cpu_loader_workers(cores: int | None = None) -> int:
     """DataLoader workers for a CPU recipe on a machine with ``cores`` cores (default: this one).
 
-    One worker tokenizes ~1M tokens/s and a CPU step of the tiny preset eats ~2k tokens per
-    second, so one worker overlaps tokenizing with the step with a wide margin; more would only
-    take cores from the matmuls. A single-core machine has nothing to overlap with: 0.
+    One worker tokenizes ~1M tokens/s, far more than a CPU step eats (the tiny preset: ~10k
+    tokens/s), so a worker only pays off when it has a core the step's threads leave free. On
+    two cores or fewer the step's OpenMP team fills them: inline loading costs ~0.8 ms of a
+    ~50 ms step, while a worker preempts the team (3-4x the main thread's involuntary context
+    switches) and adds its pickling and queue traffic; measured by bench/bench_cpu_small.py,
+    inline ran ~5% faster than one worker on two cores. With more cores one worker overlaps
+    tokenizing with the step; more would only take cores from the matmuls.
     """
     cores = cores if cores is not None else (os.cpu_count() or 1)
-    return 1 if cores >= 2 else 0
+    return 1 if cores > 2 else 0
 
 
 # Peak learning rates by size, in the style of GPT-3's table (Brown et al. 2020, "Language
