@@ -6,7 +6,9 @@ found" messages; a warning for a model far too large for a CPU; files written wi
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import select
 import signal
 import statistics
@@ -130,7 +132,9 @@ def test_a_short_source_and_a_large_holdout_are_reported(corpus, tmp_path, capsy
     assert cli_main(["train", "--config", str(path), "--dry-run"]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("data: "))
     assert "max_samples 40" in line and "(50% of the data, a large share" in line
-    assert "the data repeats" in line
+    epochs = float(re.search(r"= ([\d.]+) epochs", line).group(1))
+    passes = math.ceil(epochs)  # e.g. 20.12 epochs: the 21st pass is cut short
+    assert f"epochs ({passes} passes over the data, the last one partial)" in line, line
 
 
 def test_throughput_leaves_evaluation_time_out(corpus, tmp_path):  # noqa: F811

@@ -244,11 +244,20 @@ def describe_data(
                 note += f", {s.share:.0%} from this source"
             note += f" = {epochs:,.2f} epochs"
             if epochs > 1:
-                note += f" (the data repeats ~{math.ceil(epochs):,} times)"
+                note += f" ({_passes(epochs)})"
             parts.append(note)
     if planned and not (s.documents is not None and s.complete):
         parts.append(f"planned {_count(planned)}")
     return "; ".join(parts)
+
+
+def _passes(epochs: float) -> str:
+    """How often the run reads its data: "3 passes over the data, the last one partial" for
+    2.03 epochs (a count of repeats would leave unclear whether the first read counts)."""
+    whole = round(epochs)
+    if abs(epochs - whole) < 0.005:
+        return f"{whole:,} passes over the data"
+    return f"{math.ceil(epochs):,} passes over the data, the last one partial"
 
 
 def _count(n: float) -> str:
