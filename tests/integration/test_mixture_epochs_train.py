@@ -105,6 +105,11 @@ def test_stopped_at_or_just_after_an_epoch_boundary_resumes_bit_exact(
     assert epochs == {r["step"]: (r["epoch"], r["epoch/a"], r["epoch/b"])
                       for r in _records(reference) if "loss" in r}  # fmt: skip
     assert_same_weights(run_dir, reference, last)
+    # Each step evaluated once: the first run's final evaluation at `end` is not redone as
+    # epoch 0's end when the resume learns the pass ended (before, step `end` had two).
+    evaluated = [r["step"] for r in _records(run_dir) if "val_loss" in r]
+    expected = {r["step"] for r in _records(reference) if "val_loss" in r} | {end + after}
+    assert evaluated == sorted(expected), evaluated
 
 
 def test_sigkill_around_the_epoch_boundary_resumes_bit_exact(sources, reference, tmp_path):

@@ -82,7 +82,6 @@ class Trainer:
         self.by_epochs = ends_by_epochs(self.cfg, run.loader)  # not at total_steps
         # runtime.micro_batch: how each step's rows are cut (train/micro_batch.py).
         self.micro_batch = micro_batch.resolve(run, logger.message, forward_backward)
-        self._evaluated_step: int | None = None
         self._source_losses: dict[str, float] = {}  # the last evaluation's, per source
         self._start = run.state.step  # 0, or the step resumed from (already on disk)
         guard = self.cfg.runtime.spike_guard
@@ -357,10 +356,10 @@ class Trainer:
         want_eval |= epoch_ended and due(st.epoch, ev.every_n_epochs)
         # A step comes here again at its epoch's end and when the run ends by epochs: the
         # final evaluation still runs if it was only saved, but is not redone.
-        want_eval &= self._evaluated_step != st.step
+        want_eval &= st.evaluated_step != st.step
         val = None
         if want_eval and not stopping:
-            val, self._evaluated_step = self._evaluate(), st.step
+            val, st.evaluated_step = self._evaluate(), st.step
         self.checkpoints.after_step(
             final=final, epoch_ended=epoch_ended, stopping=stopping, val_loss=val,
             source_losses=self._source_losses if val is not None else None,

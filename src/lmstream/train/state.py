@@ -41,6 +41,9 @@ class TrainState:
     steps_per_epoch: int | None = None
     source_tokens: dict[str, int] | None = None  # a mixture's target tokens per source
     spike_history: list = field(default_factory=list)  # [loss, grad_norm] (train/spike_guard.py)
+    # The last step evaluated: a resume at it does not evaluate it again (a run that ended by
+    # total_steps at an epoch's last step and resumes by epochs ends that epoch first).
+    evaluated_step: int | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
