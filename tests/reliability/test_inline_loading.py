@@ -7,6 +7,9 @@ tokenizes and packs its documents in its own process, between steps.
   documents, a binary file, bad JSON records), by epochs: stopped by SIGTERM mid-epoch,
   SIGKILLed while a checkpoint is written near the epoch's end and stopped by SIGINT after the
   roll-over, each time resumed, it ends bit-identical to the run that was never stopped.
+* A mixture whose web source stalls mid-run: SIGTERM lands while the loop itself waits on the
+  source (inside the mixture's draw, not in a worker), the last finished step is saved with
+  the position from before the cut fetch, and the resume ends as the run never stopped.
 * A run resumed with another ``data.num_workers`` (0 -> 1, 1 -> 0) would read its documents in
   another order: it is refused in one line naming the setting, and nothing is trained.
 """
@@ -18,6 +21,7 @@ import json
 import os
 import random
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -26,11 +30,14 @@ from tests.reliability.support import (
     assert_same_weights,
     logged_steps,
     start_train,
+    subprocess_env,
     tiny_config,
     tree,
     wait_until,
 )
-from tests.support.training import logged, train_in_process, write_run
+from tests.reliability.test_stop_signals import PARTS, RETRIES
+from tests.support.http_server import Faults, FileServer
+from tests.support.training import logged, short_document_files, train_in_process, write_run
 
 from lmstream.cli import main as cli_main
 from lmstream.corpus import kjv_documents
@@ -157,6 +164,56 @@ def test_orchestrated_tiny_mixture_read_inline_resumes_bit_exact_across_the_roll
     data = trainer["data"][0]
     assert data["num_workers"] == 0
     assert sum(n for counts in data["skipped"].values() for n in counts.values()) > 0, data
+
+
+def _web_mixture_run(run_dir: Path, corpus: Path, server: FileServer) -> Path:
+    """Read inline: the corpus file mixed half and half with PARTS small web files of short
+    documents, read 4 records at a time (so the run keeps opening web files as it trains)."""
+    cfg = tiny_config(corpus, **{"scheduler.total_steps": 300, "data.train_shards": []})
+    cfg["data"].update(num_workers=0, batch_size=16, shuffle_buffer_size=8)
+    cfg["runtime"]["checkpoint"]["every_n_steps"] = 1000  # only the stop's checkpoint
+    config = write_run(run_dir, cfg)
+    urls = [server.url(f"part-{k:03d}.jsonl") for k in range(PARTS)]
+    sources = [
+        {"name": "local", "weight": 0.5, "dataset": str(corpus / "train.jsonl")},
+        {"name": "web", "weight": 0.5, "dataset": urls[0], "data_files": urls},
+    ]
+    streaming = {"version": 2, "sources": sources, "stream_batch_size": 4}
+    (run_dir / "streaming_config.json").write_text(json.dumps(streaming))
+    return config
+
+
+@pytest.mark.slow
+def test_sigterm_while_a_mixture_source_stalls_inline_resumes_exactly(
+    corpus, tmp_path, monkeypatch
+):
+    for name, value in RETRIES.items():
+        monkeypatch.setenv(name, value)
+    parts = short_document_files(corpus, PARTS)
+    with FileServer(parts) as server:
+        clean = tmp_path / "clean"
+        assert train_in_process(_web_mixture_run(clean, corpus, server)) == 0
+    with FileServer(parts) as server:
+        run_dir = tmp_path / "run"
+        config = _web_mixture_run(run_dir, corpus, server)
+        proc = start_train(config, env=subprocess_env(**RETRIES))
+        try:
+            assert wait_until(proc, lambda: max(logged_steps(run_dir), default=0) >= 3)
+            server.faults = Faults(kinds=("stall",), rate=1.0, stall_seconds=60)
+            assert wait_until(proc, lambda: len(server.faults.injected) >= 2, timeout=60)
+            time.sleep(1.5)  # in the backoff between two attempts, or in a stalled read
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+        assert proc.returncode == 0, err[-2000:]
+        step = max(logged_steps(run_dir))
+        assert f"while waiting for data, at step {step}; checkpoint saved" in out + err, err
+        assert ckpt.read_manifest(ckpt.resolve_checkpoint(run_dir / "checkpoints"))["step"] == step
+        server.faults = Faults()  # the source is back
+        assert train_in_process(config, "--resume") == 0
+    assert logged(run_dir, "loss") == logged(clean, "loss")
+    assert_same_weights(run_dir, clean, 300)
 
 
 @pytest.mark.parametrize(("before", "after"), [(0, 1), (1, 0)])
