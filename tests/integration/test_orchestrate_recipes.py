@@ -4,8 +4,10 @@ recipe, the seed's 1b recipe kept as it was, and notes when the corpus gave less
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
+import pytest
 import yaml
 from tests.support.training import write_kjv_corpus
 
@@ -105,6 +107,22 @@ def test_cpu_loader_workers_by_cores():
     from lmstream.model.presets import cpu_loader_workers
 
     assert [cpu_loader_workers(n) for n in (1, 2, 3, 8)] == [0, 0, 1, 1]
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="CPU affinity is Linux's")
+def test_cpu_loader_workers_count_the_cores_the_process_may_use():
+    """A process pinned to fewer cores than the host has (a container's cpuset, taskset)
+    counts the pinned ones: on 2 of a large host's cores a worker would compete with the
+    step's threads (os.cpu_count counts the host's)."""
+    from lmstream.model.presets import cpu_loader_workers, usable_cores
+
+    allowed = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, sorted(allowed)[:1])
+        assert usable_cores() == 1  # os.cpu_count() here: the host's, 2 or more
+        assert cpu_loader_workers() == 0
+    finally:
+        os.sched_setaffinity(0, allowed)
 
 
 def test_orchestrate_notes_a_vocabulary_shortfall_and_a_short_source(tmp_path, capsys):

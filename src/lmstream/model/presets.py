@@ -125,7 +125,8 @@ CPU_RECIPES: dict[str, dict[str, Any]] = {
 
 
 def cpu_loader_workers(cores: int | None = None) -> int:
-    """DataLoader workers for a CPU recipe on a machine with ``cores`` cores (default: this one).
+    """DataLoader workers for a CPU recipe with ``cores`` cores (default: those this process may
+    use).
 
     One worker tokenizes ~1M tokens/s, far more than a CPU step eats (the tiny preset: ~10k
     tokens/s), so a worker only pays off when it has a core the step's threads leave free. On
@@ -135,8 +136,15 @@ def cpu_loader_workers(cores: int | None = None) -> int:
     inline ran ~5% faster than one worker on two cores. With more cores one worker overlaps
     tokenizing with the step; more would only take cores from the matmuls.
     """
-    cores = cores if cores is not None else (os.cpu_count() or 1)
-    return 1 if cores > 2 else 0
+    return 1 if (cores if cores is not None else usable_cores()) > 2 else 0
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: a container or ``taskset`` pinned to 2 cores of a
+    large host counts 2 (``os.cpu_count`` would count the host's)."""
+    if hasattr(os, "sched_getaffinity"):  # Linux; elsewhere every core is usable
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
 
 
 # Peak learning rates by size, in the style of GPT-3's table (Brown et al. 2020, "Language
