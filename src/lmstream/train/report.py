@@ -237,7 +237,8 @@ def describe_data(
         tokens = train_docs * (s.tokens_per_document or 0)
         more = "" if s.complete else "at least "
         parts.append(f"tokens available: {more}~{_count(tokens)} in {more}{train_docs:,} documents")
-        if planned and tokens and s.complete:
+        by_epochs = cfg.scheduler.total_epochs
+        if planned and tokens and s.complete and not by_epochs:
             epochs = planned * s.share / tokens
             note = f"planned {_count(planned)}"
             if s.share < 1:  # a mixture's primary: only its weight's share of them
@@ -246,7 +247,13 @@ def describe_data(
             if epochs > 1:
                 note += f" ({_passes(epochs)})"
             parts.append(note)
-    if planned and not (s.documents is not None and s.complete):
+    if planned and cfg.scheduler.total_epochs:
+        # The run ends after exactly that many passes; the token figures above are estimates
+        # from the first documents, so an epochs figure derived from them would contradict it.
+        epochs = cfg.scheduler.total_epochs
+        parts.append(f"planned ~{_count(planned)} = {epochs:,} epoch{'s' * (epochs != 1)} "
+                     "(scheduler.total_epochs)")  # fmt: skip
+    elif planned and not (s.documents is not None and s.complete):
         parts.append(f"planned {_count(planned)}")
     return "; ".join(parts)
 

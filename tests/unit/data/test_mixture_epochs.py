@@ -189,6 +189,22 @@ def test_the_startup_line_counts_epochs_of_the_primary_at_its_share(corpus, tmp_
     )
 
 
+def test_the_startup_line_of_a_run_by_epochs_says_its_epochs(corpus, tmp_path):
+    """A run by scheduler.total_epochs makes exactly that many passes: its start-up line says
+    so, rather than an epochs figure derived from the sampled tokens per document (before:
+    "= 3.58 epochs (4 passes over the data, the last one partial)" for a 3-epoch run)."""
+    from lmstream.train.report import describe_data, survey_data
+
+    root, paths = corpus
+    cfg = parse_training_config(mixture_config(root, paths, WEIGHTS, **{
+        "data.validation_documents": HOLDOUT, "scheduler.total_steps": None,
+        "scheduler.total_epochs": 3}), root)  # fmt: skip
+    survey = survey_data(cfg, tmp_path, load_tokenizer(cfg.tokenizer.tokenizer_json))
+    line = describe_data(cfg, survey, 200)
+    assert line.endswith("= 3 epochs (scheduler.total_epochs)"), line
+    assert "passes over" not in line and line.count(" epochs") == 1, line
+
+
 def test_a_resume_at_an_epochs_start_that_makes_another_source_primary_passes_over_it(
     corpus, tmp_path
 ):
