@@ -194,3 +194,30 @@ def test_hub_dataset_at_a_moving_revision_is_read_again_once_it_moves(tmp_path):
         "validation: could not check whether acme/docs changed since the cached validation set "
         "(offline: HF_HUB_OFFLINE is set); using the cache validation-"
     ) in offline.stderr
+
+
+@pytest.mark.slow
+def test_object_store_object_rewritten_in_place_is_read_again(tmp_path):
+    """s3:// (a local S3-compatible server), by file and by glob: an object rewritten in place
+    gets a new entry (the objects' ETags); an unchanged bucket is served from the cache."""
+    s3fs = pytest.importorskip("s3fs")
+    from tests.support.s3_server import S3StandIn
+
+    tok, _, cfg = _remote_setup(tmp_path)
+    s3fs.S3FileSystem.clear_instance_cache()  # one made for another server's endpoint
+    try:
+        with S3StandIn() as s3:
+            s3.put("docs/part-0.jsonl", _lines("beta"))
+            plans = [files_plan([f"s3://{s3.bucket}/{name}"], [], None)
+                     for name in ("docs/part-0.jsonl", "docs/*.jsonl")]  # fmt: skip
+            before = [load_validation_set(cfg, tok, tmp_path, plan) for plan in plans]
+            for plan in plans:
+                load_validation_set(cfg, tok, tmp_path, plan)
+            s3.put("docs/part-0.jsonl", _lines("gamma"))
+            after = [load_validation_set(cfg, tok, tmp_path, plan) for plan in plans]
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
+    for old, new in zip(before, after, strict=True):
+        assert "beta" in _text(tok, old) and "gamma" not in _text(tok, old)
+        assert "gamma" in _text(tok, new) and "beta" not in _text(tok, new)
+    assert len(list((tmp_path / "cache" / "validation").glob("*.npz"))) == 4
