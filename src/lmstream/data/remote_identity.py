@@ -96,7 +96,7 @@ def _http_identity(url: str) -> dict:
 
     timeout = aiohttp.ClientTimeout(total=CHECK_TIMEOUT_S)
     fs = fsspec.filesystem("http", client_kwargs={"timeout": timeout})
-    return _content_fields(url, fs.info(url))
+    return _content_fields(fs.info(url))
 
 
 def _object_identity(url: str) -> list:
@@ -109,17 +109,19 @@ def _object_identity(url: str) -> list:
         found = fs.find(url, detail=True) if info.get("type") == "directory" else {url: info}
     if not found:
         raise _Unchecked("no files found")
-    return [[name, _content_fields(name, found[name])] for name in sorted(found)]
+    return [[name, _content_fields(found[name])] for name in sorted(found)]
 
 
-def _content_fields(name: str, info: dict) -> dict:
+def _content_fields(info: dict) -> dict:
     fields = {k: str(info[k]) for k in _CONTENT_FIELDS if info.get(k) is not None}
     if not fields:
-        raise _Unchecked(f"{name}: the server sends no ETag or Last-Modified")
+        raise _Unchecked("the server sends no ETag or Last-Modified")
     return fields | {"size": info.get("size")}
 
 
 def _reason(err: BaseException) -> str:
+    if isinstance(err, _Unchecked):
+        return str(err)
     if type(err).__name__ == "OfflineModeIsEnabled":
         return "offline: HF_HUB_OFFLINE is set"
     if isinstance(err, FileNotFoundError) and err.__cause__ is not None:

@@ -57,7 +57,9 @@ HOLDOUT_MAX = 1000  # data.validation_documents' default: plenty for a stable va
 HOLDOUT_MIN = 8
 
 log = logging.getLogger(__name__)
-_SAID: set[str] = set()  # the unchecked-cache lines this process has printed (once each)
+# Entries this process built or already said it uses unchecked: a set is loaded more than once
+# per start-up (loader, evaluation), and one just built from the source needs no warning.
+_KNOWN_ENTRIES: set[Path] = set()
 
 
 def holdout_size(max_samples: int | None) -> int:
@@ -111,9 +113,9 @@ def _unchecked_entry(folder: Path, key: str, remote: RemoteIdentity) -> Path:
         f"validation: could not check whether {source} changed since the cached validation "
         f"set ({reason}); using the cache {newest.name}"
     )
-    if line not in _SAID and os.environ.get("RANK", "0") == "0":  # once, not once per rank
-        _SAID.add(line)
+    if newest not in _KNOWN_ENTRIES and os.environ.get("RANK", "0") == "0":  # not once per rank
         log.warning("%s", line)
+    _KNOWN_ENTRIES.add(newest)
     return newest
 
 
@@ -164,6 +166,7 @@ def load_validation_set(
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
     np.savez(tmp, tokens=flat, hashes=hash_rows, skip_first=np.int64(skip_first))
     os.replace(tmp, path)
+    _KNOWN_ENTRIES.add(path)
     return ValidationSet(flat, frozenset(hashes), skip_first)
 
 
