@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import glob
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -65,7 +65,7 @@ def remote_identity(specs: Iterable[SourceSpec]) -> RemoteIdentity:
     return RemoteIdentity(tuple(sources), tuple(parts), unknown)
 
 
-def _remote_checks(spec: SourceSpec) -> list[tuple[str, Any]]:
+def _remote_checks(spec: SourceSpec) -> list[tuple[str, Callable[[], Any]]]:
     """(source name, a call returning its identity) for each remote part of ``spec``."""
     if not replace(spec, data_files=None).is_files:  # a hub id, with or without data files
         return [(spec.path, lambda: _hub_commit(spec.path, spec.revision))]

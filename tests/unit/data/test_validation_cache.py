@@ -19,6 +19,8 @@ from tests.support.hub_server import HubStandIn
 from lmstream.config import parse_training_config
 from lmstream.data import validation
 from lmstream.data.documents import document_hash, files_plan
+from lmstream.data.remote_identity import remote_identity
+from lmstream.data.sources import SourceSpec
 from lmstream.data.validation import load_validation_set
 from lmstream.tokenizer import train_bpe
 
@@ -234,3 +236,13 @@ def test_object_store_object_rewritten_in_place_is_read_again(tmp_path):
         assert "beta" in _text(tok, old) and "gamma" not in _text(tok, old)
         assert "gamma" in _text(tok, new) and "beta" not in _text(tok, new)
     assert len(list((tmp_path / "cache" / "validation").glob("*.npz"))) == 4
+
+
+def test_hub_revision_that_is_a_commit_needs_no_request():
+    """A commit never moves: it is its own identity, even offline (the tests run with
+    HF_HUB_OFFLINE=1, where any request to the Hub fails), while a branch must be asked."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    pinned = remote_identity([SourceSpec("acme/docs", revision=commit)])
+    assert pinned.unknown is None and pinned.parts == (["acme/docs", commit],)
+    moving = remote_identity([SourceSpec("acme/docs", revision="main")])
+    assert moving.unknown == ("acme/docs", "offline: HF_HUB_OFFLINE is set")
