@@ -4,7 +4,7 @@
 datasets for http(s) data files) requires. This server serves a folder or in-memory files on
 127.0.0.1 (port 0, chosen by the OS) and can fail on purpose, at a rate or on given request
 numbers: drop the connection, answer 500/503/429, stall past the client's read timeout, or send
-a truncated body. Use it as a context manager::
+a truncated body. Files are sent with an ETag (their content's sha1) unless ``etag=False``. Use it as a context manager::
 
     with FileServer(folder, faults=Faults(kinds=("drop",), on_requests={3, 5})) as server:
         url = server.url("data.jsonl")
@@ -12,6 +12,7 @@ a truncated body. Use it as a context manager::
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 import threading
@@ -66,7 +67,13 @@ class _QuietServer(ThreadingHTTPServer):
 class FileServer:
     """Serve ``root`` (a folder, or a {name: bytes} dict) on 127.0.0.1 in a background thread."""
 
-    def __init__(self, root: str | Path | dict[str, bytes], faults: Faults | None = None):
+    def __init__(
+        self,
+        root: str | Path | dict[str, bytes],
+        faults: Faults | None = None,
+        etag: bool = True,
+    ):
+        self.etag = etag  # False: a server that sends no ETag (nor Last-Modified)
         self.files = root if isinstance(root, dict) else None
         self.root = None if isinstance(root, dict) else Path(root)
         self.faults = faults or Faults()
@@ -171,6 +178,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Accept-Ranges", "bytes")
         self.send_header("Content-Length", str(len(chunk)))
         self.send_header("Content-Type", "application/octet-stream")
+        if self.owner.etag:  # as real file servers: it changes with the file's content
+            self.send_header("ETag", f'"{hashlib.sha1(data).hexdigest()}"')
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(data)}")
         self.end_headers()

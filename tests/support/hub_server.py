@@ -15,7 +15,8 @@ It answers what huggingface_hub's ``create_repo``, ``create_branch`` and ``uploa
 It also serves dataset repositories for streaming reads (``datasets`` 5.x with huggingface_hub
 2.x), files given as ``server.datasets[repo_id] = {path: bytes}``:
 
-    GET  /api/datasets/OWNER/NAME[/revision/REV]        info: id, sha, siblings
+    GET  /api/datasets/OWNER/NAME[/revision/REV]        info: id, sha (from the files: it moves
+                                                        when they change), siblings
     GET  /api/datasets/OWNER/NAME/tree/REV[/DIR]        listing ({type, path, size, oid})
     POST /api/datasets/OWNER/NAME/paths-info/REV        {type, path, size, oid} of given paths
     HEAD/GET /datasets/OWNER/NAME/resolve/REV/PATH      a file, with Range (206); 404 with
@@ -37,7 +38,18 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlparse
 
-DATASET_SHA = "d" * 40  # the one commit every stand-in dataset is at
+DATASET_SHA = "d" * 40  # the commit of a dataset with no files (kept for older tests)
+
+
+def dataset_sha(files: dict[str, bytes]) -> str:
+    """The commit a stand-in dataset is at: it changes with its files, as a branch on the Hub
+    moves with each commit (a client that keys a cache by it sees new content)."""
+    if not files:
+        return DATASET_SHA
+    digest = hashlib.sha1()
+    for path in sorted(files):
+        digest.update(path.encode() + b"\0" + hashlib.sha1(files[path]).digest())
+    return digest.hexdigest()
 
 
 class HubStandIn:
@@ -124,7 +136,7 @@ class _Handler(BaseHTTPRequestHandler):
         action = parts[4] if len(parts) > 4 else "revision"
         if action == "revision":
             siblings = [{"rfilename": p} for p in sorted(files)]
-            self._reply(200, {"id": repo_id, "sha": DATASET_SHA, "private": False,
+            self._reply(200, {"id": repo_id, "sha": dataset_sha(files), "private": False,
                               "siblings": siblings, "cardData": {}, "tags": []})  # fmt: skip
         elif action == "tree":
             folder = "/".join(parts[6:])
@@ -178,7 +190,7 @@ class _Handler(BaseHTTPRequestHandler):
             status = 206
         chunk = data[start:end]
         self.send_response(status)
-        self.send_header("X-Repo-Commit", DATASET_SHA)
+        self.send_header("X-Repo-Commit", dataset_sha(found[1]))
         self.send_header("ETag", f'"{hashlib.sha1(data).hexdigest()}"')
         self.send_header("Accept-Ranges", "bytes")
         self.send_header("Content-Length", str(len(chunk)))

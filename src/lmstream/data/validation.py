@@ -20,7 +20,14 @@ fewer training documents than there are data workers, in one line naming
 
 The tokens are cached as ``CACHE/validation/validation-KEY.npz`` (CACHE = ``data.cache_dir``,
 else the run folder; KEY hashes the source, the count and the tokenizer), so every evaluation
-and every resume uses identical batches and the source is read once.
+and every resume uses identical batches and the source is read once. KEY also holds what the
+source's files are now: (path, size, mtime) of local files, and for a remote source
+(``remote_identity``: a Hub dataset's commit, an URL's ETag or Last-Modified) a second part,
+``validation-KEY-REMOTE.npz``: a source that changed behind the same name or a moving revision
+is read again instead of validating on documents that are no longer its first N (and that may
+now be trained on). When the remote identity cannot be had (offline, a server that refuses),
+the run goes on with the newest entry of the same KEY and says so in one line; with none, the
+source is read and kept as ``validation-KEY-unchecked.npz``.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +47,7 @@ import torch
 from lmstream.config import TrainingConfig
 from lmstream.data.documents import DataPlan, TextSource, document_hash, resolve_plan
 from lmstream.data.packing import Batch, encode_documents, eot_id
+from lmstream.data.remote_identity import RemoteIdentity, remote_identity
 from lmstream.data.token_shards import TokenShards, tokenizer_fingerprint
 from lmstream.errors import ConfigError, DataSourceError
 
@@ -46,6 +55,11 @@ _ENCODE_BATCH = 1000
 HOLDOUT_FRACTION = 0.05  # of --max-samples, for the holdout orchestrate writes into training.yaml
 HOLDOUT_MAX = 1000  # data.validation_documents' default: plenty for a stable validation loss
 HOLDOUT_MIN = 8
+
+log = logging.getLogger(__name__)
+# Entries this process built or already said it uses unchecked: a set is loaded more than once
+# per start-up (loader, evaluation), and one just built from the source needs no warning.
+_KNOWN_ENTRIES: set[Path] = set()
 
 
 def holdout_size(max_samples: int | None) -> int:
@@ -68,6 +82,7 @@ class ValidationSet:
 
 
 def _cache_path(cfg: TrainingConfig, run_dir: Path, plan: DataPlan, tokenizer: Any) -> Path:
+    """Where this plan's validation set is cached (an existing file there is used as it is)."""
     ident = {
         "plan": plan.identity,
         "validation": plan.validation,
@@ -75,8 +90,37 @@ def _cache_path(cfg: TrainingConfig, run_dir: Path, plan: DataPlan, tokenizer: A
         "tokenizer": tokenizer_fingerprint(tokenizer),
         "content": _local_files(plan),
     }
-    key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
-    return Path(cfg.data.cache_dir or run_dir) / "validation" / f"validation-{key}.npz"
+    key = _digest(ident)
+    folder = Path(cfg.data.cache_dir or run_dir) / "validation"
+    remote = remote_identity(spec for spec in (plan.spec, plan.validation_spec) if spec)
+    if not remote.sources:
+        return folder / f"validation-{key}.npz"
+    if remote.unknown is None:
+        return folder / f"validation-{key}-{_digest(remote.parts)}.npz"
+    return _unchecked_entry(folder, key, remote)
+
+
+def _unchecked_entry(folder: Path, key: str, remote: RemoteIdentity) -> Path:
+    """The entry to use when a remote source's content cannot be checked: the newest of the
+    same key, said in one line since the source may have changed since (a run must not stop
+    for it: offline, the cache may be the only copy), else a new entry marked unchecked."""
+    entries = [p for p in folder.glob(f"validation-{key}-*.npz") if p.is_file()]
+    if not entries:
+        return folder / f"validation-{key}-unchecked.npz"
+    newest = max(entries, key=lambda p: p.stat().st_mtime_ns)
+    source, reason = remote.unknown or ("", "")
+    line = (
+        f"validation: could not check whether {source} changed since the cached validation "
+        f"set ({reason}); using the cache {newest.name}"
+    )
+    if newest not in _KNOWN_ENTRIES and os.environ.get("RANK", "0") == "0":  # not once per rank
+        log.warning("%s", line)
+    _KNOWN_ENTRIES.add(newest)
+    return newest
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _local_files(plan: DataPlan) -> list:
@@ -122,6 +166,7 @@ def load_validation_set(
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
     np.savez(tmp, tokens=flat, hashes=hash_rows, skip_first=np.int64(skip_first))
     os.replace(tmp, path)
+    _KNOWN_ENTRIES.add(path)
     return ValidationSet(flat, frozenset(hashes), skip_first)
 
 
