@@ -22,6 +22,13 @@ It also serves dataset repositories for streaming reads (``datasets`` 5.x with h
     HEAD/GET /datasets/OWNER/NAME/resolve/REV/PATH      a file, with Range (206); 404 with
                                                         X-Error-Code EntryNotFound when absent
 
+Each version of a dataset's files it has served is kept as a commit (``server.commits[repo_id]
+[sha] = {path: bytes}``), so a test that assigns new files to ``server.datasets[repo_id]`` moves
+the branch: REV ``main`` (or any branch name) is the newest files, REV = an earlier version's sha
+serves that version, and an unknown 40-hex REV answers 404 with X-Error-Code RevisionNotFound
+(as the Hub does for a commit a force-push removed: ``del server.commits[repo_id][sha]``).
+``refuse_dataset_info = N`` answers the next N dataset info requests 503 (a Hub that refuses).
+
 Point a client at it with ``HF_ENDPOINT=server.url`` (and HF_HUB_OFFLINE unset). Received files
 land in ``server.repos[repo_id][revision][path] = bytes``; every request's headers are kept so a
 test can check the token was sent (and nowhere else). ``fail_commit_with`` answers the commit
@@ -57,6 +64,8 @@ class HubStandIn:
         self.fail_commit_with = fail_commit_with
         self.repos: dict[str, dict[str, dict[str, bytes]]] = {}
         self.datasets: dict[str, dict[str, bytes]] = {}  # dataset repo id -> {path: bytes}
+        self.commits: dict[str, dict[str, dict[str, bytes]]] = {}  # repo id -> sha -> files
+        self.refuse_dataset_info = 0  # dataset info requests still to answer 503
         self.created: list[dict] = []  # create_repo payloads
         self.private: dict[str, bool] = {}  # visibility per repo (a test may add a repo)
         self.requests: list[
@@ -116,10 +125,32 @@ class _Handler(BaseHTTPRequestHandler):
 
     # ---- dataset reads
 
-    def _dataset(self, parts: list[str]) -> tuple[str, dict[str, bytes]] | None:
+    def _dataset(
+        self, parts: list[str], revision: str | None = None
+    ) -> tuple[str, dict[str, bytes]] | None:
+        """(repo id, files at ``revision``) for OWNER/NAME in ``parts``; None when the repo is
+        unknown. An unknown commit answers 404 RevisionNotFound itself and returns None too."""
         repo_id = "/".join(parts[:2])
         files = self.hub.datasets.get(repo_id)
-        return (repo_id, files) if files is not None and len(parts) >= 2 else None
+        if files is None or len(parts) < 2:
+            return None
+        versions = self.hub.commits.setdefault(repo_id, {})
+        versions[dataset_sha(files)] = dict(files)  # the newest is a commit too, kept from now
+        if revision is None or not re.fullmatch(r"[0-9a-f]{40}", revision):
+            return repo_id, files  # main or another branch name: the newest files
+        if revision not in versions:
+            self._not_found("RevisionNotFound", f"Invalid rev id: {revision}")
+            return None
+        return repo_id, versions[revision]
+
+    def _not_found(self, code: str, message: str = "") -> None:
+        body = json.dumps({"error": message}).encode() if message else b""
+        self.send_response(404)
+        self.send_header("X-Error-Code", code)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if body and self.command != "HEAD":
+            self.wfile.write(body)
 
     def _entry(self, path: str, data: bytes | None) -> dict:
         if data is None:
@@ -130,11 +161,17 @@ class _Handler(BaseHTTPRequestHandler):
     def _dataset_api(self, body: bytes = b"") -> bool:
         """The dataset info, tree and paths-info endpoints; False when the path is not one."""
         parts = unquote(urlparse(self.path).path).strip("/").split("/")
-        if parts[:2] != ["api", "datasets"] or (found := self._dataset(parts[2:])) is None:
+        if parts[:2] != ["api", "datasets"] or "/".join(parts[2:4]) not in self.hub.datasets:
             return False
-        repo_id, files = found
         action = parts[4] if len(parts) > 4 else "revision"
-        if action == "revision":
+        found = self._dataset(parts[2:], parts[5] if len(parts) > 5 else None)
+        if found is None:
+            return True  # an unknown commit: answered
+        repo_id, files = found
+        if action == "revision" and self.hub.refuse_dataset_info > 0:
+            self.hub.refuse_dataset_info -= 1
+            self._reply(503, {"error": "stand-in refuses"})
+        elif action == "revision":
             siblings = [{"rfilename": p} for p in sorted(files)]
             self._reply(200, {"id": repo_id, "sha": dataset_sha(files), "private": False,
                               "siblings": siblings, "cardData": {}, "tags": []})  # fmt: skip
@@ -171,13 +208,13 @@ class _Handler(BaseHTTPRequestHandler):
         parts = unquote(urlparse(self.path).path).strip("/").split("/")
         if parts[:1] != ["datasets"] or len(parts) < 6 or parts[3] != "resolve":
             return False
-        found = self._dataset(parts[1:])
+        known = "/".join(parts[1:3]) in self.hub.datasets
+        found = self._dataset(parts[1:], parts[4]) if known else None
+        if known and found is None:
+            return True  # an unknown commit: answered
         data = found[1].get("/".join(parts[5:])) if found else None
         if data is None:
-            self.send_response(404)
-            self.send_header("X-Error-Code", "EntryNotFound" if found else "RepoNotFound")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+            self._not_found("EntryNotFound" if found else "RepoNotFound")
             return True
         start, end, status = 0, len(data), 200
         match = re.match(r"bytes=(\d*)-(\d*)$", self.headers.get("Range") or "")
