@@ -242,6 +242,7 @@ def _train(
 ) -> int:
     import time
 
+    from lmstream.data.pinning import reading_at
     from lmstream.tokenizer import load_tokenizer
     from lmstream.train import report
     from lmstream.train.loop import Trainer
@@ -281,9 +282,12 @@ def _train(
             total_is_estimate=ends_by_epochs(run.cfg, run.loader),
         )
         logger.message(describe_parallelism(run))
+        for pin in run.data_commits:
+            logger.message(pin.line())
         if env.is_main:
             tokenizer = load_tokenizer(run.cfg.tokenizer.tokenizer_json)
-            survey = report.survey_data(run.cfg, run_dir, tokenizer)
+            with reading_at(run.data_commits):  # the commits the loader reads, not the branch's
+                survey = report.survey_data(run.cfg, run_dir, tokenizer)
             logger.message(report.describe_data(run.cfg, survey, run.total_steps, env.world_size))
         for line in [*env.notes, notice, *history]:
             if line:

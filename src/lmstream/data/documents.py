@@ -24,6 +24,7 @@ from lmstream.config import (
     load_streaming_config,
 )
 from lmstream.data.interleave import STREAMS, InterleavedPass, count_documents, cuts_of
+from lmstream.data.pinning import pinned
 from lmstream.data.sources import SourceSpec, open_dataset
 from lmstream.data.stream import DocumentStream
 from lmstream.data.token_shards import is_token_shards
@@ -93,7 +94,9 @@ def stream_plan(
     """The plan of one streamed ``source`` of streaming_config.json ``sc`` (version 1's one
     source or a version-2 source); ``identity`` is what decides its documents (the validation
     cache key and the loader's resume check)."""
-    spec = SourceSpec.from_source(source, sc, cache_dir=cache)
+    # The run's commit of a Hub source when one is pinned (pinning.py); ``identity`` keeps the
+    # revision as configured, so the resume check and the validation cache key do not move.
+    spec = pinned(SourceSpec.from_source(source, sc, cache_dir=cache))
     if source.validation_split:
         return DataPlan(
             "text", spec, source.split, source.max_samples, validation="split",

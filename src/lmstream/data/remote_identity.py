@@ -19,7 +19,7 @@ from __future__ import annotations
 import glob
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from lmstream.data.object_store import filesystem, is_object_store
@@ -61,14 +61,14 @@ def remote_identity(specs: Iterable[SourceSpec]) -> RemoteIdentity:
             try:
                 parts.append([name, check()])
             except Exception as err:  # any failure: the run goes on, the caller says so
-                unknown = (name, _reason(err))
+                unknown = (name, unchecked_reason(err))
     return RemoteIdentity(tuple(sources), tuple(parts), unknown)
 
 
 def _remote_checks(spec: SourceSpec) -> list[tuple[str, Callable[[], Any]]]:
     """(source name, a call returning its identity) for each remote part of ``spec``."""
-    if not replace(spec, data_files=None).is_files:  # a hub id, with or without data files
-        return [(spec.path, lambda: _hub_commit(spec.path, spec.revision))]
+    if spec.is_hub:
+        return [(spec.path, lambda: hub_commit(spec.path, spec.revision))]
     checks = []
     for entry in spec.data_files or (spec.path,):
         # NAME=PATTERN names a split, as sources._split_files reads it
@@ -82,7 +82,9 @@ def _remote_checks(spec: SourceSpec) -> list[tuple[str, Callable[[], Any]]]:
     return checks
 
 
-def _hub_commit(repo_id: str, revision: str | None) -> str:
+def hub_commit(repo_id: str, revision: str | None) -> str:
+    """The commit a Hub dataset's ``revision`` (None: main) points at now (also what
+    ``pinning`` pins a run to)."""
     if revision and _COMMIT_SHA.fullmatch(revision):
         return revision  # a commit never changes
     from huggingface_hub import HfApi
@@ -119,7 +121,8 @@ def _content_fields(info: dict) -> dict:
     return fields | {"size": info.get("size")}
 
 
-def _reason(err: BaseException) -> str:
+def unchecked_reason(err: BaseException) -> str:
+    """Why a source's identity could not be had, in a few words (offline, the error)."""
     if isinstance(err, _Unchecked):
         return str(err)
     if type(err).__name__ == "OfflineModeIsEnabled":

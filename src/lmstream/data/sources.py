@@ -132,6 +132,12 @@ class SourceSpec:
         """True for local files and URLs, False for a hub dataset id."""
         return bool(self.data_files) or _is_remote(self.path) or _looks_local(self.path)
 
+    @property
+    def is_hub(self) -> bool:
+        """True for a Hugging Face Hub dataset id (with or without data files in it), which is
+        read at ``revision``."""
+        return not (_is_remote(self.path) or _looks_local(self.path))
+
 
 def _is_url(path: str) -> bool:
     return path.startswith(("http://", "https://"))

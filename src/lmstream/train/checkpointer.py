@@ -301,6 +301,8 @@ class Checkpointer:
             "total_steps": run.total_steps,
             "trackers": self.logger.state_dict(),  # rank 0's W&B run id, for --resume
             "data_source": run.data_source,
+            # Every checkpoint holds them: what a resume from it reads, whichever is resumed.
+            "data_commits": [pin.record() for pin in run.data_commits if pin.commit],
             **self.extra_state,
         }
 

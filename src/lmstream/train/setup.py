@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from pydantic import ValidationError
@@ -37,6 +38,9 @@ from lmstream.train.state import (
     seed_everything,
 )
 
+if TYPE_CHECKING:
+    from lmstream.data.pinning import Pin
+
 log = logging.getLogger(__name__)
 
 
@@ -56,6 +60,7 @@ class Run:
     flops_per_token: float
     strategy: str  # "ddp" (plain checkpoints) or "fsdp" (sharded checkpoints)
     data_source: dict | None  # streaming_config.json as trained on (saved, compared)
+    data_commits: tuple[Pin, ...]  # the commit each Hub source is read at (saved, reused)
     # Where training starts (the fields of :class:`Start`): step 0, or a restored checkpoint.
     state: TrainState
     batches: Iterator | None
@@ -136,6 +141,7 @@ def build_run(
     an older checkpoint while newer ones exist needs ``rollback``; they are then moved into
     RUN/abandoned/ (once every check has passed)."""
     from lmstream.data.loader import build_train_loader, build_validation_batches
+    from lmstream.data.pinning import reading_at
     from lmstream.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(cfg.tokenizer.tokenizer_json)
@@ -156,6 +162,8 @@ def build_run(
     if opened is not None:  # before the loader writes its validation cache
         _check_tokenizer(opened[0], cfg.tokenizer.tokenizer_json)
         source_notes = check_resume_data_source(opened[1].get("data_source"), source)
+    # Once, before anything reads the data: every read of this run uses these commits.
+    pins = _pin_hub_sources(cfg, run_dir, env, opened[1] if opened is not None else None)
     seed_everything(cfg.runtime.seed)
 
     model = build_model(cfg, cfg.model.vocab_size, env.device)
@@ -177,12 +185,13 @@ def build_run(
         param_dtype=precision.param_dtype,
     )
     optimizer = build_optimizer(model, cfg.optimizer, cfg.peak_lr, env.device)
-    loader = build_train_loader(
-        cfg, tokenizer, run_dir, rank=env.rank, world_size=env.world_size, sync_passes=True
-    )
-    val_batches = build_validation_batches(
-        cfg, tokenizer, run_dir, rank=env.rank, world_size=env.world_size
-    )
+    with reading_at(pins):
+        loader = build_train_loader(
+            cfg, tokenizer, run_dir, rank=env.rank, world_size=env.world_size, sync_passes=True
+        )
+        val_batches = build_validation_batches(
+            cfg, tokenizer, run_dir, rank=env.rank, world_size=env.world_size
+        )
     if opened is None:
         start = Start(TrainState(), _primed(loader), 1)
     else:
@@ -197,13 +206,39 @@ def build_run(
     total = cfg.scheduler.total_steps
     if total is None:
         if start.state.steps_per_epoch is None:
-            start.state.steps_per_epoch = _measure_steps_per_epoch(cfg, tokenizer, run_dir, env)
+            with reading_at(pins):
+                steps = _measure_steps_per_epoch(cfg, tokenizer, run_dir, env)
+            start.state.steps_per_epoch = steps
         total = start.state.steps_per_epoch * cfg.scheduler.total_epochs
     schedule = make_schedule(cfg.scheduler, cfg.peak_lr, cfg.min_lr, total)
     return Run(
         cfg, env, model, optimizer, precision, loader, val_batches, schedule, total, flops,
-        strategy, source, **{f.name: getattr(start, f.name) for f in fields(Start)},
+        strategy, source, pins, **{f.name: getattr(start, f.name) for f in fields(Start)},
     )  # fmt: skip
+
+
+def _pin_hub_sources(
+    cfg: TrainingConfig, run_dir: Path, env: dist.DistEnv, trainer: dict | None
+) -> tuple[Pin, ...]:
+    """The commit each Hub source of the run is read at: the resumed checkpoint's record, else
+    resolved now. Rank 0 asks the Hub and every rank uses its answer (or raises its error), so
+    ranks cannot read different commits when the branch moves during start-up."""
+    from lmstream.data.mixture_plan import resolve_sources
+    from lmstream.data.pinning import PinnedCommitGone, pin_sources
+
+    plans = [source.plan for source in resolve_sources(cfg, Path(run_dir))]
+    specs = [s for plan in plans for s in (plan.spec, plan.validation_spec) if s is not None]
+    answer: tuple[bool, tuple[Pin, ...] | str] | None = None
+    if env.is_main:
+        recorded = trainer.get("data_commits") if trainer is not None else None
+        try:
+            answer = (True, pin_sources(specs, recorded))
+        except PinnedCommitGone as err:
+            answer = (False, str(err))
+    ok, value = dist.broadcast_object(answer)
+    if not ok:
+        raise PinnedCommitGone(value)
+    return value
 
 
 def _primed(loader) -> Iterator:
