@@ -49,6 +49,21 @@ def trained_weights(folder: Path) -> dict[str, float] | None:
     return {s["name"]: s["weight"] for s in stream_sources(source)}
 
 
+def trained_commits(folder: Path) -> tuple:
+    """The Hub commits the checkpoint's run read (``pinning.Pin``s; none for older checkpoints).
+    The trainer state is memory-mapped: only this small entry is read, not the optimizer."""
+    import torch
+
+    from lmstream.data.pinning import recorded_pins
+    from lmstream.train.checkpoint import TRAINER_STATE_FILE
+
+    path = folder / TRAINER_STATE_FILE
+    if not path.is_file():
+        return ()
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return recorded_pins(state.get("data_commits"))
+
+
 def eval_config(cfg: TrainingConfig, data: list[str] | None, max_batches: int | None,
                 batch_size: int | None, documents: int | None,
                 max_sequences: int | None = None) -> TrainingConfig:  # fmt: skip
@@ -101,6 +116,7 @@ def evaluate_checkpoint(
     import warnings
 
     from lmstream.data.mixture_plan import resolve_sources
+    from lmstream.data.pinning import reading_at
     from lmstream.data.validation import build_validation_batches
     from lmstream.distributed import pick_device
     from lmstream.train.checkpoint import load_checkpoint_model, load_checkpoint_tokenizer
@@ -128,8 +144,10 @@ def evaluate_checkpoint(
             rdir = Path(scratch)
         else:
             rdir = Path(run_dir) if run_dir else find_run_dir(folder, cfg)
-        batches = build_validation_batches(cfg, tokenizer, rdir)
-        sources = resolve_sources(cfg, rdir)
+        # The Hub commits the checkpoint trained on: its validation documents, as logged.
+        with reading_at(() if data else trained_commits(folder)):
+            batches = build_validation_batches(cfg, tokenizer, rdir)
+            sources = resolve_sources(cfg, rdir)
         if len(sources) > 1:  # a mixture: val_loss/NAME and their weighted mean, as logged
             saved = trained_weights(folder)
             names, weights = zip(*(

@@ -117,6 +117,20 @@ def test_resume_after_main_moved_trains_as_the_uninterrupted_run(moved):
 
 
 @pytest.mark.slow
+def test_eval_of_a_checkpoint_reads_the_commit_it_was_trained_on(moved):
+    """`lmstream eval` after main moved: the checkpoint's validation documents, so the val_loss
+    training logged (main's new commit holds other first documents)."""
+    run = moved["root"] / "resumed"
+    done = subprocess.run(
+        [sys.executable, "-m", "lmstream", "eval", "--checkpoint",
+         str(checkpoint_dir(run, STEPS)), "--json"],
+        env=moved["env"], capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["val_loss"] == pytest.approx(logged(run, "val_loss")[STEPS])
+
+
+@pytest.mark.slow
 def test_a_fresh_start_asks_for_the_branch_once_and_reads_by_commit(moved):
     """One request resolves main; the survey, the validation set and the loader all read the
     commit, so a push during start-up cannot give them different documents."""

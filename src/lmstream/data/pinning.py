@@ -95,6 +95,16 @@ def pin_sources(specs: Iterable[SourceSpec], recorded: list[dict] | None) -> tup
     return tuple(pins)
 
 
+def recorded_pins(records: list[dict] | None) -> tuple[Pin, ...]:
+    """A checkpoint's recorded commits as pins, without asking the Hub (what ``eval`` of that
+    checkpoint reads: its validation documents, whatever the branch holds now)."""
+    return tuple(
+        Pin(r["dataset"], r.get("revision"), r["commit"], recorded=True)
+        for r in records or ()
+        if r.get("commit")
+    )
+
+
 def _resolve(spec: SourceSpec) -> Pin:
     try:
         return Pin(spec.path, spec.revision, hub_commit(spec.path, spec.revision))
