@@ -176,6 +176,30 @@ def test_fresh_start_whose_commit_cannot_be_resolved_goes_on_unpinned_and_says_s
     assert _recorded_commits(checkpoint_dir(config.parent, FIRST_PART)) == []  # none to reuse
 
 
+@pytest.mark.slow
+def test_every_hub_source_of_a_mixture_is_pinned_and_recorded(corpus, tmp_path):
+    first, other = _versions(corpus)
+    config = _hub_run(tmp_path / "mix", corpus, 2)
+    sources = [{"name": "kjv", "dataset": HUB_ID, "weight": 0.75},
+               {"name": "rev", "dataset": "acme/reversed", "revision": "v1", "weight": 0.25}]  # fmt: skip
+    (config.parent / "streaming_config.json").write_text(
+        json.dumps({"version": 2, "sources": sources, "stream_batch_size": 50})
+    )
+    _set_total_steps(config, 4)
+    with HubStandIn() as hub:
+        hub.datasets |= {HUB_ID: first, "acme/reversed": other}
+        done = _train(config, _env(hub, tmp_path / "hf-home"))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    commits = dataset_sha(first), dataset_sha(other)
+    named = [(HUB_ID, "main"), ("acme/reversed", "v1")]
+    for (name, rev), commit in zip(named, commits, strict=True):
+        assert f"data: {name} at {rev} = commit {commit[:7]} (pinned for this run)" in done.stdout
+    assert _recorded_commits(checkpoint_dir(config.parent, 4)) == [
+        {"dataset": HUB_ID, "revision": None, "commit": commits[0]},
+        {"dataset": "acme/reversed", "revision": "v1", "commit": commits[1]},
+    ]
+
+
 def _recorded_commits(checkpoint: Path) -> list:
     return torch.load(checkpoint / "trainer_state.pt", weights_only=True)["data_commits"]
 
