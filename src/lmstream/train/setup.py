@@ -224,10 +224,12 @@ def _pin_hub_sources(
     resolved now. Rank 0 asks the Hub and every rank uses its answer (or raises its error), so
     ranks cannot read different commits when the branch moves during start-up."""
     from lmstream.data.mixture_plan import resolve_sources
-    from lmstream.data.pinning import PinnedCommitGone, pin_sources
+    from lmstream.data.pinning import PinnedCommitGone, hub_sources, pin_sources
 
     plans = [source.plan for source in resolve_sources(cfg, Path(run_dir))]
     specs = [s for plan in plans for s in (plan.spec, plan.validation_spec) if s is not None]
+    if not hub_sources(specs):  # the same on every rank: none skips the collective together
+        return ()
     answer: tuple[bool, tuple[Pin, ...] | str] | None = None
     if env.is_main:
         recorded = trainer.get("data_commits") if trainer is not None else None
