@@ -16,9 +16,9 @@ import functools
 import logging
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -285,6 +285,26 @@ def broadcast_object(obj, src: int = 0):
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+_T = TypeVar("_T")
+
+
+def on_main(is_main: bool, work: Callable[[], _T], errors: tuple[type[Exception], ...]) -> _T:
+    """``work()`` on rank 0 only; its result on every rank. An error of ``errors`` that it
+    raises is raised on every rank (same type, same message), so no rank is left waiting in a
+    collective for one that failed. The error types take their message as their one argument."""
+    outcome = None
+    if is_main:
+        try:
+            outcome = (True, work())
+        except errors as err:
+            outcome = (False, (type(err), str(err)))
+    ok, value = broadcast_object(outcome)
+    if not ok:
+        kind, text = value
+        raise kind(text)
+    return value
 
 
 def gather_objects(obj) -> list:

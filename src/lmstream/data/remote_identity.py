@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lmstream.data.object_store import filesystem, is_object_store
-from lmstream.data.sources import SourceSpec
+from lmstream.data.sources import SourceSpec, split_entry
 from lmstream.data.stream import first_line
 
 CHECK_TIMEOUT_S = 20.0  # one start-up request; a source slower than this is reported unchecked
@@ -71,10 +71,7 @@ def _remote_checks(spec: SourceSpec) -> list[tuple[str, Callable[[], Any]]]:
         return [(spec.path, lambda: hub_commit(spec.path, spec.revision))]
     checks = []
     for entry in spec.data_files or (spec.path,):
-        # NAME=PATTERN names a split, as sources._split_files reads it
-        split, sep, pattern = entry.partition("=")
-        if not sep or "/" in split or not split.isidentifier():
-            pattern = entry
+        _, pattern = split_entry(entry)
         if pattern.startswith(("http://", "https://")):
             checks.append((pattern, lambda url=pattern: _http_identity(url)))
         elif is_object_store(pattern):

@@ -189,13 +189,20 @@ def _expand_local(pattern: str) -> list[str]:
     return [str(p.absolute())]
 
 
+def split_entry(entry: str) -> tuple[str, str]:
+    """(split, pattern) of a data-files entry: ``NAME=glob`` names its split, others are
+    'train' (an ``=`` inside a path or URL does not name one)."""
+    split, sep, pattern = entry.partition("=")
+    if not sep or "/" in split or not split.isidentifier():
+        return "train", entry
+    return split, pattern
+
+
 def _split_files(spec: SourceSpec) -> dict[str, list[str]]:
-    """{split: files}; ``NAME=glob`` entries name their split, others are 'train'."""
+    """{split: files}, by :func:`split_entry`."""
     out: dict[str, list[str]] = {}
     for entry in spec.data_files or (spec.path,):
-        split, sep, pattern = entry.partition("=")
-        if not sep or "/" in split or not split.isidentifier():
-            split, pattern = "train", entry
+        split, pattern = split_entry(entry)
         out.setdefault(split, []).extend(_expand_local(pattern))
     return out
 

@@ -230,6 +230,7 @@ def describe_data(
     else:
         parts.append(f"validation: {s.holdout}")
     planned = cfg.tokens_per_step(world_size) * total_steps if total_steps else None
+    by_epochs = cfg.scheduler.total_epochs
     if s.documents is None:
         parts.append("tokens available: not counted (streamed)")
     else:
@@ -237,7 +238,6 @@ def describe_data(
         tokens = train_docs * (s.tokens_per_document or 0)
         more = "" if s.complete else "at least "
         parts.append(f"tokens available: {more}~{_count(tokens)} in {more}{train_docs:,} documents")
-        by_epochs = cfg.scheduler.total_epochs
         if planned and tokens and s.complete and not by_epochs:
             epochs = planned * s.share / tokens
             note = f"planned {_count(planned)}"
@@ -247,11 +247,10 @@ def describe_data(
             if epochs > 1:
                 note += f" ({_passes(epochs)})"
             parts.append(note)
-    if planned and cfg.scheduler.total_epochs:
+    if planned and by_epochs:
         # The run ends after exactly that many passes; the token figures above are estimates
         # from the first documents, so an epochs figure derived from them would contradict it.
-        epochs = cfg.scheduler.total_epochs
-        parts.append(f"planned ~{_count(planned)} = {epochs:,} epoch{'s' * (epochs != 1)} "
+        parts.append(f"planned ~{_count(planned)} = {by_epochs:,} epoch{'s' * (by_epochs != 1)} "
                      "(scheduler.total_epochs)")  # fmt: skip
     elif planned and not (s.documents is not None and s.complete):
         parts.append(f"planned {_count(planned)}")

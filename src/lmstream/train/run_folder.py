@@ -134,29 +134,15 @@ def check_unlocked(run_dir: str | os.PathLike) -> None:
         RunLock(run_dir).acquire().release()
 
 
-def _on_main(env, work):
-    """``work()`` on rank 0; its result, or its RunFolderError, on every rank (so no rank is
-    left waiting in a collective for one that raised)."""
-    from lmstream import distributed as dist
-
-    outcome = None
-    if env.is_main:
-        try:
-            outcome = (True, work())
-        except RunFolderError as err:
-            outcome = (False, str(err))
-    ok, value = dist.broadcast_object(outcome)
-    if not ok:
-        raise RunFolderError(value)
-    return value
-
-
 def lock_run_folder(run_dir: str | os.PathLike, env) -> RunLock | None:
     """Rank 0 locks the run folder for the whole job (the other ranks write nothing there
     but their sharded checkpoint files, which rank 0 coordinates); every rank raises if it is
     taken. Returns rank 0's lock (None on other ranks)."""
+    from lmstream import distributed as dist
+
     lock = RunLock(run_dir)
-    _on_main(env, lambda: lock.acquire() and None)
+    # Rank 0 takes the lock; every rank gets its RunFolderError (none waits in a collective).
+    dist.on_main(env.is_main, lambda: lock.acquire() and None, (RunFolderError,))
     if env.is_main and lock.took_over:
         log.warning("took over the run folder's lock from %s, which ended without releasing it",
                     lock.took_over)  # fmt: skip
@@ -167,7 +153,9 @@ def start_fresh(cfg, run_dir: Path, env, restart: bool) -> list[str]:
     """:func:`fresh_start` on rank 0, its outcome on every rank."""
     from lmstream import distributed as dist
 
-    lines = _on_main(env, lambda: fresh_start(cfg, Path(run_dir), restart))
+    lines = dist.on_main(
+        env.is_main, lambda: fresh_start(cfg, Path(run_dir), restart), (RunFolderError,)
+    )
     dist.barrier()
     return lines
 

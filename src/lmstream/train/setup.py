@@ -230,17 +230,8 @@ def _pin_hub_sources(
     specs = [s for plan in plans for s in (plan.spec, plan.validation_spec) if s is not None]
     if not hub_sources(specs):  # the same on every rank: none skips the collective together
         return ()
-    answer: tuple[bool, tuple[Pin, ...] | str] | None = None
-    if env.is_main:
-        recorded = trainer.get("data_commits") if trainer is not None else None
-        try:
-            answer = (True, pin_sources(specs, recorded))
-        except PinnedCommitGone as err:
-            answer = (False, str(err))
-    ok, value = dist.broadcast_object(answer)
-    if not ok:
-        raise PinnedCommitGone(value)
-    return value
+    recorded = trainer.get("data_commits") if trainer is not None else None
+    return dist.on_main(env.is_main, lambda: pin_sources(specs, recorded), (PinnedCommitGone,))
 
 
 def _primed(loader) -> Iterator:
@@ -281,24 +272,18 @@ def _open_resume(
     """(checkpoint folder, trainer state), refusing a checkpoint written by another number of
     ranks (each rank's data position belongs to its rank of that world size) and an older
     checkpoint while newer ones exist without ``rollback``."""
+
     # Rank 0 picks (and hash-checks) the checkpoint; every rank then loads that same one, or
     # raises the same error (none is left waiting in a collective).
-    found: tuple[bool, str, int] | None = None
-    if env.is_main:
-        try:
-            path = ckpt.resolve_checkpoint(resume, check_hashes=True)
-            # Only a checkpoint named explicitly can be older than an intact one: the newest
-            # that verifies is what a folder resolves to (newer ones are damaged: moved aside).
-            if Path(resume).expanduser().resolve() == path.resolve():
-                run_folder.check_rollback(cfg, path, rollback)
-            found = (True, str(path), 0)
-        except (CheckpointError, run_folder.RunFolderError) as err:
-            found = (False, str(err), err.exit_code)
-    ok, text, code = dist.broadcast_object(found)
-    if not ok:
-        raise (CheckpointError(text) if code == CheckpointError.exit_code
-               else run_folder.RunFolderError(text))  # fmt: skip
-    path = Path(text)
+    def pick() -> Path:
+        path = ckpt.resolve_checkpoint(resume, check_hashes=True)
+        # Only a checkpoint named explicitly can be older than an intact one: the newest that
+        # verifies is what a folder resolves to (newer ones are damaged: moved aside).
+        if Path(resume).expanduser().resolve() == path.resolve():
+            run_folder.check_rollback(cfg, path, rollback)
+        return path
+
+    path = dist.on_main(env.is_main, pick, (CheckpointError, run_folder.RunFolderError))
     trainer = ckpt.load_trainer_state(path)
     world = trainer.get("world_size", 1)
     if world != env.world_size:
