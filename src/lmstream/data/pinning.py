@@ -10,7 +10,8 @@ agree on the result, see ``train.setup``), and every read of the run asks for th
 (:func:`reading_at` around the code that builds the data plans, :func:`pinned` where a plan's
 source is made). Each checkpoint records the commits (:meth:`Pin.record`), so a resume reads
 what the run started with even if the branch moved; a checkpoint without the record (older
-lmstream) reads the branch as it is now, as it did before, and is pinned from that resume on.
+lmstream) reads the branch as it is now, as it did before, is pinned from that resume on, and
+its start-up line says the documents may differ from the ones the run read.
 
 A commit that cannot be resolved at a fresh start (offline, a refused request) leaves the
 source unpinned, as before, and says so; a recorded commit that the Hub no longer has (a
@@ -38,7 +39,9 @@ class PinnedCommitGone(CheckpointError):
 class Pin:
     """A Hub source of the run: ``dataset`` at ``revision`` (as given; None is ``main``) read
     at ``commit`` (None: not pinned, ``reason`` says why). ``recorded``: the commit comes from
-    the checkpoint; ``branch_now``: where ``revision`` points now, when that differs."""
+    the checkpoint; ``branch_now``: where ``revision`` points now, when that differs;
+    ``unrecorded_resume``: a resume whose checkpoint records no commit for the source (older
+    lmstream, or a start that could not pin), so it may now read other files than the run did."""
 
     dataset: str
     revision: str | None
@@ -46,6 +49,7 @@ class Pin:
     recorded: bool = False
     branch_now: str | None = None
     reason: str | None = None
+    unrecorded_resume: bool = False
 
     @property
     def key(self) -> tuple[str, str | None]:
@@ -64,6 +68,11 @@ class Pin:
                 f"resume after {rev} moves reads the new commit"
             )
         head = f"data: {self.dataset} at {rev} = commit {self.commit[:_SHORT]}"
+        if self.unrecorded_resume:  # said, not refused: the branch may well not have moved
+            return (
+                f"{head} (pinned from this resume on; the checkpoint records no commit for it, "
+                f"so if {rev} moved since it was saved this run now reads other documents)"
+            )
         if not self.recorded:
             return f"{head} (pinned for this run)"
         if self.branch_now:
@@ -86,12 +95,21 @@ def hub_sources(specs: Iterable[SourceSpec]) -> list[SourceSpec]:
 def pin_sources(specs: Iterable[SourceSpec], recorded: list[dict] | None) -> tuple[Pin, ...]:
     """A pin for every Hub source: the checkpoint's commit where ``recorded`` has one (checked
     to still exist when the branch moved away from it), else the commit its revision resolves
-    to now. Makes one request per source (none for a revision that is a commit)."""
+    to now. ``recorded`` is None at a fresh start; on a resume it is the checkpoint's record
+    ([] for a checkpoint without one), and a source it lacks is marked ``unrecorded_resume``.
+    Makes one request per source (none for a revision that is a commit)."""
     saved = {(r["dataset"], r.get("revision")): r["commit"] for r in recorded or () if r["commit"]}
     pins = []
     for spec in hub_sources(specs):
         commit = saved.get((spec.path, spec.revision))
-        pins.append(_resolve(spec) if commit is None else _recorded(spec, commit))
+        if commit is not None:
+            pins.append(_recorded(spec, commit))
+            continue
+        pin = _resolve(spec)
+        # A resume without a record for the source: what the run read before is unknown, unless
+        # its revision is itself a commit (which never moves).
+        unknown = recorded is not None and pin.commit != spec.revision
+        pins.append(replace(pin, unrecorded_resume=True) if unknown else pin)
     return tuple(pins)
 
 

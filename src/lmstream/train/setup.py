@@ -230,7 +230,8 @@ def _pin_hub_sources(
     specs = [s for plan in plans for s in (plan.spec, plan.validation_spec) if s is not None]
     if not hub_sources(specs):  # the same on every rank: none skips the collective together
         return ()
-    recorded = trainer.get("data_commits") if trainer is not None else None
+    # [] for a checkpoint of an lmstream that recorded no commits: a resume, unlike a fresh start
+    recorded = trainer.get("data_commits", []) if trainer is not None else None
     return dist.on_main(env.is_main, lambda: pin_sources(specs, recorded), (PinnedCommitGone,))
 
 
