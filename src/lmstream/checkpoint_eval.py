@@ -64,6 +64,19 @@ def trained_commits(folder: Path) -> tuple:
     return recorded_pins(state.get("data_commits"))
 
 
+def _say_unrecorded_commits(folder: Path, sources: list) -> None:
+    """One stderr line per Hub source the checkpoint records no commit for (older lmstream, or
+    a run that could not pin): it was validated on the branch as it is now, maybe not the
+    documents the run held out."""
+    from lmstream.data.pinning import moving_hub_sources
+
+    specs = [s for src in sources for s in (src.plan.spec, src.plan.validation_spec) if s]
+    for spec in moving_hub_sources(specs):
+        print(f"# {folder} records no commit for {spec.path}: validated on "
+              f"{spec.revision or 'main'} as it is now, which may hold other documents than "
+              "the run held out", file=sys.stderr)  # fmt: skip
+
+
 def eval_config(cfg: TrainingConfig, data: list[str] | None, max_batches: int | None,
                 batch_size: int | None, documents: int | None,
                 max_sequences: int | None = None) -> TrainingConfig:  # fmt: skip
@@ -148,6 +161,8 @@ def evaluate_checkpoint(
         with reading_at(() if data else trained_commits(folder)):
             batches = build_validation_batches(cfg, tokenizer, rdir)
             sources = resolve_sources(cfg, rdir)
+        if not data:
+            _say_unrecorded_commits(folder, sources)
         if len(sources) > 1:  # a mixture: val_loss/NAME and their weighted mean, as logged
             saved = trained_weights(folder)
             names, weights = zip(*(

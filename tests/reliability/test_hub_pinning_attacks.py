@@ -1,6 +1,6 @@
-"""Hub pinning (lmstream.data.pinning) under what users run: 8 data workers reading a Hub repo
-of very uneven files, resumed after `main` moved; and a resume from a checkpoint made before
-lmstream recorded the commits (no "data_commits" in its trainer state) after `main` moved.
+"""Hub pinning (lmstream.data.pinning) under what users run, after `main` moved: a resume (and
+an eval) of a checkpoint made before lmstream recorded the commits (no "data_commits" in its
+trainer state); a --rollback to an older checkpoint, and eval of the best copy.
 
 The Hub is the loopback stand-in (tests/support/hub_server.py); the runs are subprocesses.
 """
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,7 +27,7 @@ from tests.support.hub_server import HubStandIn, dataset_sha
 from tests.support.training import checkpoint_dir, kjv_corpus_fixture, logged
 
 corpus = kjv_corpus_fixture(200, 300)
-STEPS, FIRST_PART = 6, 4
+FIRST_PART = 4
 
 
 def _uneven(corpus: Path, reverse: bool) -> dict[str, bytes]:
@@ -35,37 +37,6 @@ def _uneven(corpus: Path, reverse: bool) -> dict[str, bytes]:
         lines.reverse()
     cuts = [(0, 5), (5, 20), (20, len(lines))]
     return {f"data/train-{i}.jsonl": b"".join(lines[a:b]) for i, (a, b) in enumerate(cuts)}
-
-
-def _with_workers(config: Path, workers: int) -> None:
-    import yaml
-
-    cfg = yaml.safe_load(config.read_text())
-    cfg["data"]["num_workers"] = workers
-    config.write_text(yaml.safe_dump(cfg))
-
-
-@pytest.mark.slow
-def test_eight_workers_on_uneven_files_resume_after_main_moved_as_uninterrupted(corpus, tmp_path):
-    first, moved = _uneven(corpus, False), _uneven(corpus, True)
-    with HubStandIn() as hub:
-        hub.datasets[HUB_ID] = first
-        env = _env(hub, tmp_path / "hf-home")
-        reference = _hub_run(tmp_path / "reference", corpus, STEPS)
-        config = _hub_run(tmp_path / "resumed", corpus, FIRST_PART)
-        for path in (reference, config):
-            _with_workers(path, 8)
-        runs = [_train(reference, env), _train(config, env)]
-        hub.datasets[HUB_ID] = moved
-        _set_total_steps(config, STEPS)
-        runs.append(_train(config, env, "--resume"))
-        resolved = [path for _, path, *_ in hub.requests if "/resolve/" in path]
-    for done in runs:
-        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert not any(f"/resolve/{dataset_sha(moved)}/" in p for p in resolved)
-    run, ref = tmp_path / "resumed", tmp_path / "reference"
-    assert logged(run, "loss") == logged(ref, "loss")
-    assert_same_weights(run, ref, step=STEPS)
 
 
 def _forget_commits(checkpoint: Path) -> None:
@@ -88,7 +59,7 @@ def test_resume_of_a_checkpoint_without_recorded_commits_says_it_may_read_other_
 ):
     """A checkpoint of an lmstream without pinning: the resume reads `main` as it is now (there
     is no record of what the run read), and says so in one line instead of "pinned for this
-    run", which reads as if nothing could have changed."""
+    run", which reads as if nothing could have changed; so does `eval` of that checkpoint."""
     first, moved = _uneven(corpus, False), _uneven(corpus, True)
     with HubStandIn() as hub:
         hub.datasets[HUB_ID] = first
@@ -100,9 +71,54 @@ def test_resume_of_a_checkpoint_without_recorded_commits_says_it_may_read_other_
         hub.datasets[HUB_ID] = moved
         _set_total_steps(config, FIRST_PART + 2)
         resumed = _train(config, env, "--resume")
+        evaluated = subprocess.run(
+            [sys.executable, "-m", "lmstream", "eval", "--checkpoint",
+             str(checkpoint_dir(config.parent, FIRST_PART)), "--json"],
+            env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     new = dataset_sha(moved)
     said = [line for line in resumed.stdout.splitlines() if line.startswith(f"data: {HUB_ID} ")]
     assert len(said) == 1, said
     assert said[0].startswith(f"data: {HUB_ID} at main = commit {new[:7]} "), said
     assert "records no commit" in said[0], said
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    said = [line for line in evaluated.stderr.splitlines() if "records no commit" in line]
+    assert len(said) == 1 and HUB_ID in said[0], evaluated.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_rollback_after_main_moved_and_eval_of_best_copy(corpus, tmp_path):
+    first, moved = _uneven(corpus, False), _uneven(corpus, True)
+    with HubStandIn() as hub:
+        hub.datasets[HUB_ID] = first
+        env = _env(hub, tmp_path / "hf-home")
+        reference = _hub_run(tmp_path / "reference", corpus, 8)
+        config = _hub_run(tmp_path / "rolled", corpus, 8)
+        runs = [_train(reference, env), _train(config, env)]
+        hub.datasets[HUB_ID] = moved
+        back = str(checkpoint_dir(config.parent, 4))
+        runs.append(_train(config, env, "--resume", back, "--rollback"))
+        best = sorted((config.parent / "best").iterdir())
+        evals = [
+            subprocess.run(
+                [sys.executable, "-m", "lmstream", "eval", "--checkpoint", str(b), "--json"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )  # fmt: skip
+            for b in best
+        ]
+        resolved = [path for _, path, *_ in hub.requests if "/resolve/" in path]
+    for done in runs:
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert not any(f"/resolve/{dataset_sha(moved)}/" in p for p in resolved)
+    run, ref = config.parent, reference.parent
+    assert logged(run, "loss") == logged(ref, "loss")
+    assert_same_weights(run, ref, step=8)
+    vals = logged(run, "val_loss")
+    for b, done in zip(best, evals, strict=True):
+        assert done.returncode == 0, done.stderr[-2000:]
+        step = int(b.name.split("-")[1])
+        assert json.loads(done.stdout)["val_loss"] == pytest.approx(vals[step])

@@ -11,7 +11,8 @@ agree on the result, see ``train.setup``), and every read of the run asks for th
 source is made). Each checkpoint records the commits (:meth:`Pin.record`), so a resume reads
 what the run started with even if the branch moved; a checkpoint without the record (older
 lmstream) reads the branch as it is now, as it did before, is pinned from that resume on, and
-its start-up line says the documents may differ from the ones the run read.
+its start-up line says the documents may differ from the ones the run read (``eval`` of it
+says so too: :func:`moving_hub_sources`).
 
 A commit that cannot be resolved at a fresh start (offline, a refused request) leaves the
 source unpinned, as before, and says so; a recorded commit that the Hub no longer has (a
@@ -24,7 +25,12 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
-from lmstream.data.remote_identity import CHECK_TIMEOUT_S, hub_commit, unchecked_reason
+from lmstream.data.remote_identity import (
+    CHECK_TIMEOUT_S,
+    hub_commit,
+    is_commit,
+    unchecked_reason,
+)
 from lmstream.data.sources import SourceSpec
 from lmstream.errors import CheckpointError
 
@@ -111,6 +117,12 @@ def pin_sources(specs: Iterable[SourceSpec], recorded: list[dict] | None) -> tup
         unknown = recorded is not None and pin.commit != spec.revision
         pins.append(replace(pin, unrecorded_resume=True) if unknown else pin)
     return tuple(pins)
+
+
+def moving_hub_sources(specs: Iterable[SourceSpec]) -> list[SourceSpec]:
+    """The Hub sources among ``specs`` that read a branch or tag, not a commit (outside
+    :func:`reading_at`, or with no commit recorded): what they read moves with each push."""
+    return [spec for spec in hub_sources(specs) if not is_commit(spec.revision)]
 
 
 def recorded_pins(records: list[dict] | None) -> tuple[Pin, ...]:

@@ -79,10 +79,15 @@ def _remote_checks(spec: SourceSpec) -> list[tuple[str, Callable[[], Any]]]:
     return checks
 
 
+def is_commit(revision: str | None) -> bool:
+    """Whether a Hub ``revision`` is a commit sha (not a branch or tag that can move)."""
+    return bool(revision and _COMMIT_SHA.fullmatch(revision))
+
+
 def hub_commit(repo_id: str, revision: str | None) -> str:
     """The commit a Hub dataset's ``revision`` (None: main) points at now (also what
     ``pinning`` pins a run to)."""
-    if revision and _COMMIT_SHA.fullmatch(revision):
+    if is_commit(revision):
         return revision  # a commit never changes
     from huggingface_hub import HfApi
 
