@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-from lmstream import __version__, failures
+from lmstream import __version__, failures, process_exit
 
 # Subcommand modules, in the order of the workflow (lmstream.commands.<name>).
 COMMANDS = (
@@ -53,6 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns its exit code, except in a torchrun rank, which ends here
+    (lmstream.process_exit: a rank's interpreter finalization could abort a finished job)."""
+    code = _run(argv)
+    if process_exit.in_torchrun_rank():
+        process_exit.exit_without_finalizing(code)
+    return code
+
+
+def _run(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
