@@ -177,14 +177,14 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         B, T, _ = x.shape
         qkv = self.qkv(x).view(B, T, self.n_heads + 2 * self.n_kv, self.head_dim)  # (B, T, H+2K, E)
-        qk = qkv[:, :, : self.n_heads + self.n_kv]  # (B, T, H+K, E)
+        # split, not slicing: the backward of a split is one concatenation, while each slice's
+        # backward zero-fills a tensor of the whole input and copies into it (then adds).
+        qk, v = qkv.split([self.n_heads + self.n_kv, self.n_kv], dim=2)  # (B, T, H+K / K, E)
         if self.q_norm is not None:
             q, k = qk.split([self.n_heads, self.n_kv], dim=2)
             qk = torch.cat([self.q_norm(q), self.k_norm(k)], dim=2)
-        qk = apply_rope(qk, cos, sin, self.rope_layout)
-        q = qk[:, :, : self.n_heads].transpose(1, 2)  # (B, H, T, E)
-        k = qk[:, :, self.n_heads :].transpose(1, 2)  # (B, K, T, E)
-        v = qkv[:, :, self.n_heads + self.n_kv :].transpose(1, 2)  # (B, K, T, E)
+        q, k = apply_rope(qk, cos, sin, self.rope_layout).split([self.n_heads, self.n_kv], dim=2)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H|K, T, E)
 
         if cache is not None and documents is not None:
             k, v = cache.update(self.layer_index, k, v)  # (B, K, S, E)
