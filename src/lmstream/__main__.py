@@ -1,6 +1,6 @@
 """`python -m lmstream ...` (what `torchrun -m lmstream train ...` runs)."""
 
-from lmstream.cli import entry
+from lmstream.cli import main
 
 if __name__ == "__main__":
-    entry()
+    raise SystemExit(main())
