@@ -54,6 +54,20 @@ def job_env() -> dict[str, str]:
     }
 
 
+def hub_job_env(hub_url: str, hf_home: Path) -> dict[str, str]:
+    """job_env() for a job that streams from the loopback Hub stand-in at ``hub_url``: online,
+    no token, a fresh HF_HOME (no cache of an earlier test), no telemetry."""
+    env = {k: v for k, v in job_env().items()
+           if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_TOKEN")}  # fmt: skip
+    return env | {"HF_ENDPOINT": hub_url, "HF_HOME": str(hf_home), "HF_HUB_DISABLE_TELEMETRY": "1"}
+
+
+def write_hub_streaming_config(run_dir: Path, hub_id: str) -> None:
+    """The streaming_config.json orchestrate writes for a Hub dataset streamed without end."""
+    streaming = {"version": 1, "streaming": True, "dataset": hub_id, "max_samples": None}
+    (run_dir / "streaming_config.json").write_text(json.dumps(streaming))
+
+
 def torchrun_args(*args: str, nproc: int = 2, console_script: bool = False) -> list[str]:
     """``torchrun --standalone --nproc_per_node N -m lmstream ARGS`` (or the console script)."""
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]

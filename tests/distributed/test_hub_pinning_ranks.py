@@ -5,12 +5,17 @@ two commits (lmstream.data.pinning; the Hub is the loopback stand-in, tests/supp
 
 from __future__ import annotations
 
-import json
 import subprocess
 from pathlib import Path
 
 import pytest
-from tests.distributed.support import JOB_TIMEOUT_S, job_env, tiny_config, torchrun_args
+from tests.distributed.support import (
+    JOB_TIMEOUT_S,
+    hub_job_env,
+    tiny_config,
+    torchrun_args,
+    write_hub_streaming_config,
+)
 from tests.support.hub_server import HubStandIn, dataset_sha
 from tests.support.training import write_run
 
@@ -24,14 +29,10 @@ def test_two_ranks_resolve_main_once_and_read_its_commit(corpus: Path, tmp_path:
         "scheduler.total_steps": 4, "data.num_workers": 1,
         "runtime.checkpoint": {"every_n_steps": 4}, "runtime.evaluation.every_n_steps": 4,
     }))  # fmt: skip
-    streaming = {"version": 1, "streaming": True, "dataset": HUB_ID, "max_samples": None}
-    (tmp_path / "run" / "streaming_config.json").write_text(json.dumps(streaming))
-    env = {k: v for k, v in job_env().items()
-           if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_TOKEN")}  # fmt: skip
+    write_hub_streaming_config(tmp_path / "run", HUB_ID)
     with HubStandIn() as hub:
         hub.datasets[HUB_ID] = files
-        env |= {"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf-home"),
-                "HF_HUB_DISABLE_TELEMETRY": "1"}  # fmt: skip
+        env = hub_job_env(hub.url, tmp_path / "hf-home")
         done = subprocess.run(
             torchrun_args("train", "--config", str(config)), env=env, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True, timeout=JOB_TIMEOUT_S,

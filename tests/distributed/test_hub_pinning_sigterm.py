@@ -4,7 +4,6 @@ with and ends as the job that never stopped (lmstream.data.pinning)."""
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import time
@@ -13,28 +12,21 @@ from pathlib import Path
 import pytest
 from tests.distributed.support import (
     JOB_TIMEOUT_S,
-    job_env,
+    hub_job_env,
     metrics,
     tiny_config,
     torchrun_args,
     wait_for_step,
+    write_hub_streaming_config,
 )
 from tests.distributed.test_failures import finish
 from tests.reliability.support import assert_same_weights
-from tests.support.hub_server import HubStandIn, dataset_sha
+from tests.support.hub_server import HubStandIn, dataset_sha, uneven_dataset_files
 from tests.support.training import write_run
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 HUB_ID = "acme/kjv"
 STEPS = 40
-
-
-def _files(corpus: Path, reverse: bool) -> dict[str, bytes]:
-    lines = (corpus / "train.jsonl").read_bytes().splitlines(keepends=True)
-    if reverse:
-        lines.reverse()
-    cuts = [(0, 10), (10, 40), (40, len(lines))]
-    return {f"data/train-{i}.jsonl": b"".join(lines[a:b]) for i, (a, b) in enumerate(cuts)}
 
 
 def _run(root: Path, corpus: Path) -> Path:
@@ -44,19 +36,16 @@ def _run(root: Path, corpus: Path) -> Path:
         "runtime.checkpoint": {"every_n_steps": None, "max_keep": 2, "async_save": False},
         "runtime.evaluation": {"every_n_steps": 20, "max_batches": 2},
     }))  # fmt: skip
-    streaming = {"version": 1, "streaming": True, "dataset": HUB_ID, "max_samples": None}
-    (root / "streaming_config.json").write_text(json.dumps(streaming))
+    write_hub_streaming_config(root, HUB_ID)
     return config
 
 
 def test_sigterm_to_torchrun_then_resume_after_main_moved(corpus: Path, tmp_path: Path) -> None:
-    first, moved = _files(corpus, False), _files(corpus, True)
-    env = {k: v for k, v in job_env().items()
-           if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_TOKEN")}  # fmt: skip
+    first = uneven_dataset_files(corpus / "train.jsonl", [10, 30])
+    moved = uneven_dataset_files(corpus / "train.jsonl", [10, 30], reverse=True)
     with HubStandIn() as hub:
         hub.datasets[HUB_ID] = first
-        env |= {"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf-home"),
-                "HF_HUB_DISABLE_TELEMETRY": "1"}  # fmt: skip
+        env = hub_job_env(hub.url, tmp_path / "hf-home")
         kw = {"env": env, "stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
         full = _run(tmp_path / "full", corpus)
         t0 = time.monotonic()

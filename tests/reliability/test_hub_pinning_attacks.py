@@ -23,7 +23,7 @@ from tests.integration.test_hub_pinning import (
     _train,
 )
 from tests.reliability.support import assert_same_weights
-from tests.support.hub_server import HubStandIn, dataset_sha
+from tests.support.hub_server import HubStandIn, dataset_sha, uneven_dataset_files
 from tests.support.training import checkpoint_dir, kjv_corpus_fixture, logged
 
 corpus = kjv_corpus_fixture(200, 300)
@@ -32,11 +32,7 @@ FIRST_PART = 4
 
 def _uneven(corpus: Path, reverse: bool) -> dict[str, bytes]:
     """Three files of 5, 15 and 180 documents (the reversed order is `main` after the push)."""
-    lines = (corpus / "train.jsonl").read_bytes().splitlines(keepends=True)
-    if reverse:
-        lines.reverse()
-    cuts = [(0, 5), (5, 20), (20, len(lines))]
-    return {f"data/train-{i}.jsonl": b"".join(lines[a:b]) for i, (a, b) in enumerate(cuts)}
+    return uneven_dataset_files(corpus / "train.jsonl", [5, 15], reverse)
 
 
 def _forget_commits(checkpoint: Path) -> None:

@@ -43,6 +43,7 @@ import json
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 DATASET_SHA = "d" * 40  # the commit of a dataset with no files (kept for older tests)
@@ -57,6 +58,25 @@ def dataset_sha(files: dict[str, bytes]) -> str:
     for path in sorted(files):
         digest.update(path.encode() + b"\0" + hashlib.sha1(files[path]).digest())
     return digest.hexdigest()
+
+
+def uneven_dataset_files(
+    lines_file: Path, first_sizes: list[int], reverse: bool = False
+) -> dict[str, bytes]:
+    """A JSON-lines corpus cut into ``data/train-{i}.jsonl`` files of ``first_sizes`` documents
+    each, the last file taking the rest: uneven files, as Hub datasets are. ``reverse`` cuts the
+    documents in reverse order (different content at the same paths: `main` after a push)."""
+    lines = lines_file.read_bytes().splitlines(keepends=True)
+    if reverse:
+        lines.reverse()
+    bounds = [0]
+    for size in first_sizes:
+        bounds.append(bounds[-1] + size)
+    bounds.append(len(lines))
+    return {
+        f"data/train-{i}.jsonl": b"".join(lines[a:b])
+        for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True))
+    }
 
 
 class HubStandIn:
