@@ -1,6 +1,6 @@
 """`python -m lmstream ...` (what `torchrun -m lmstream train ...` runs)."""
 
-from lmstream.cli import main
+from lmstream.cli import entry
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry()

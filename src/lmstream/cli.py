@@ -52,16 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def entry() -> None:
+    """The `lmstream` program (console script, `python -m lmstream`, torchrun's ranks): the
+    command, then the process ends without the interpreter's finalization
+    (lmstream.process_exit: a second saved, and no abort from a native thread at exit)."""
+    process_exit.exit_without_finalizing(main())
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; returns its exit code, except in a torchrun rank, which ends here
-    (lmstream.process_exit: a rank's interpreter finalization could abort a finished job)."""
-    code = _run(argv)
-    if process_exit.in_torchrun_rank():
-        process_exit.exit_without_finalizing(code)
-    return code
-
-
-def _run(argv: list[str] | None) -> int:
+    """Run one command; returns its exit code (callers in the same process keep running)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -81,4 +80,4 @@ def _run(argv: list[str] | None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry()

@@ -1,0 +1,39 @@
+"""The `lmstream` program (console script) ends without the interpreter's finalization
+(lmstream.process_exit): a native thread still running at exit (tests/support/exit_probe.py)
+no longer aborts a finished run, atexit handlers still run, and what the run wrote is whole."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support.exit_probe import exit_probe_env
+from tests.support.training import kjv_corpus_fixture, tiny_training_config, write_run
+
+corpus = kjv_corpus_fixture(60, 300)
+
+
+def test_a_finished_run_exits_0_with_a_native_thread_running(corpus, tmp_path):
+    run = tmp_path / "run"
+    cfg = tiny_training_config(corpus, 3, **{"runtime.logging": {"tensorboard": "tb"}})
+    config = write_run(run, cfg)
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    env, markers = exit_probe_env(tmp_path, env)
+    lmstream = Path(sys.executable).parent / "lmstream"
+    done = subprocess.run(
+        [str(lmstream), "train", "--config", str(config)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "terminate called" not in done.stderr, done.stderr
+    assert "== done: step 3 of 3" in done.stdout, done.stdout
+    assert [p.name for p in markers.iterdir()] == ["atexit-main"]
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert lines and lines[-1].endswith("}"), lines[-1:]
+    events = list((run / "tb").rglob("events.out.tfevents.*"))
+    assert events and all(e.stat().st_size > 0 for e in events), events
