@@ -47,7 +47,15 @@ def exit_without_finalizing(code: int) -> NoReturn:
             with contextlib.suppress(Exception):
                 if not obj.closed and obj.writable():
                     obj.flush()
+    # As CPython's own exit does (flush_std_files): output that cannot be written now (a full
+    # disk, a closed pipe) is lost, so say so on stderr and exit 120, never the command's 0.
     for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
+        try:
+            if stream is not None and not stream.closed:
+                stream.flush()
+        except Exception as err:
+            code = 120
+            with contextlib.suppress(Exception):
+                message = f"Exception ignored in: {stream!r}\n{type(err).__name__}: {err}\n"
+                os.write(2, message.encode(errors="replace"))
     os._exit(code)

@@ -37,3 +37,23 @@ def test_a_finished_run_exits_0_with_a_native_thread_running(corpus, tmp_path):
     assert lines and lines[-1].endswith("}"), lines[-1:]
     events = list((run / "tb").rglob("events.out.tfevents.*"))
     assert events and all(e.stat().st_size > 0 for e in events), events
+
+
+def test_a_command_whose_output_is_lost_at_exit_does_not_exit_0(corpus, tmp_path):
+    # `lmstream train --dry-run > plan.txt` on a full disk: the plan, buffered until exit, is
+    # never written; the command failed with 120 before it ended without finalization, then 0.
+    config = write_run(tmp_path / "run", tiny_training_config(corpus, 3))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    env |= {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    lmstream = Path(sys.executable).parent / "lmstream"
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [str(lmstream), "train", "--config", str(config), "--dry-run"],
+            env=env,
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 120, done.stderr
+    assert "No space left on device" in done.stderr, done.stderr
