@@ -56,7 +56,18 @@ def entry() -> None:
     """The `lmstream` program (console script, `python -m lmstream`, torchrun's ranks): the
     command, then the process ends without the interpreter's finalization
     (lmstream.process_exit: a second saved, and no abort from a native thread at exit)."""
-    process_exit.exit_without_finalizing(main())
+    try:
+        code = main()
+    except Exception:
+        # A bug's traceback, then the same exit as a finished command, not the interpreter's
+        # finalization: there an object still held by the traceback (the training loader's
+        # generator, whose cleanup starts a thread) was torn down where no new thread runs, and
+        # `lmstream train | head` hung for good after its BrokenPipeError; under torchrun a
+        # native thread could turn the failure into SIGABRT. The exception is dropped before
+        # the exit, so what it held is collected while threads still run.
+        sys.excepthook(*sys.exc_info())
+        code = 1
+    process_exit.exit_without_finalizing(code)
 
 
 def main(argv: list[str] | None = None) -> int:

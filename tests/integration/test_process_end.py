@@ -57,3 +57,33 @@ def test_a_command_whose_output_is_lost_at_exit_does_not_exit_0(corpus, tmp_path
         )
     assert done.returncode == 120, done.stderr
     assert "No space left on device" in done.stderr, done.stderr
+
+
+def test_train_piped_into_head_ends_instead_of_hanging(corpus, tmp_path):
+    # `lmstream train ... | head -3`: once head exits, the next progress line raises
+    # BrokenPipeError out of the command. Left to the interpreter's finalization, the training
+    # loader's generator was closed during module teardown, where the thread its cleanup starts
+    # (worker_processes.stop_workers) never runs: the process hung for good after its traceback.
+    cfg = tiny_training_config(corpus, 200, **{"data.num_workers": 2})
+    config = write_run(tmp_path / "run", cfg)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    env |= {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    lmstream = Path(sys.executable).parent / "lmstream"
+    proc = subprocess.Popen(
+        [str(lmstream), "train", "--config", str(config)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for _ in range(3):
+            proc.stdout.readline()
+        proc.stdout.close()  # head exits
+        _, err = proc.communicate(timeout=90)
+    finally:
+        proc.kill()
+    assert proc.returncode not in (0, None), err
+    assert err.count("Traceback") == 1 and "BrokenPipeError" in err, err
+    workers = subprocess.run(["pgrep", "-f", str(config)], capture_output=True, text=True)
+    assert workers.stdout == "", workers.stdout  # no data loader worker left behind
