@@ -4,6 +4,7 @@ no longer aborts a finished run, atexit handlers still run, and what the run wro
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -87,3 +88,28 @@ def test_train_piped_into_head_ends_instead_of_hanging(corpus, tmp_path):
     assert err.count("Traceback") == 1 and "BrokenPipeError" in err, err
     workers = subprocess.run(["pgrep", "-f", str(config)], capture_output=True, text=True)
     assert workers.stdout == "", workers.stdout  # no data loader worker left behind
+
+
+def test_a_run_whose_stdout_reader_goes_away_trains_to_its_end(corpus, tmp_path):
+    """`lmstream train | head -1`: the reader closes the pipe after one line; the run went on to
+    die on BrokenPipeError without its last checkpoint. It now trains to its end and saves."""
+    run = tmp_path / "run"
+    cfg = tiny_training_config(corpus, 40, **{"runtime.log_every_n_steps": 1})
+    config = write_run(run, cfg)
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    lmstream = Path(sys.executable).parent / "lmstream"
+    proc = subprocess.Popen(
+        [str(lmstream), "train", "--config", str(config)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout.readline()  # one line, then the reader is gone
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert "stdout was closed by its reader; training continues" in err, err
+    assert (run / "checkpoints" / "step-00000040").is_dir(), err
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert max(steps) == 40

@@ -20,6 +20,22 @@ from pathlib import Path
 from lmstream.config import TrainingConfig
 
 
+def stdout_gone() -> None:
+    """stdout's reader has gone (`lmstream train | head`, a closed `tee`): the run goes on, its
+    lines still reach metrics.jsonl and the other writers. fd 1 is pointed at /dev/null, so
+    later lines and the buffered rest are dropped instead of raising BrokenPipeError (which
+    ended the run without a checkpoint), and stderr says so once."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    print(
+        "lmstream: stdout was closed by its reader; training continues, its metric lines are "
+        "in metrics.jsonl (and TensorBoard, when on)",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 class Logger:
     """The interface, and the logger of ranks that do not write: every method does nothing."""
 
@@ -111,10 +127,13 @@ class StdoutLogger(Logger):
             )
 
     def _write(self, text: str) -> None:
-        if self._bar is not None:
-            self._bar.write(text)
-        else:
-            print(text, flush=True)
+        try:
+            if self._bar is not None:
+                self._bar.write(text)
+            else:
+                print(text, flush=True)
+        except BrokenPipeError:
+            stdout_gone()
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if self._metrics:
