@@ -25,7 +25,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import gc
-import io
+import _io
 import os
 import sys
 import threading
@@ -43,7 +43,10 @@ def exit_without_finalizing(code: int) -> NoReturn:
     atexit._run_exitfuncs()
     gc.collect()  # unreachable objects' finalizers run (an unclosed file closes, and flushes)
     for obj in gc.get_objects():
-        if isinstance(obj, io.IOBase):
+        # By exact type, not isinstance: isinstance reads a non-match's __class__, and some
+        # objects warn when touched (torch.distributed.reduce_op printed a FutureWarning on
+        # every command's stderr). _io._IOBase is the C base of every io object, io.IOBase's too.
+        if issubclass(type(obj), _io._IOBase):
             with contextlib.suppress(Exception):
                 if not obj.closed and obj.writable():
                     obj.flush()
