@@ -22,10 +22,10 @@ stdout/stderr. Only the teardown, which a process about to end does not need, is
 
 from __future__ import annotations
 
+import _io
 import atexit
 import contextlib
 import gc
-import _io
 import os
 import sys
 import threading

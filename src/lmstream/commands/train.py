@@ -296,6 +296,8 @@ def _train(
             logger.message(f"resumed from {run.resumed_from} at step {run.state.step}")
             for change in run.notes:
                 logger.message(f"config change since the checkpoint (allowed): {change}")
+            for line in run.data_changes:
+                logger.message(line)
         code = Trainer(run, logger, resume_command=resume_command).fit()
         if env.is_main:
             logger.message(report.final_summary(run, config_path, time.perf_counter() - started))

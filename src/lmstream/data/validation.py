@@ -32,7 +32,6 @@ source is read and kept as ``validation-KEY-unchecked.npz``.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import logging
@@ -45,6 +44,7 @@ import numpy as np
 import torch
 
 from lmstream.config import TrainingConfig
+from lmstream.data.content_record import local_files
 from lmstream.data.documents import DataPlan, TextSource, document_hash, resolve_plan
 from lmstream.data.packing import Batch, encode_documents, eot_id
 from lmstream.data.remote_identity import RemoteIdentity, remote_identity
@@ -88,7 +88,7 @@ def _cache_path(cfg: TrainingConfig, run_dir: Path, plan: DataPlan, tokenizer: A
         "validation": plan.validation,
         "documents": cfg.data.validation_documents,
         "tokenizer": tokenizer_fingerprint(tokenizer),
-        "content": _local_files(plan),
+        "content": local_files(plan),
     }
     key = _digest(ident)
     folder = Path(cfg.data.cache_dir or run_dir) / "validation"
@@ -121,23 +121,6 @@ def _unchecked_entry(folder: Path, key: str, remote: RemoteIdentity) -> Path:
 
 def _digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _local_files(plan: DataPlan) -> list:
-    """(path, size, mtime) of the local files behind the plan: a file edited in place (same
-    path) gets a new cache entry instead of the stale tokens (issue #19)."""
-    patterns = [*plan.token_paths, *plan.validation_token_paths]
-    for spec in (plan.spec, plan.validation_spec):
-        if spec is not None:
-            patterns += list(spec.data_files or [spec.path])
-    found = set()
-    for pattern in (p for p in patterns if "://" not in p):
-        for match in glob.glob(str(Path(pattern).expanduser()), recursive=True):
-            files = [Path(match)] if Path(match).is_file() else Path(match).rglob("*")
-            for f in (f for f in files if f.is_file()):
-                st = f.stat()
-                found.add((str(f), st.st_size, st.st_mtime_ns))
-    return sorted(found)
 
 
 def load_validation_set(

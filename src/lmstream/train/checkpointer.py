@@ -303,6 +303,7 @@ class Checkpointer:
             "data_source": run.data_source,
             # Every checkpoint holds them: what a resume from it reads, whichever is resumed.
             "data_commits": [pin.record() for pin in run.data_commits if pin.commit],
+            "data_contents": run.data_contents,  # what a resume compares the data with
             **self.extra_state,
         }
 

@@ -61,6 +61,7 @@ class Run:
     strategy: str  # "ddp" (plain checkpoints) or "fsdp" (sharded checkpoints)
     data_source: dict | None  # streaming_config.json as trained on (saved, compared)
     data_commits: tuple[Pin, ...]  # the commit each Hub source is read at (saved, reused)
+    data_contents: list[dict]  # what each source holds at start-up (saved; data.content_record)
     # Where training starts (the fields of :class:`Start`): step 0, or a restored checkpoint.
     state: TrainState
     batches: Iterator | None
@@ -71,6 +72,7 @@ class Run:
     history: list[str]
     lineage_parent: str | None
     micro_batch: int | None
+    data_changes: list[str]
 
 
 @dataclass
@@ -86,6 +88,7 @@ class Start:
     history: list[str] = field(default_factory=list)  # run-folder changes (rollback), to report
     lineage_parent: str | None = None  # what the next checkpoint continues from (its manifest)
     micro_batch: int | None = None  # the checkpoint's runtime.micro_batch choice (resume)
+    data_changes: list[str] = field(default_factory=list)  # sources changed since, to report
 
 
 def resolve_vocab_size(cfg: TrainingConfig, tokenizer) -> int:
@@ -140,6 +143,7 @@ def build_run(
     state of the newest complete checkpoint is restored after a compatibility check. Resuming
     an older checkpoint while newer ones exist needs ``rollback``; they are then moved into
     RUN/abandoned/ (once every check has passed)."""
+    from lmstream.data.content_record import content_changes, source_contents
     from lmstream.data.loader import build_train_loader, build_validation_batches
     from lmstream.data.pinning import reading_at
     from lmstream.tokenizer import load_tokenizer
@@ -164,6 +168,7 @@ def build_run(
         source_notes = check_resume_data_source(opened[1].get("data_source"), source)
     # Once, before anything reads the data: every read of this run uses these commits.
     pins = _pin_hub_sources(cfg, run_dir, env, opened[1] if opened is not None else None)
+    contents = dist.on_main(env.is_main, lambda: source_contents(cfg, Path(run_dir)), ())
     seed_everything(cfg.runtime.seed)
 
     model = build_model(cfg, cfg.model.vocab_size, env.device)
@@ -198,6 +203,7 @@ def build_run(
         path, trainer = opened
         start = _resume(cfg, env, model, optimizer, precision, loader, path, trainer)
         start.notes += source_notes
+        start.data_changes = content_changes(trainer.get("data_contents"), contents)
         start.lineage_parent = _parent_ref(path, cfg)
         if env.is_main:  # every check passed: now the newer branch may move aside
             moved = run_folder.roll_back(cfg, run_dir, start.state.step)
@@ -213,7 +219,8 @@ def build_run(
     schedule = make_schedule(cfg.scheduler, cfg.peak_lr, cfg.min_lr, total)
     return Run(
         cfg, env, model, optimizer, precision, loader, val_batches, schedule, total, flops,
-        strategy, source, pins, **{f.name: getattr(start, f.name) for f in fields(Start)},
+        strategy, source, pins, contents,
+        **{f.name: getattr(start, f.name) for f in fields(Start)},
     )  # fmt: skip
 
 
