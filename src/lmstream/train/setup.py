@@ -168,7 +168,7 @@ def build_run(
         source_notes = check_resume_data_source(opened[1].get("data_source"), source)
     # Once, before anything reads the data: every read of this run uses these commits.
     pins = _pin_hub_sources(cfg, run_dir, env, opened[1] if opened is not None else None)
-    contents = dist.on_main(env.is_main, lambda: source_contents(cfg, Path(run_dir)), ())
+    contents = dist.on_main(env.is_main, lambda: source_contents(cfg, Path(run_dir)), (OSError,))
     seed_everything(cfg.runtime.seed)
 
     model = build_model(cfg, cfg.model.vocab_size, env.device)
