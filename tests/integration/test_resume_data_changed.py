@@ -90,3 +90,36 @@ def test_resume_after_a_url_serves_other_bytes(corpus, tmp_path, capsys):
     changed = [line for line in out.splitlines() if CHANGED in line]
     assert len(changed) == 1, out
     assert f"{url}: its content identity changed" in changed[0]
+
+
+def test_resume_after_a_named_split_file_changed(corpus, tmp_path, capsys):
+    # orchestrate --data-files train=PATH validation=PATH: the entries name their split
+    train, val = tmp_path / "train.jsonl", tmp_path / "val.jsonl"
+    lines = (corpus / "train.jsonl").read_bytes().splitlines(keepends=True)
+    train.write_bytes(b"".join(lines[10:]))
+    val.write_bytes(b"".join(lines[:10]))
+    run_dir = tmp_path / "run"
+    config = write_run(run_dir, tiny_training_config(corpus, 3, **{"data.train_shards": []}))
+    streaming = {"dataset": str(train), "data_files": [f"train={train}", f"validation={val}"],
+                 "split": "train", "validation_split": "validation"}  # fmt: skip
+    (run_dir / "streaming_config.json").write_text(json.dumps(streaming))
+    assert train_in_process(config) == 0
+    train.write_bytes(b"".join(reversed(lines[10:])) + lines[0])
+    out = _resume_output(config, capsys)
+    changed = [line for line in out.splitlines() if CHANGED in line]
+    assert len(changed) == 1, out
+    assert f"{train}: " in changed[0], changed
+
+
+def test_resume_of_a_git_cloned_folder_after_git_status_says_nothing(corpus, tmp_path, capsys):
+    # a dataset folder cloned with git: git writes into .git, which training never reads
+    folder = tmp_path / "corpus"
+    (folder / ".git").mkdir(parents=True)
+    (folder / ".git" / "index").write_bytes(b"index")
+    (folder / "train.jsonl").write_bytes((corpus / "train.jsonl").read_bytes())
+    config = _local_run(corpus, tmp_path, folder)
+    (folder / ".git" / "index").write_bytes(b"index, refreshed")
+    (folder / ".git" / "FETCH_HEAD").write_bytes(b"fetched")
+    out = _resume_output(config, capsys)
+    assert "resumed from" in out
+    assert CHANGED not in out, out
