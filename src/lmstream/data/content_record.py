@@ -22,6 +22,7 @@ silent about it.
 from __future__ import annotations
 
 import glob
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,19 +32,36 @@ if TYPE_CHECKING:
 
 
 def local_files(plan: DataPlan) -> list:
-    """(path, size, mtime_ns) of the local files behind the plan, sorted."""
-    patterns = [*plan.token_paths, *plan.validation_token_paths]
+    """(path, size, mtime_ns) of the local files behind the plan, sorted: the files it reads.
+    A text source's entries are read as the loader reads them (``sources._expand_local``): a
+    ``NAME=PATH`` entry is PATH, a folder holds its data files only (not a clone's .git or a
+    README), and a Hub dataset's relative data files are paths in its repository, not local
+    ones. A token-shard folder keeps every file (its manifest and its shards)."""
+    from lmstream.data.sources import _BUILDERS, _suffix, split_entry
+
+    found: set = set()
+    for pattern in (*plan.token_paths, *plan.validation_token_paths):
+        _add(found, pattern, lambda f: True)
     for spec in (plan.spec, plan.validation_spec):
-        if spec is not None:
-            patterns += list(spec.data_files or [spec.path])
-    found = set()
-    for pattern in (p for p in patterns if "://" not in p):
-        for match in glob.glob(str(Path(pattern).expanduser()), recursive=True):
-            files = [Path(match)] if Path(match).is_file() else Path(match).rglob("*")
-            for f in (f for f in files if f.is_file()):
-                st = f.stat()
-                found.add((str(f), st.st_size, st.st_mtime_ns))
+        if spec is None:
+            continue
+        for entry in spec.data_files or [spec.path]:
+            pattern = split_entry(entry)[1]
+            if spec.is_hub and not Path(pattern).expanduser().is_absolute():
+                continue  # a path in the dataset's repository
+            _add(found, pattern, lambda f: _suffix(f.name) in _BUILDERS)
     return sorted(found)
+
+
+def _add(found: set, pattern: str, in_folder: Callable[[Path], bool]) -> None:
+    if "://" in pattern:
+        return
+    for match in glob.glob(str(Path(pattern).expanduser()), recursive=True):
+        path = Path(match)
+        files = [path] if path.is_file() else (f for f in path.rglob("*") if in_folder(f))
+        for f in (f for f in files if f.is_file()):
+            st = f.stat()
+            found.add((str(f), st.st_size, st.st_mtime_ns))
 
 
 def source_contents(cfg: TrainingConfig, run_dir: Path) -> list[dict]:

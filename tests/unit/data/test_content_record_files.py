@@ -52,3 +52,10 @@ def test_a_token_shard_folder_keeps_every_file(tmp_path):
         (folder / name).write_bytes(b"x")
     paths = _paths(DataPlan("tokens", token_paths=(str(folder),)))
     assert paths == sorted(str(folder / n) for n in ("manifest.json", "shard-00000.bin"))
+
+
+def test_a_hub_datasets_absolute_local_data_files_are_recorded(tmp_path):
+    local = tmp_path / "extra.jsonl"
+    local.write_text('{"text": "a"}\n')
+    spec = SourceSpec(path="someone/some-dataset", data_files=(f"train={local}",))
+    assert _paths(DataPlan("text", spec)) == [str(local)]
