@@ -123,3 +123,23 @@ def test_resume_of_a_git_cloned_folder_after_git_status_says_nothing(corpus, tmp
     out = _resume_output(config, capsys)
     assert "resumed from" in out
     assert CHANGED not in out, out
+
+
+def test_a_url_without_etag_does_not_hide_a_change_of_another(corpus, tmp_path, capsys):
+    # training data from a server with ETags, validation data from one without: the training
+    # URL's change is still told (the validation URL cannot be checked, and says nothing)
+    lines = (corpus / "train.jsonl").read_bytes().splitlines(keepends=True)
+    train = {"train.jsonl": b"".join(lines[10:])}
+    with FileServer(train) as tagged, FileServer({"val.jsonl": b"".join(lines[:10])},
+                                                 etag=False) as untagged:  # fmt: skip
+        url = tagged.url("train.jsonl")
+        cfg = tiny_training_config(corpus, 3, **{
+            "data.train_shards": [url], "data.validation_shards": [untagged.url("val.jsonl")],
+        })  # fmt: skip
+        config = write_run(tmp_path / "run", cfg)
+        assert train_in_process(config) == 0
+        train["train.jsonl"] = b"".join(reversed(lines[10:]))
+        out = _resume_output(config, capsys)
+    changed = [line for line in out.splitlines() if CHANGED in line]
+    assert len(changed) == 1, out
+    assert f"{url}: its content identity changed" in changed[0]
