@@ -73,8 +73,11 @@ def source_contents(cfg: TrainingConfig, run_dir: Path) -> list[dict]:
     for source in resolve_sources(cfg, Path(run_dir)):
         plan = source.plan
         specs = [s for s in (plan.spec, plan.validation_spec) if s is not None and not s.is_hub]
-        remote = remote_identity(specs)
-        parts = None if remote.unknown is not None else [list(p) for p in remote.parts]
+        # Each spec alone: a validation URL that cannot be checked (no ETag) leaves the
+        # training URLs' record, which a resume compares name by name.
+        known = [r for r in map(remote_identity, ([s] for s in dict.fromkeys(specs)))
+                 if r.unknown is None]  # fmt: skip
+        parts = [list(p) for r in known for p in r.parts] if known or not specs else None
         files = [list(f) for f in local_files(plan)]
         record.append({"source": source.name, "files": files, "remote": parts})
     return record
