@@ -246,3 +246,21 @@ def test_hub_revision_that_is_a_commit_needs_no_request():
     assert pinned.unknown is None and pinned.parts == (["acme/docs", commit],)
     moving = remote_identity([SourceSpec("acme/docs", revision="main")])
     assert moving.unknown == ("acme/docs", "offline: HF_HUB_OFFLINE is set")
+
+
+def test_named_split_validation_file_edited_in_place_is_read_again(tmp_path):
+    # orchestrate --data-files train=PATH validation=PATH: the entries name their split
+    from lmstream.data.documents import DataPlan
+
+    tok, _, cfg = _remote_setup(tmp_path)
+    train = _write(tmp_path / "train.jsonl", "alpha")
+    val = _write(tmp_path / "val.jsonl", "beta")
+    spec = SourceSpec(path=str(train), data_files=(f"train={train}", f"validation={val}"))
+    plan = DataPlan("text", spec, validation="split", validation_spec=spec,
+                    validation_split="validation")  # fmt: skip
+    before = load_validation_set(cfg, tok, tmp_path, plan)
+    _write(val, "gamma")  # same path, other documents
+    _as_a_new_run()
+    after = load_validation_set(cfg, tok, tmp_path, plan)
+    assert "beta" in _text(tok, before)
+    assert "gamma" in _text(tok, after) and "beta" not in _text(tok, after)
