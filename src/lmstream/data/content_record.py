@@ -60,7 +60,10 @@ def _add(found: set, pattern: str, in_folder: Callable[[Path], bool]) -> None:
         path = Path(match)
         files = [path] if path.is_file() else (f for f in path.rglob("*") if in_folder(f))
         for f in (f for f in files if f.is_file()):
-            st = f.stat()
+            try:
+                st = f.stat()
+            except FileNotFoundError:  # removed since the listing (a download still writing)
+                continue
             found.add((str(f), st.st_size, st.st_mtime_ns))
 
 
