@@ -1,0 +1,42 @@
+"""How `lmstream` behaves when the reader of its output goes away (review of the exit path):
+`lmstream train 2>&1 | head` (stdout and stderr one pipe) trains to its end like `| head`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support.training import kjv_corpus_fixture, tiny_training_config, write_run
+
+corpus = kjv_corpus_fixture(60, 300)
+
+ENV = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+LMSTREAM = Path(sys.executable).parent / "lmstream"
+
+
+def test_a_run_whose_stdout_and_stderr_reader_goes_away_trains_to_its_end(corpus, tmp_path):
+    """`lmstream train 2>&1 | head -1`: stderr is the same closed pipe, so the notice that
+    stdout is gone (written to stderr) raised BrokenPipeError in turn: the run died at its
+    first metric line with exit 1, no metrics and no checkpoint."""
+    run = tmp_path / "run"
+    cfg = tiny_training_config(corpus, 40, **{"data.num_workers": 2})
+    config = write_run(run, cfg)
+    proc = subprocess.Popen(
+        [str(LMSTREAM), "train", "--config", str(config)],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout.readline()  # one line, then the reader is gone
+    proc.stdout.close()
+    proc.wait(timeout=300)
+    assert proc.returncode == 0
+    assert (run / "checkpoints" / "step-00000040").is_dir()
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert max(steps) == 40
+    workers = subprocess.run(["pgrep", "-f", str(config)], capture_output=True, text=True)
+    assert workers.stdout == "", workers.stdout
