@@ -24,16 +24,26 @@ def stdout_gone() -> None:
     """stdout's reader has gone (`lmstream train | head`, a closed `tee`): the run goes on, its
     lines still reach metrics.jsonl and the other writers. fd 1 is pointed at /dev/null, so
     later lines and the buffered rest are dropped instead of raising BrokenPipeError (which
-    ended the run without a checkpoint), and stderr says so once."""
+    ended the run without a checkpoint), and stderr says so once. When stderr is that same
+    closed pipe (`lmstream train 2>&1 | head`), the notice cannot be written either: fd 2 goes
+    to /dev/null too (the notice raised BrokenPipeError, and the run died at once)."""
+    _to_devnull(sys.stdout)
+    try:
+        print(
+            "lmstream: stdout was closed by its reader; training continues, its metric lines are "
+            "in metrics.jsonl (and TensorBoard, when on)",
+            file=sys.stderr,
+            flush=True,
+        )
+    except OSError:
+        _to_devnull(sys.stderr)
+
+
+def _to_devnull(stream) -> None:
+    """Point ``stream``'s file descriptor at /dev/null (what is still buffered goes there)."""
     devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
+    os.dup2(devnull, stream.fileno())
     os.close(devnull)
-    print(
-        "lmstream: stdout was closed by its reader; training continues, its metric lines are "
-        "in metrics.jsonl (and TensorBoard, when on)",
-        file=sys.stderr,
-        flush=True,
-    )
 
 
 class Logger:
