@@ -40,3 +40,35 @@ def test_a_run_whose_stdout_and_stderr_reader_goes_away_trains_to_its_end(corpus
     assert max(steps) == 40
     workers = subprocess.run(["pgrep", "-f", str(config)], capture_output=True, text=True)
     assert workers.stdout == "", workers.stdout
+
+
+def test_generate_into_a_closed_pipe_ends_without_a_traceback(corpus, tmp_path):
+    """`lmstream generate ... | head -c 20`: the reader goes away while text streams out. The
+    BrokenPipeError ended the command as a bug does (its traceback, exit 1); a closed reader
+    is not a bug: no traceback, and not 0 either (the text was not all delivered)."""
+    run = tmp_path / "run"
+    config = write_run(run, tiny_training_config(corpus, 2))
+    trained = subprocess.run(
+        [str(LMSTREAM), "train", "--config", str(config)],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert trained.returncode == 0, trained.stderr
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first token (head -c N that got its N)
+    try:
+        done = subprocess.run(
+            [str(LMSTREAM), "generate", "--checkpoint", str(run), "--prompt", "In the",
+             "--max-new-tokens", "20", "--device", "cpu"],
+            env=ENV,
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=300,
+        )  # fmt: skip
+    finally:
+        os.close(write)
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode not in (0, 1), done.stderr
