@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import select
 import sys
 
 from lmstream import __version__, failures, process_exit
@@ -65,9 +67,30 @@ def entry() -> None:
         # `lmstream train | head` hung for good after its BrokenPipeError; under torchrun a
         # native thread could turn the failure into SIGABRT. The exception is dropped before
         # the exit, so what it held is collected while threads still run.
-        sys.excepthook(*sys.exc_info())
-        code = 1
+        if isinstance(sys.exc_info()[1], BrokenPipeError) and _stdout_reader_gone():
+            # `lmstream generate ... | head -1`: the reader took what it wanted. Not a bug, so
+            # no traceback; 141, what the shell reports for a program that SIGPIPE ended (cat,
+            # git), so that `set -o pipefail` still sees the output was not all delivered.
+            # stdout goes to /dev/null: its buffered rest would fail the flush at exit (120).
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)
+            os.close(devnull)
+            code = 141
+        else:
+            sys.excepthook(*sys.exc_info())
+            code = 1
     process_exit.exit_without_finalizing(code)
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether fd 1 is a pipe (or socket) whose reader has gone: poll reports POLLERR for it.
+    A BrokenPipeError from elsewhere (a network connection) is then still a bug's traceback."""
+    try:
+        poller = select.poll()
+        poller.register(1, select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:
