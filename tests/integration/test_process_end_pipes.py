@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -72,3 +73,32 @@ def test_generate_into_a_closed_pipe_ends_without_a_traceback(corpus, tmp_path):
         os.close(write)
     assert "Traceback" not in done.stderr, done.stderr
     assert done.returncode not in (0, 1), done.stderr
+
+
+def test_ctrl_c_to_a_run_piped_into_tee_saves_its_checkpoint(corpus, tmp_path):
+    """`lmstream train 2>&1 | tee train.log`, then Ctrl-C: the terminal signals the whole
+    pipeline, tee ends first, and the stop notice that the handler writes to stderr (the
+    closed pipe) raised BrokenPipeError inside the handler: the run died without the
+    checkpoint that the signal asks for. It now saves it and exits 0 like any stop."""
+    run = tmp_path / "run"
+    cfg = tiny_training_config(
+        corpus, 3000, **{"data.num_workers": 2, "runtime.log_every_n_steps": 50}
+    )
+    config = write_run(run, cfg)
+    proc = subprocess.Popen(
+        [str(LMSTREAM), "train", "--config", str(config)],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    for line in proc.stdout:  # the first metric line: training runs, the next is 50 steps off
+        if line.startswith("step "):
+            break
+    proc.stdout.close()  # tee is gone
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=300)
+    saved = list((run / "checkpoints").glob("step-*")) if (run / "checkpoints").exists() else []
+    assert saved, f"no checkpoint after the stop (exit {proc.returncode})"
+    assert proc.returncode == 0
