@@ -32,6 +32,24 @@ import threading
 from typing import NoReturn
 
 
+def to_devnull(stream) -> None:
+    """Point ``stream``'s file descriptor at /dev/null: its reader has gone (a closed pipe), and
+    what it still buffers, and later writes, are dropped instead of raising BrokenPipeError."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, stream.fileno())
+    os.close(devnull)
+
+
+def say(text: str) -> None:
+    """``text`` on stderr, never raising: stderr whose reader has gone goes to /dev/null (a
+    notice from a signal handler or a clean-up must not end the run it describes)."""
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except OSError:
+        with contextlib.suppress(Exception):
+            to_devnull(sys.stderr)
+
+
 def exit_without_finalizing(code: int) -> NoReturn:
     """End the process with ``code`` after Python's shutdown work (module docstring)."""
     # threading._shutdown is what the interpreter itself calls first on exit: it runs the

@@ -17,6 +17,7 @@ import os
 import sys
 from pathlib import Path
 
+from lmstream import process_exit
 from lmstream.config import TrainingConfig
 
 
@@ -27,23 +28,11 @@ def stdout_gone() -> None:
     ended the run without a checkpoint), and stderr says so once. When stderr is that same
     closed pipe (`lmstream train 2>&1 | head`), the notice cannot be written either: fd 2 goes
     to /dev/null too (the notice raised BrokenPipeError, and the run died at once)."""
-    _to_devnull(sys.stdout)
-    try:
-        print(
-            "lmstream: stdout was closed by its reader; training continues, its metric lines are "
-            "in metrics.jsonl (and TensorBoard, when on)",
-            file=sys.stderr,
-            flush=True,
-        )
-    except OSError:
-        _to_devnull(sys.stderr)
-
-
-def _to_devnull(stream) -> None:
-    """Point ``stream``'s file descriptor at /dev/null (what is still buffered goes there)."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, stream.fileno())
-    os.close(devnull)
+    process_exit.to_devnull(sys.stdout)
+    process_exit.say(
+        "lmstream: stdout was closed by its reader; training continues, its metric lines are "
+        "in metrics.jsonl (and TensorBoard, when on)"
+    )
 
 
 class Logger:

@@ -13,10 +13,11 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import sys
 import threading
 from collections.abc import Iterator
 from types import FrameType
+
+from lmstream.process_exit import say
 
 
 class StopFetch(BaseException):  # noqa: N818 (a signal, like KeyboardInterrupt, not an error)
@@ -44,19 +45,17 @@ class StopRequest:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.signum is not None:
-            print(
-                f"\nlmstream train: second {signal.Signals(signum).name}, exiting now without a checkpoint",
-                file=sys.stderr,
-                flush=True,
+            say(
+                f"\nlmstream train: second {signal.Signals(signum).name}, exiting now without a checkpoint"
             )
             os._exit(128 + signum)
         self.signum = signum
-        print(
+        # Never raising: Ctrl-C on `lmstream train 2>&1 | tee log` ends tee first, and a
+        # BrokenPipeError here ended the run without the checkpoint this signal asks for.
+        say(
             f"\nlmstream train: {signal.Signals(signum).name} received; saving a checkpoint at the end "
             "of this step (or of the last one when waiting for data), then exiting (send it "
-            "again to exit at once)",
-            file=sys.stderr,
-            flush=True,
+            "again to exit at once)"
         )
         if self._interruptible:
             self._interruptible = False  # raised once: the handlers of the unwinding run plainly
