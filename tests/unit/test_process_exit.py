@@ -55,3 +55,46 @@ def test_output_that_cannot_be_written_at_exit_fails_the_process():
         )
     assert done.returncode == 120, done.stderr
     assert "No space left on device" in done.stderr, done.stderr
+
+
+def test_ctrl_c_while_threads_are_joined_at_exit_ends_the_process_with_130(tmp_path):
+    """Ctrl-C while the exit waits for a non-daemon thread (a tracker's, a writer's): the
+    KeyboardInterrupt escaped exit_without_finalizing with a traceback out of it, into the
+    interpreter's finalization that it exists to skip (the console script then ended 1, as a
+    bug does). The process now ends at once with 130 and no traceback."""
+    import signal
+    import time
+
+    marker = tmp_path / "joining"
+    script = textwrap.dedent(
+        f"""
+        import pathlib, threading, time
+        from lmstream.process_exit import exit_without_finalizing
+
+        def slow():
+            while threading.main_thread().is_alive():  # until the exit joins this thread
+                time.sleep(0.01)
+            pathlib.Path({str(marker)!r}).write_text("joining")
+            time.sleep(120)
+
+        threading.Thread(target=slow).start()
+        exit_without_finalizing(0)
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    deadline = time.monotonic() + 60
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker.exists()
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err, err
