@@ -57,7 +57,13 @@ def exit_without_finalizing(code: int) -> NoReturn:
     # non-daemon thread. Present on every CPython this project supports; guarded all the same.
     shutdown = getattr(threading, "_shutdown", None)
     if shutdown is not None:
-        shutdown()
+        try:
+            shutdown()
+        except KeyboardInterrupt:
+            # Ctrl-C while a thread is waited for: the user wants out, and the exception must
+            # not escape into the interpreter's finalization (a traceback, then exit 1).
+            say("lmstream: interrupted while waiting for threads to finish at exit")
+            code = 130
     atexit._run_exitfuncs()
     gc.collect()  # unreachable objects' finalizers run (an unclosed file closes, and flushes)
     for obj in gc.get_objects():
