@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import select
 import sys
 
@@ -72,9 +71,7 @@ def entry() -> None:
             # no traceback; 141, what the shell reports for a program that SIGPIPE ended (cat,
             # git), so that `set -o pipefail` still sees the output was not all delivered.
             # stdout goes to /dev/null: its buffered rest would fail the flush at exit (120).
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, 1)
-            os.close(devnull)
+            process_exit.to_devnull(sys.stdout)
             code = 141
         else:
             sys.excepthook(*sys.exc_info())
