@@ -4,13 +4,13 @@ no longer aborts a finished run, atexit handlers still run, and what the run wro
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 from tests.support.exit_probe import exit_probe_env
+from tests.support.process_runs import assert_no_process_left, assert_trained_to, start_train
 from tests.support.training import kjv_corpus_fixture, tiny_training_config, write_run
 
 corpus = kjv_corpus_fixture(60, 300)
@@ -101,8 +101,7 @@ def test_a_bug_mid_training_ends_the_process_instead_of_hanging(corpus, tmp_path
     assert done.returncode == 1, done.stderr
     assert done.stderr.count("Traceback") == 1, done.stderr
     assert "RuntimeError: injected bug at step 3" in done.stderr, done.stderr
-    workers = subprocess.run(["pgrep", "-f", str(config)], capture_output=True, text=True)
-    assert workers.stdout == "", workers.stdout  # no data loader worker left behind
+    assert_no_process_left(config)  # no data loader worker left behind
 
 
 def test_a_run_whose_stdout_reader_goes_away_trains_to_its_end(corpus, tmp_path):
@@ -111,20 +110,10 @@ def test_a_run_whose_stdout_reader_goes_away_trains_to_its_end(corpus, tmp_path)
     run = tmp_path / "run"
     cfg = tiny_training_config(corpus, 40, **{"runtime.log_every_n_steps": 1})
     config = write_run(run, cfg)
-    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
-    lmstream = Path(sys.executable).parent / "lmstream"
-    proc = subprocess.Popen(
-        [str(lmstream), "train", "--config", str(config)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_train(config)
     assert proc.stdout.readline()  # one line, then the reader is gone
     proc.stdout.close()
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert "stdout was closed by its reader; training continues" in err, err
-    assert (run / "checkpoints" / "step-00000040").is_dir(), err
-    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert max(steps) == 40
+    assert_trained_to(run, 40, err)

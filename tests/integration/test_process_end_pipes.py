@@ -3,19 +3,20 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
-import sys
-from pathlib import Path
 
+from tests.support.process_runs import (
+    LMSTREAM,
+    OFFLINE_ENV,
+    assert_no_process_left,
+    assert_trained_to,
+    start_train,
+)
 from tests.support.training import kjv_corpus_fixture, tiny_training_config, write_run
 
 corpus = kjv_corpus_fixture(60, 300)
-
-ENV = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
-LMSTREAM = Path(sys.executable).parent / "lmstream"
 
 
 def test_a_run_whose_stdout_and_stderr_reader_goes_away_trains_to_its_end(corpus, tmp_path):
@@ -25,22 +26,13 @@ def test_a_run_whose_stdout_and_stderr_reader_goes_away_trains_to_its_end(corpus
     run = tmp_path / "run"
     cfg = tiny_training_config(corpus, 40, **{"data.num_workers": 2})
     config = write_run(run, cfg)
-    proc = subprocess.Popen(
-        [str(LMSTREAM), "train", "--config", str(config)],
-        env=ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = start_train(config, stderr=subprocess.STDOUT)
     assert proc.stdout.readline()  # one line, then the reader is gone
     proc.stdout.close()
     proc.wait(timeout=300)
     assert proc.returncode == 0
-    assert (run / "checkpoints" / "step-00000040").is_dir()
-    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert max(steps) == 40
-    workers = subprocess.run(["pgrep", "-f", str(config)], capture_output=True, text=True)
-    assert workers.stdout == "", workers.stdout
+    assert_trained_to(run, 40)
+    assert_no_process_left(config)
 
 
 def test_generate_into_a_closed_pipe_ends_without_a_traceback(corpus, tmp_path):
@@ -51,7 +43,7 @@ def test_generate_into_a_closed_pipe_ends_without_a_traceback(corpus, tmp_path):
     config = write_run(run, tiny_training_config(corpus, 2))
     trained = subprocess.run(
         [str(LMSTREAM), "train", "--config", str(config)],
-        env=ENV,
+        env=OFFLINE_ENV,
         capture_output=True,
         text=True,
         timeout=300,
@@ -63,7 +55,7 @@ def test_generate_into_a_closed_pipe_ends_without_a_traceback(corpus, tmp_path):
         done = subprocess.run(
             [str(LMSTREAM), "generate", "--checkpoint", str(run), "--prompt", "In the",
              "--max-new-tokens", "20", "--device", "cpu"],
-            env=ENV,
+            env=OFFLINE_ENV,
             stdout=write,
             stderr=subprocess.PIPE,
             text=True,
@@ -85,12 +77,9 @@ def test_ctrl_c_to_a_run_piped_into_tee_saves_its_checkpoint(corpus, tmp_path):
         corpus, 3000, **{"data.num_workers": 2, "runtime.log_every_n_steps": 50}
     )
     config = write_run(run, cfg)
-    proc = subprocess.Popen(
-        [str(LMSTREAM), "train", "--config", str(config)],
-        env=ENV,
-        stdout=subprocess.PIPE,
+    proc = start_train(
+        config,
         stderr=subprocess.STDOUT,
-        text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     for line in proc.stdout:  # the first metric line: training runs, the next is 50 steps off
