@@ -12,7 +12,7 @@ import importlib
 import select
 import sys
 
-from lmstream import __version__, failures, process_exit
+from lmstream import __version__, collector, failures, process_exit
 
 # Subcommand modules, in the order of the workflow (lmstream.commands.<name>).
 COMMANDS = (
@@ -57,6 +57,7 @@ def entry() -> None:
     """The `lmstream` program (console script, `python -m lmstream`, torchrun's ranks): the
     command, then the process ends without the interpreter's finalization
     (lmstream.process_exit: a second saved, and no abort from a native thread at exit)."""
+    collector.pause()  # until the command has started (lmstream.collector)
     try:
         code = main()
     except Exception:
@@ -94,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; returns its exit code (callers in the same process keep running)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not getattr(args, "ends_start_up", False):  # train says itself when its start-up ends
+        collector.imports_done()
+        collector.start_up_done()
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+from lmstream import collector
 from lmstream.config import TrainingConfig, dump_training_config, load_training_config
 from lmstream.errors import ConfigError, DataSourceError, LmstreamError
 from lmstream.workspace import TRAINING_YAML
@@ -79,7 +80,8 @@ def register(sub: argparse._SubParsersAction, formatter: type) -> None:
         action="store_true",
         help="validate the config and print the plan (model size, FLOPs, schedule) without training",
     )
-    p.set_defaults(func=run)
+    # The collector stays paused through the imports and the build (lmstream.collector).
+    p.set_defaults(func=run, ends_start_up=True)
 
 
 def _vocab_size(cfg: TrainingConfig) -> tuple[int | None, str]:
@@ -271,6 +273,8 @@ def _train(
                 raise
             # The source failed before the first step: the checkpoints are as they were.
             raise DataSourceError(f"{err}; then continue with `{resume_command}`") from None
+        # Built: the rest of start-up (the data survey) reads data, and the loop makes garbage.
+        collector.start_up_done()
         history += run.history
         resumed = run.resumed_from is not None
         logger = build_logger(
@@ -362,6 +366,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_training_config(config_path)
     run_dir = config_path.parent
     if args.dry_run:
+        collector.start_up_done()  # the data survey below may read a whole local corpus
         print(f"# resolved config: {args.config}")
         print(dump_training_config(cfg), end="")
         print(describe_plan(cfg))

@@ -9,6 +9,7 @@ stops its workers at once, killing one still busy in a fetch after a short grace
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 import threading
@@ -28,6 +29,9 @@ def init_worker(nice: int, _worker_id: int) -> None:
     # One tokenizer thread per worker process (docs/ARCHITECTURE.md, decision 7): the workers are the
     # parallelism; a Rayon pool in each would oversubscribe the cores.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    # Forked while the rank's collector may still be paused for start-up (lmstream.collector):
+    # a worker reads for the whole run, and its cyclic garbage must be collected.
+    gc.enable()
     if nice:
         # A platform or sandbox that refuses it leaves the worker at its rank's priority, which
         # only costs speed on a CPU shared with the compute threads.

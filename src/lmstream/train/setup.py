@@ -21,6 +21,7 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
+from lmstream import collector
 from lmstream import distributed as dist
 from lmstream.config import ModelConfig, TrainingConfig, format_validation_error
 from lmstream.errors import CheckpointError, ConfigError
@@ -148,6 +149,7 @@ def build_run(
     from lmstream.data.pinning import reading_at
     from lmstream.tokenizer import load_tokenizer
 
+    collector.imports_done()  # what is built from here is searched for garbage once built
     tokenizer = load_tokenizer(cfg.tokenizer.tokenizer_json)
     cfg = cfg.model_copy(deep=True)
     try:
@@ -212,6 +214,7 @@ def build_run(
     total = cfg.scheduler.total_steps
     if total is None:
         if start.state.steps_per_epoch is None:
+            collector.start_up_done()  # a whole pass over the data follows
             with reading_at(pins):
                 steps = _measure_steps_per_epoch(cfg, tokenizer, run_dir, env)
             start.state.steps_per_epoch = steps
