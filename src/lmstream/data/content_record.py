@@ -33,11 +33,12 @@ if TYPE_CHECKING:
 
 def local_files(plan: DataPlan) -> list:
     """(path, size, mtime_ns) of the local files behind the plan, sorted: the files it reads.
-    A text source's entries are read as the loader reads them (``sources._expand_local``): a
-    ``NAME=PATH`` entry is PATH, a folder holds its data files only (not a clone's .git or a
-    README), and a Hub dataset's relative data files are paths in its repository, not local
-    ones. A token-shard folder keeps every file (its manifest and its shards)."""
-    from lmstream.data.sources import _BUILDERS, _suffix, split_entry
+    A text source's entries are read as the loader reads them (``sources.split_entry``,
+    ``sources.is_data_file``): a ``NAME=PATH`` entry is PATH, a folder holds its data files
+    only (not a clone's .git or a README), and a Hub dataset's relative data files are paths in
+    its repository, not local ones. A token-shard folder keeps every file (its manifest and its
+    shards)."""
+    from lmstream.data.sources import is_data_file, split_entry
 
     found: set = set()
     for pattern in (*plan.token_paths, *plan.validation_token_paths):
@@ -49,7 +50,7 @@ def local_files(plan: DataPlan) -> list:
             pattern = split_entry(entry)[1]
             if spec.is_hub and not Path(pattern).expanduser().is_absolute():
                 continue  # a path in the dataset's repository
-            _add(found, pattern, lambda f: _suffix(f.name) in _BUILDERS)
+            _add(found, pattern, lambda f: is_data_file(f.name))
     return sorted(found)
 
 

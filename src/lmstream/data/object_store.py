@@ -46,12 +46,11 @@ def filesystem(url: str):
 
 def expand(
     url: str,
-    suffix: Callable[[str], str],
-    known: set[str],
+    is_data_file: Callable[[str], bool],
     transient: Callable[[BaseException], bool],
 ) -> list[str]:
     """The files of one object-store URL: a file, a glob (sorted), or a folder (recursive, only
-    files of a ``known`` suffix). Errors that may pass (timeouts, 5xx) are re-raised as they
+    its data files). Errors that may pass (timeouts, 5xx) are re-raised as they
     are, for the caller's retry; the others become one DataSourceError line."""
     fs = filesystem(url)
     scheme = url.partition("://")[0]
@@ -61,7 +60,7 @@ def expand(
             if not found:
                 raise DataSourceError(f"{url}: no files match this pattern")
         elif fs.isdir(url):
-            found = sorted(f for f in fs.find(url) if suffix(f) in known)
+            found = sorted(f for f in fs.find(url) if is_data_file(f))
             if not found:
                 raise DataSourceError(
                     f"{url}: folder holds no jsonl/json/parquet/txt/csv files (optionally .gz/.zst)"

@@ -162,6 +162,13 @@ def _suffix(path: str) -> str:
     return Path(name).suffix
 
 
+def is_data_file(name: str) -> bool:
+    """Whether a folder's file ``name`` is data the loader reads (jsonl, json, parquet, txt,
+    csv, optionally compressed): a folder source reads those and skips the rest (a clone's
+    .git, a README)."""
+    return _suffix(name) in _BUILDERS
+
+
 # ------------------------------------------------------------------------------ open_dataset
 
 
@@ -170,10 +177,10 @@ def _expand_local(pattern: str) -> list[str]:
     if _is_url(pattern):
         return [pattern]
     if is_object_store(pattern):
-        return object_store.expand(pattern, _suffix, set(_BUILDERS), _listing_transient)
+        return object_store.expand(pattern, is_data_file, _listing_transient)
     p = Path(pattern).expanduser()
     if p.is_dir():
-        found = sorted(str(f) for f in p.rglob("*") if f.is_file() and _suffix(f.name) in _BUILDERS)
+        found = sorted(str(f) for f in p.rglob("*") if f.is_file() and is_data_file(f.name))
         if not found:
             raise DataSourceError(
                 f"{pattern}: folder holds no jsonl/json/parquet/txt/csv files (optionally .gz/.zst)"
