@@ -283,3 +283,14 @@ def test_the_cpu_pair_report_says_the_load_once():
               "num_workers": 1}  # fmt: skip
     text = bench.report(result, "python bench/bench_cpu_small.py")
     assert text.count("load average") <= 1, text
+
+
+def test_the_cpu_pair_report_gives_each_pairs_ratio_and_the_ratio_of_the_sums():
+    """The median of a few pairs hides how far they spread; the record needs both."""
+    bench = load("bench_cpu_small")
+    result = {"seconds": {"minimal": [110.0, 100.0, 90.0], "lmstream": [100.0, 100.0, 100.0]},
+              "ratio": 1.0, "steps": 10, "machine": "m", "date": "today",
+              "num_workers": 0}  # fmt: skip
+    text = bench.report(result, "python bench/bench_cpu_small.py")
+    assert "each pair: 1.100, 1.000, 0.900" in text
+    assert "300.0 s / 300.0 s = 1.000x" in text
