@@ -66,6 +66,9 @@ def exit_without_finalizing(code: int) -> NoReturn:
             code = 130
     atexit._run_exitfuncs()
     gc.collect()  # unreachable objects' finalizers run (an unclosed file closes, and flushes)
+    # What existed when start-up ended is frozen (lmstream.collector), and gc.get_objects() leaves
+    # frozen objects out: a file opened then would not be flushed. Unfreezing searches nothing.
+    gc.unfreeze()
     for obj in gc.get_objects():
         # By exact type, not isinstance: isinstance reads a non-match's __class__, and some
         # objects warn when touched (torch.distributed.reduce_op printed a FutureWarning on
