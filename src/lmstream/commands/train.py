@@ -366,7 +366,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_training_config(config_path)
     run_dir = config_path.parent
     if args.dry_run:
-        collector.start_up_done()  # the data survey below may read a whole local corpus
+        # The data survey below may read a whole local corpus: the collector on first.
+        collector.imports_done()
+        collector.start_up_done()
         print(f"# resolved config: {args.config}")
         print(dump_training_config(cfg), end="")
         print(describe_plan(cfg))
