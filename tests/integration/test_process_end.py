@@ -10,7 +10,14 @@ import sys
 from pathlib import Path
 
 from tests.support.exit_probe import exit_probe_env
-from tests.support.process_runs import assert_no_process_left, assert_trained_to, start_train
+from tests.support.process_runs import (
+    OFFLINE_ENV,
+    assert_no_process_left,
+    assert_trained_to,
+    run_train,
+    start_train,
+    with_sitecustomize,
+)
 from tests.support.training import kjv_corpus_fixture, tiny_training_config, write_run
 
 corpus = kjv_corpus_fixture(60, 300)
@@ -20,16 +27,8 @@ def test_a_finished_run_exits_0_with_a_native_thread_running(corpus, tmp_path):
     run = tmp_path / "run"
     cfg = tiny_training_config(corpus, 3, **{"runtime.logging": {"tensorboard": "tb"}})
     config = write_run(run, cfg)
-    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
-    env, markers = exit_probe_env(tmp_path, env)
-    lmstream = Path(sys.executable).parent / "lmstream"
-    done = subprocess.run(
-        [str(lmstream), "train", "--config", str(config)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    env, markers = exit_probe_env(tmp_path, OFFLINE_ENV)
+    done = run_train(config, env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "terminate called" not in done.stderr, done.stderr
     assert "== done: step 3 of 3" in done.stdout, done.stdout
@@ -85,19 +84,8 @@ def test_a_bug_mid_training_ends_the_process_instead_of_hanging(corpus, tmp_path
         corpus, 200, **{"data.num_workers": 2, "runtime.log_every_n_steps": 1}
     )
     config = write_run(tmp_path / "run", cfg)
-    site = tmp_path / "bug-site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(_BUG_AT_STEP_3)
-    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")]))
-    lmstream = Path(sys.executable).parent / "lmstream"
-    done = subprocess.run(
-        [str(lmstream), "train", "--config", str(config)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    env = with_sitecustomize(OFFLINE_ENV, tmp_path / "bug-site", _BUG_AT_STEP_3)
+    done = run_train(config, env, timeout=120)
     assert done.returncode == 1, done.stderr
     assert done.stderr.count("Traceback") == 1, done.stderr
     assert "RuntimeError: injected bug at step 3" in done.stderr, done.stderr

@@ -12,6 +12,7 @@ from tests.support.process_runs import (
     OFFLINE_ENV,
     assert_no_process_left,
     assert_trained_to,
+    run_train,
     start_train,
 )
 from tests.support.training import kjv_corpus_fixture, tiny_training_config, write_run
@@ -41,13 +42,7 @@ def test_generate_into_a_closed_pipe_ends_without_a_traceback(corpus, tmp_path):
     is not a bug: no traceback, and not 0 either (the text was not all delivered)."""
     run = tmp_path / "run"
     config = write_run(run, tiny_training_config(corpus, 2))
-    trained = subprocess.run(
-        [str(LMSTREAM), "train", "--config", str(config)],
-        env=OFFLINE_ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    trained = run_train(config)
     assert trained.returncode == 0, trained.stderr
     read, write = os.pipe()
     os.close(read)  # the reader is gone before the first token (head -c N that got its N)

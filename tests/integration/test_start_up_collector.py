@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
-import subprocess
-
-from tests.support.process_runs import LMSTREAM, OFFLINE_ENV, assert_trained_to
+from tests.support.process_runs import (
+    OFFLINE_ENV,
+    assert_trained_to,
+    run_train,
+    with_sitecustomize,
+)
 from tests.support.training import kjv_corpus_fixture, tiny_training_config, write_run
 
 corpus = kjv_corpus_fixture(60, 300)
@@ -24,20 +27,13 @@ atexit.register(lambda: open(os.environ["FULL_COLLECTIONS_FILE"], "a").write(f"{
 def test_a_training_run_makes_at_most_two_full_collections(corpus, tmp_path):
     """One when start-up ends (what the build left), one at exit (lmstream.process_exit);
     with the collector running through the imports, there were six more."""
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(COUNTER)
     counts = tmp_path / "full-collections.txt"
     run = tmp_path / "run"
     config = write_run(run, tiny_training_config(corpus, 4, **{"data.num_workers": 2}))
-    env = {**OFFLINE_ENV, "PYTHONPATH": str(site), "FULL_COLLECTIONS_FILE": str(counts)}
-    done = subprocess.run(
-        [str(LMSTREAM), "train", "--config", str(config)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    env = with_sitecustomize(
+        {**OFFLINE_ENV, "FULL_COLLECTIONS_FILE": str(counts)}, tmp_path / "site", COUNTER
     )
+    done = run_train(config, env)
     assert done.returncode == 0, done.stderr
     assert_trained_to(run, 4)
     # The rank writes its count at exit; loader workers end without atexit handlers.

@@ -12,8 +12,9 @@ every process that has EXIT_PROBE_MARKERS set (with ``ranks_only``, only torchru
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from tests.support.process_runs import with_sitecustomize
 
 SITECUSTOMIZE = """
 import atexit, os, pathlib, threading
@@ -45,13 +46,9 @@ def exit_probe_env(
     tmp: Path, env: dict[str, str], ranks_only: bool = False
 ) -> tuple[dict[str, str], Path]:
     """``env`` with the probe on its PYTHONPATH; returns it and the folder of markers."""
-    site = tmp / "exit-probe-site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
     markers = tmp / "exit-probe-markers"
     markers.mkdir()
-    path = os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")]))
-    probe = {"PYTHONPATH": path, "EXIT_PROBE_MARKERS": str(markers)}
+    probe = {"EXIT_PROBE_MARKERS": str(markers)}
     if ranks_only:
         probe["EXIT_PROBE_RANKS_ONLY"] = "1"
-    return {**env, **probe}, markers
+    return with_sitecustomize({**env, **probe}, tmp / "exit-probe-site", SITECUSTOMIZE), markers

@@ -25,6 +25,30 @@ def start_train(config: Path, stderr: int = subprocess.PIPE, **kwargs) -> subpro
     )
 
 
+def run_train(
+    config: Path, env: dict[str, str] = OFFLINE_ENV, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """``lmstream train --config CONFIG`` run to its end, stdout and stderr captured (text)."""
+    return subprocess.run(
+        [str(LMSTREAM), "train", "--config", str(config)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def with_sitecustomize(env: dict[str, str], folder: Path, code: str) -> dict[str, str]:
+    """``env`` whose Python processes run ``code`` at start: it is written to
+    FOLDER/sitecustomize.py and FOLDER goes first on PYTHONPATH (what was there stays)."""
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(code)
+    return {
+        **env,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(folder), env.get("PYTHONPATH")])),
+    }
+
+
 def assert_trained_to(run: Path, steps: int, note: str = "") -> None:
     """The run saved its checkpoint of ``steps`` and logged every step up to it."""
     assert (run / "checkpoints" / f"step-{steps:08d}").is_dir(), note
